@@ -1,0 +1,275 @@
+"""Datasets as ``(x, y)`` tensors: train / validation / test splits, checked on load.
+
+Every loader returns a :class:`Dataset` whose splits hold ``x`` ``(n, features)`` float32 and ``y`` ``(n,)``
+int64 labels in ``0..n_classes-1``. Non-finite inputs, malformed labels and empty splits are errors raised
+before training, never silently clipped or dropped. All randomness comes from seeded ``torch.Generator``s.
+"""
+from __future__ import annotations
+
+import gzip
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FASHION_MNIST_PATH = "/usr/share/datasets/fashion-mnist"
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+@dataclass(frozen=True, eq=False)
+class Split:
+    """One part of a dataset: ``x`` ``(n, features)`` float32 inputs (as loaded and scaled), ``y`` ``(n,)``
+    int64 class labels."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.x.ndim != 2 or self.y.ndim != 1 or len(self.x) != len(self.y):
+            raise ValueError(f"Split needs x (n, features) and y (n,), got {self.x.shape} and {self.y.shape}")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def batches(self, batch_size: int, *, shuffle: bool,
+                generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield ``(x, y)`` batches of ``batch_size`` rows covering every sample once.
+
+        The last batch is smaller when ``batch_size`` does not divide ``len(self)``
+        (kept so that evaluation sees every sample). With ``shuffle`` the order is a
+        permutation drawn from ``generator`` (torch's global generator if ``None``).
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
+        for chunk in order.split(batch_size):
+            yield self.x[chunk], self.y[chunk]
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Three splits plus the sizes a model is built from, read from the data (``n_classes`` = max label + 1)."""
+
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    n_features: int
+    n_classes: int
+
+    def __post_init__(self) -> None:
+        for part, split in (("train", self.train), ("val", self.val), ("test", self.test)):
+            if split.x.shape[1] != self.n_features:
+                raise ValueError(f"{self.name}: {part} has {split.x.shape[1]} features, not {self.n_features}")
+            if len(split) and int(split.y.max()) >= self.n_classes:
+                raise ValueError(f"{self.name}: {part} split has labels >= n_classes={self.n_classes}")
+
+
+def _inputs(x, name: str) -> torch.Tensor:
+    """``x`` as ``(n, features)`` float32; raises on non-finite values."""
+    arr = np.asarray(x, dtype=np.float32)
+    if arr.ndim == 0 or len(arr) == 0:
+        raise ValueError(f"{name}: x must hold at least one sample, got shape {arr.shape}")
+    arr = arr.reshape(len(arr), -1)
+    # Checked here because a single NaN makes every later settle diverge, far from its cause.
+    bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+    if bad:
+        raise ValueError(f"{name}: x has {bad} non-finite values (NaN or inf, after conversion to float32); "
+                         "dynets checks inputs before training - clean or impute them first")
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def _labels(y, n: int, name: str) -> torch.Tensor:
+    """``y`` as ``(n,)`` int64 labels >= 0; whole-number floats are accepted, anything else raises."""
+    arr = np.asarray(y)
+    if arr.ndim != 1 or len(arr) != n:
+        raise ValueError(f"{name}: y must have shape ({n},) to match x, got {arr.shape}")
+    whole_floats = arr.dtype.kind == "f" and np.array_equal(arr, np.round(arr))
+    if arr.dtype.kind not in "iu" and not whole_floats:
+        raise ValueError(f"{name}: y must hold integer class labels, got dtype {arr.dtype} with non-integer values")
+    if (arr < 0).any():
+        raise ValueError(f"{name}: y has {int((arr < 0).sum())} negative labels; class labels must be >= 0")
+    return torch.from_numpy(arr.astype(np.int64))
+
+
+def _carve(order: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Take ``m`` evenly spaced entries of ``order``; return ``(taken, rest)``."""
+    # Spacing len/m >= 1, so the floored positions are distinct and in range.
+    picked = ((torch.arange(m, dtype=torch.float64) + 0.5) * len(order) / m).long()
+    keep = torch.ones(len(order), dtype=torch.bool)
+    keep[picked] = False
+    return order[picked], order[keep]
+
+
+def _split_indices(y: torch.Tensor, fractions: dict[str, float], seed: int, name: str) -> dict[str, torch.Tensor]:
+    """Stratified random split of ``range(len(y))`` into ``fractions`` and ``"train"``.
+
+    Each named part gets ``round(f * n)`` indices, carved evenly from the samples grouped
+    by class (random order within a class), so every class is represented in proportion
+    (within one sample). Within each part the order is the seeded random permutation.
+    """
+    if any(f < 0 for f in fractions.values()) or sum(fractions.values()) >= 1:
+        raise ValueError(f"{name}: fractions {fractions} must be >= 0 and sum to < 1")
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    rank = torch.empty_like(perm)
+    rank[perm] = torch.arange(len(perm))
+    rest = perm[torch.sort(y[perm], stable=True).indices]
+    parts = {}
+    for part, f in fractions.items():
+        parts[part], rest = _carve(rest, round(f * len(y)))
+    parts["train"] = rest
+    for part, idx in parts.items():
+        if len(idx) == 0:
+            raise ValueError(f"{name}: the {part} split would be empty ({len(y)} samples, fractions {fractions})")
+    return {part: idx[torch.argsort(rank[idx])] for part, idx in parts.items()}
+
+
+def from_arrays(x, y, *, name: str = "arrays", val_fraction: float = 0.1, test_fraction: float = 0.2,
+                seed: int = 0, x_test=None, y_test=None) -> Dataset:
+    """A :class:`Dataset` from any arrays.
+
+    Args:
+        x: array-like ``(n, ...)``, flattened to ``(n, features)`` float32.
+        y: ``(n,)`` integer class labels >= 0.
+        val_fraction, test_fraction: parts of ``x`` carved off (``round(f * n)`` samples
+            each) by a stratified split drawn from ``torch.Generator().manual_seed(seed)``.
+        x_test, y_test: an official test split. If given, it is the test split (order kept)
+            and ``test_fraction`` is ignored; only validation is carved from ``x``.
+
+    Raises:
+        ValueError: non-finite values in x, labels that are not non-negative integers,
+            mismatched lengths or feature counts, or an empty split.
+    """
+    xs = _inputs(x, name)
+    ys = _labels(y, len(xs), name)
+    fractions = {"val": val_fraction}
+    if x_test is None:
+        fractions["test"] = test_fraction
+    parts = {part: Split(xs[idx], ys[idx]) for part, idx in _split_indices(ys, fractions, seed, name).items()}
+    if x_test is not None:
+        xt = _inputs(x_test, f"{name} (test)")
+        parts["test"] = Split(xt, _labels(y_test, len(xt), f"{name} (test)"))
+    n_classes = max(int(s.y.max()) for s in parts.values()) + 1
+    return Dataset(name, parts["train"], parts["val"], parts["test"], xs.shape[1], n_classes)
+
+
+def digits(*, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """scikit-learn's 8x8 handwritten digits (1797 samples): 64 features in [0, 1] (pixel / 16), 10 classes."""
+    from sklearn.datasets import load_digits  # imported here: only this loader needs sklearn
+
+    raw = load_digits()
+    return from_arrays(raw.data / 16.0, raw.target, name="digits",
+                       val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+
+
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    """Decode one uint8 IDX file with ``ndim`` dimensions, gzip-compressed or plain."""
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":  # gzip magic bytes; the file name need not end in .gz
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as err:
+            raise ValueError(f"{path}: corrupt or truncated gzip data ({err})") from err
+    header = 4 + 4 * ndim
+    if len(raw) < header or raw[:4] != bytes([0, 0, 0x08, ndim]):
+        raise ValueError(f"{path}: not a uint8 IDX file with {ndim} dimensions "
+                         f"(magic bytes {raw[:4].hex()}, expected 000008{ndim:02x})")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    if len(raw) - header != int(np.prod(dims)):
+        raise ValueError(f"{path}: header says shape {dims} but the file holds {len(raw) - header} data bytes"
+                         " - truncated or corrupt")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims).copy()
+
+
+def idx(images_path, labels_path) -> tuple[np.ndarray, np.ndarray]:
+    """Read an IDX image/label file pair (the MNIST format), each gzip-compressed or plain.
+
+    Returns ``images`` uint8 ``(n, rows, cols)`` and ``labels`` uint8 ``(n,)``. Raises ValueError on a wrong
+    magic number, a truncated or corrupt file, or image and label counts that differ.
+    """
+    images, labels = _read_idx(Path(images_path), 3), _read_idx(Path(labels_path), 1)
+    if len(images) != len(labels):
+        raise ValueError(f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels")
+    return images, labels
+
+
+def _find(directory: Path, stem: str, how_to_get: str) -> Path:
+    for candidate in (directory / stem, directory / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"looked for {directory / stem}(.gz) and found neither. {how_to_get}")
+
+
+def _idx_dataset(name: str, path: str, how_to_get: str, val_fraction: float, seed: int) -> Dataset:
+    """A dataset from the four MNIST-layout IDX files in ``path``: pixels / 255, official test split."""
+    found = {part: [_find(Path(path), stem, how_to_get) for stem in stems] for part, stems in _IDX_FILES.items()}
+    (x, y), (x_test, y_test) = idx(*found["train"]), idx(*found["test"])
+    return from_arrays(x / np.float32(255), y, name=name, val_fraction=val_fraction, seed=seed,
+                       x_test=x_test / np.float32(255), y_test=y_test)
+
+
+def fashion_mnist(path: str | None = None, *, val_fraction: float = 0.1, seed: int = 0) -> Dataset:
+    """Fashion-MNIST (Xiao, Rasul & Vollgraf 2017): 28x28 grey images, 784 features in [0, 1], 10 classes.
+
+    Reads the IDX files from ``path`` (default where Debian's ``dataset-fashion-mnist``
+    package puts them). Test is the official 10000-image t10k split; validation is
+    ``val_fraction`` of the 60000 training images.
+    """
+    how = (f"Install it with `sudo apt-get install dataset-fashion-mnist` (files go to {FASHION_MNIST_PATH})"
+           " or set `data.path=/dir/with/idx/files`.")
+    return _idx_dataset("fashion_mnist", path or FASHION_MNIST_PATH, how, val_fraction, seed)
+
+
+def mnist(path: str | None = None, *, val_fraction: float = 0.1, seed: int = 0) -> Dataset:
+    """MNIST (LeCun et al. 1998) from IDX files in ``path``, as :func:`fashion_mnist`. There is no default path."""
+    how = ("Download train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and "
+           "t10k-labels-idx1-ubyte.gz (e.g. from https://ossci-datasets.s3.amazonaws.com/mnist/) and set "
+           "`data.path=/dir/with/idx/files`.")
+    if path is None:
+        raise FileNotFoundError(f"mnist has no default location. {how}")
+    return _idx_dataset("mnist", path, how, val_fraction, seed)
+
+
+def npz(path: str, *, x_key: str = "X", y_key: str = "y",
+        val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """Any arrays saved with ``np.savez``: ``x_key`` ``(n, ...)`` inputs, ``y_key`` ``(n,)`` labels.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        KeyError: a key is absent; the message lists the keys present.
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no .npz file at {path}")
+    with np.load(path) as arrays:
+        missing = [k for k in (x_key, y_key) if k not in arrays.files]
+        if missing:
+            raise KeyError(f"{path} has no array {missing}; keys present: {sorted(arrays.files)}")
+        x, y = arrays[x_key], arrays[y_key]
+    return from_arrays(x, y, name=Path(path).stem, val_fraction=val_fraction, test_fraction=test_fraction,
+                       seed=seed)
+
+
+def patterns(n_patterns: int, n_units: int, *, seed: int = 0) -> torch.Tensor:
+    """Random ±1 patterns ``(n_patterns, n_units)`` float32 (each entry ±1 with probability 1/2), the memories
+    stored by an associative (Hopfield) memory; drawn from ``torch.Generator().manual_seed(seed)``."""
+    if n_patterns < 1 or n_units < 1:
+        raise ValueError(f"need n_patterns >= 1 and n_units >= 1, got {n_patterns} and {n_units}")
+    bits = torch.randint(0, 2, (n_patterns, n_units), generator=torch.Generator().manual_seed(seed))
+    return bits.to(torch.float32) * 2 - 1
+
+
+DATASETS = {"digits": digits, "fashion_mnist": fashion_mnist, "mnist": mnist, "npz": npz}
+
+
+def load(name: str, **kwargs) -> Dataset:
+    """Load the dataset registered as ``name`` in :data:`DATASETS`, passing ``kwargs`` to its loader."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {sorted(DATASETS)}")
+    return DATASETS[name](**kwargs)

@@ -1,0 +1,5 @@
+"""Models: networks that own parameters and define ds/dt."""
+from .base import DynamicalModel, EnergyModel
+from .hopfield import ACTIVATIONS, LayeredHopfield
+
+__all__ = ["DynamicalModel", "EnergyModel", "LayeredHopfield", "ACTIVATIONS"]

@@ -1,0 +1,183 @@
+"""``settle``: integrate ds/dt = f(s) until every sample of the batch is at steady state.
+
+The stop test is on the derivative, per sample: ``‖f(s_b)‖ ≤ atol + rtol·‖s_b‖`` for
+all b (diffrax's steady-state test, applied batch-wide). Integration runs in chunks of
+``check_every`` steps with one residual check (one host sync) per chunk, because
+torchdiffeq's events fire on the first sample that crosses and its adaptive solvers
+stall above a residual floor (``shared/notes/settling.md``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+from torchdiffeq import odeint
+
+from .types import Condition, DivergedError, Equilibrium, State
+
+VectorField = Callable[[torch.Tensor, State], State]
+
+FIXED_GRID = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams")
+ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+FAST = ("fast_euler",)
+METHODS = FIXED_GRID + ADAPTIVE + FAST
+
+
+class Dynamical(Protocol):
+    """What ``settle`` needs of a model."""
+
+    def dynamics(self, condition: Condition) -> VectorField: ...
+    def init_state(self, condition: Condition) -> State: ...
+
+
+def residual_norm(ds: State) -> torch.Tensor:
+    """``(batch,)`` Euclidean norm of ds/dt over all layers of each sample."""
+    return torch.sqrt(sum(d.pow(2).flatten(1).sum(1) for d in ds))
+
+
+@dataclass(frozen=True)
+class SettleOptions:
+    """How to settle; ``options(model, condition, init)`` calls :func:`settle` with them.
+
+    Args:
+        method: a torchdiffeq solver name (fixed-grid: ``euler``, ``rk4``, ...; adaptive:
+            ``dopri5``, ...) or ``fast_euler``, dynets' own Euler loop (same steps as
+            ``euler``, no torchdiffeq overhead, residual taken from the step's own ds/dt).
+        step_size: Δt of fixed-grid methods; for adaptive ones, the chunk length unit.
+        atol, rtol: steady-state tolerance ‖f(s_b)‖ ≤ atol + rtol·‖s_b‖.
+        max_time: stop here, ``converged=False``, if not at steady state.
+        check_every: steps between residual checks (each check is one host sync).
+        solver_rtol, solver_atol: local error tolerances of adaptive solvers.
+    """
+
+    method: str = "euler"
+    step_size: float = 0.5
+    atol: float = 1e-4
+    rtol: float = 0.0
+    max_time: float = 50.0
+    check_every: int = 5
+    solver_rtol: float = 1e-6
+    solver_atol: float = 1e-8
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown settle method {self.method!r}; valid: {', '.join(METHODS)}")
+        for name in ("step_size", "max_time"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"settle {name} must be > 0, got {getattr(self, name)}")
+        if self.atol < 0 or self.rtol < 0:
+            raise ValueError(f"settle tolerances must be >= 0, got atol={self.atol} rtol={self.rtol}")
+        if self.check_every < 1:
+            raise ValueError(f"check_every must be >= 1, got {self.check_every}")
+        # Adaptive solvers settle only down to a floor a few times their rtol; a
+        # steady-state tolerance below it would never be met (notes/settling.md).
+        if self.method in ADAPTIVE and self.solver_rtol > self.atol / 10:
+            raise ValueError(
+                f"{self.method} with solver_rtol={self.solver_rtol} stalls above the steady-state "
+                f"atol={self.atol}; use solver_rtol <= atol/10 or a fixed-grid method"
+            )
+
+    @property
+    def max_steps(self) -> int:
+        return max(1, round(self.max_time / self.step_size))
+
+    def __call__(self, model: Dynamical, condition: Condition, init: State | None = None,
+                 *, record: bool = False) -> Equilibrium:
+        return settle(model, condition, init, options=self, record=record)
+
+
+def settle(model: Dynamical, condition: Condition, init: State | None = None, *,
+           options: SettleOptions | None = None, record: bool = False, **kwargs) -> Equilibrium:
+    """Settle ``model`` under ``condition`` from ``init`` (default: the model's rest state).
+
+    ``kwargs`` are :class:`SettleOptions` fields (``method``, ``step_size``, ``atol``,
+    ``rtol``, ``max_time``, ``check_every``, ...), used when ``options`` is not given.
+    Runs under ``torch.no_grad()``; the returned state is detached.
+
+    Returns an :class:`Equilibrium`. Reaching ``max_time`` unconverged gives
+    ``converged=False``; a non-finite state raises :class:`DivergedError` naming the
+    time and the layer.
+    """
+    opts = options if options is not None else SettleOptions(**kwargs)
+    if options is not None and kwargs:
+        raise TypeError("pass either options= or SettleOptions fields, not both")
+    with torch.no_grad():
+        f = model.dynamics(condition)
+        state = tuple(init) if init is not None else model.init_state(condition)
+        loop = _fast_loop if opts.method in FAST else _odeint_loop
+        return loop(f, state, opts, record)
+
+
+def _check(state: State, ds: State, opts: SettleOptions, t: float) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Residual and tolerance per sample; whether all converged. One host sync."""
+    residual = residual_norm(ds)
+    tolerance = opts.atol + opts.rtol * residual_norm(state)
+    worst = (residual - tolerance).max().item()
+    if not math.isfinite(worst):
+        _raise_diverged(state, ds, t)
+    return residual, tolerance, worst <= 0
+
+
+def _raise_diverged(state: State, ds: State, t: float) -> None:
+    for layer, (s, d) in enumerate(zip(state, ds)):
+        # ‖ds/dt‖ overflows before the state itself does.
+        if not (torch.isfinite(s).all() and torch.isfinite(residual_norm((d,))).all()):
+            raise DivergedError(f"settle diverged: non-finite state or ds/dt in layer {layer} at t={t:g}")
+    raise DivergedError(f"settle diverged: non-finite tolerance at t={t:g}")
+
+
+def _fast_loop(f: VectorField, state: State, opts: SettleOptions, record: bool) -> Equilibrium:
+    """Hand-written Euler loop. The residual of a check comes from the ds/dt that the
+    next step needs anyway, so a check costs no extra evaluation."""
+    dt, trajectory = opts.step_size, [] if record else None
+    step = 0
+    while True:
+        t = step * dt
+        ds = f(torch.tensor(t), state)
+        if step % opts.check_every == 0 or step == opts.max_steps:
+            residual, tolerance, done = _check(state, ds, opts, t)
+            if record:
+                trajectory.append((t, state))
+            if done or step == opts.max_steps:
+                return Equilibrium(state, t, residual, tolerance, done, step, step + 1, trajectory)
+        state = tuple(s + dt * d for s, d in zip(state, ds))
+        step += 1
+
+
+def _odeint_loop(f: VectorField, state: State, opts: SettleOptions, record: bool) -> Equilibrium:
+    """torchdiffeq ``odeint`` over chunks of ``check_every`` steps, one check between chunks."""
+    nfe = 0
+
+    def counted(t: torch.Tensor, s: State) -> State:
+        nonlocal nfe
+        nfe += 1
+        return f(t, s)
+
+    trajectory = [] if record else None
+    step, dt = 0, opts.step_size
+    while True:
+        t = step * dt
+        residual, tolerance, done = _check(state, counted(torch.tensor(t), state), opts, t)
+        if record:
+            trajectory.append((t, state))
+        if done or step >= opts.max_steps:
+            return Equilibrium(state, t, residual, tolerance, done, step, nfe, trajectory)
+        n = min(opts.check_every, opts.max_steps - step)
+        state = _odeint_chunk(counted, state, t, n, opts)
+        step += n
+
+
+def _odeint_chunk(f: VectorField, state: State, t0: float, n: int, opts: SettleOptions) -> State:
+    dt = opts.step_size
+    times = torch.tensor([t0, t0 + n * dt], dtype=state[0].dtype, device=state[0].device)
+    if opts.method in ADAPTIVE:
+        kwargs = dict(rtol=opts.solver_rtol, atol=opts.solver_atol)
+    else:
+        # An explicit grid of exactly n steps: torchdiffeq's step_size grid rounds
+        # (t1 - t0)/dt up and can add a sliver step to a chunk.
+        grid = lambda func, y0, t: torch.linspace(t[0], t[-1], n + 1, dtype=t.dtype, device=t.device)
+        kwargs = dict(options={"grid_constructor": grid})
+    path = odeint(f, state, times, method=opts.method, **kwargs)
+    return tuple(p[-1] for p in path)

@@ -1,0 +1,71 @@
+"""Values passed between dynets' parts: states, phase conditions, equilibria, errors."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+State = tuple[torch.Tensor, ...]
+"""One tensor per free layer, each ``(batch, units)``. Clamped inputs live in the
+:class:`Condition`, not in the state, so the state is exactly what the ODE integrates."""
+
+
+@dataclass(frozen=True, eq=False)
+class Condition:
+    """What is clamped and what is added to the dynamics during one phase.
+
+    Args:
+        x: ``(batch, in_features)`` input clamped on the first layer.
+        target: ``(batch, out_features)`` target for the cost C, or ``None`` (free phase).
+        beta: nudging strength β; the dynamics descend F = E + β·C. ``beta != 0`` needs a target.
+    """
+
+    x: torch.Tensor
+    target: torch.Tensor | None = None
+    beta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.beta != 0.0 and self.target is None:
+            raise ValueError(f"Condition with beta={self.beta} needs a target")
+        if self.target is not None and self.target.shape[0] != self.x.shape[0]:
+            raise ValueError(
+                f"target has batch {self.target.shape[0]} but x has batch {self.x.shape[0]}"
+            )
+
+    def nudged(self, beta: float, target: torch.Tensor | None = None) -> "Condition":
+        """The same clamping with nudging β (and optionally a new target)."""
+        return replace(self, beta=beta, target=self.target if target is None else target)
+
+
+@dataclass(frozen=True, eq=False)
+class Equilibrium:
+    """The result of :func:`dynets.settle`, with its diagnostics.
+
+    Attributes:
+        state: the state reached (detached).
+        t: integration time reached.
+        residual: ``(batch,)`` ‖ds/dt‖ per sample at ``state`` (all layers together).
+        tolerance: ``(batch,)`` atol + rtol·‖s_b‖, the per-sample stop threshold.
+        converged: every sample has ``residual <= tolerance``.
+        steps: solver steps taken (fixed-step methods) or accepted+rejected estimate.
+        nfe: vector-field evaluations, including the residual checks.
+        trajectory: ``[(t, state), ...]`` at every residual check when ``record=True``.
+    """
+
+    state: State
+    t: float
+    residual: torch.Tensor
+    tolerance: torch.Tensor
+    converged: bool
+    steps: int
+    nfe: int
+    trajectory: list[tuple[float, State]] | None = None
+
+    @property
+    def converged_fraction(self) -> float:
+        """Fraction of the batch whose residual is within tolerance."""
+        return (self.residual <= self.tolerance).float().mean().item()
+
+
+class DivergedError(RuntimeError):
+    """A settle produced a non-finite state."""

@@ -1,0 +1,98 @@
+"""settle against closed-form equilibria, non-convergence and divergence."""
+import math
+
+import pytest
+import torch
+
+import dynets
+from dynets import Condition, DivergedError, SettleOptions, settle
+
+
+class Linear(torch.nn.Module):
+    """ds/dt = A s + b per layer (one layer per entry of As); equilibrium s* = −A⁻¹b."""
+
+    def __init__(self, As, bs):
+        super().__init__()
+        self.As, self.bs = As, bs
+
+    def init_state(self, condition):
+        return tuple(torch.zeros(condition.x.shape[0], A.shape[0], dtype=A.dtype) for A in self.As)
+
+    def dynamics(self, condition):
+        return lambda t, s: tuple(si @ A.T + b for si, A, b in zip(s, self.As, self.bs))
+
+
+def stable_matrix(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    m = torch.randn(n, n, generator=g, dtype=torch.float64)
+    return -torch.eye(n, dtype=torch.float64) - 0.1 * m @ m.T   # symmetric, eigenvalues <= -1
+
+
+@pytest.mark.parametrize("method", ["euler", "fast_euler", "rk4", "midpoint", "dopri5"])
+def test_reaches_closed_form_equilibrium(method):
+    A, b = stable_matrix(6, 1), torch.randn(4, 6, dtype=torch.float64)
+    model = Linear([A], [b])
+    eq = settle(model, Condition(torch.zeros(4, 1)), method=method, step_size=0.2, atol=1e-8, max_time=100,
+                solver_rtol=1e-10, solver_atol=1e-12)
+    exact = -torch.linalg.solve(A, b.T).T
+    assert eq.converged and (eq.residual <= 1e-8).all()
+    # s − s* = A⁻¹ f(s) and ‖A⁻¹‖ <= 1, so each sample is within its residual of s*.
+    assert ((eq.state[0] - exact).norm(dim=1) <= eq.residual + 1e-12).all()
+
+
+def test_waits_for_the_slowest_sample():
+    # ds/dt = −k_b (s − 1): residual after n Euler steps is k_b (1 − k_b dt)^n.
+    k = torch.tensor([[2.0], [1.0], [0.05]], dtype=torch.float64)
+    model = Linear([], [])
+    model.init_state = lambda c: (torch.zeros(3, 1, dtype=torch.float64),)
+    model.dynamics = lambda c: (lambda t, s: (-k * (s[0] - 1),))
+    dt, tol = 0.25, 1e-6
+    eq = settle(model, Condition(torch.zeros(3, 1)), method="fast_euler", step_size=dt, atol=tol,
+                max_time=1000, check_every=1)
+    slowest = math.ceil(math.log(tol / 0.05) / math.log(1 - 0.05 * dt))
+    assert eq.converged and eq.steps == slowest
+
+
+def test_fast_path_matches_torchdiffeq():
+    A, b = stable_matrix(5, 2), torch.randn(3, 5, dtype=torch.float64)
+    model, c = Linear([A], [b]), Condition(torch.zeros(3, 1))
+    fast = settle(model, c, method="fast_euler", step_size=0.1, atol=0, max_time=3.0)
+    slow = settle(model, c, method="euler", step_size=0.1, atol=0, max_time=3.0)
+    assert fast.steps == slow.steps == 30 and not fast.converged and not slow.converged
+    torch.testing.assert_close(fast.state[0], slow.state[0], rtol=0, atol=1e-12)
+
+
+def test_reports_non_convergence():
+    rotation = torch.tensor([[0.0, 1.0], [-1.0, 0.0]], dtype=torch.float64)   # orbits, never settles
+    model = Linear([rotation], [torch.zeros(2, dtype=torch.float64)])
+    model.init_state = lambda c: (torch.ones(2, 2, dtype=torch.float64),)
+    eq = settle(model, Condition(torch.zeros(2, 1)), method="rk4", step_size=0.1, atol=1e-4, max_time=20)
+    assert not eq.converged and eq.t == pytest.approx(20) and (eq.residual > 1e-4).all()
+    assert eq.converged_fraction == 0.0
+
+
+def test_raises_on_divergence_naming_the_layer():
+    eye = torch.eye(2, dtype=torch.float64)
+    model = Linear([-eye, eye], [torch.ones(2, dtype=torch.float64)] * 2)   # layer 1 grows like e^t
+    with pytest.raises(DivergedError, match="layer 1"):
+        settle(model, Condition(torch.zeros(1, 1)), method="fast_euler", step_size=1.0, atol=1e-4, max_time=5000)
+
+
+def test_warm_start_from_equilibrium_takes_no_step():
+    A, b = stable_matrix(4, 3), torch.randn(2, 4, dtype=torch.float64)
+    model, c = Linear([A], [b]), Condition(torch.zeros(2, 1))
+    eq = settle(model, c, atol=1e-9, max_time=200, step_size=0.2)
+    again = settle(model, c, eq.state, atol=1e-9, max_time=200, step_size=0.2)
+    assert eq.steps > 0 and again.steps == 0 and again.converged
+
+
+def test_bad_options_are_errors():
+    with pytest.raises(ValueError, match="dopri5"):
+        SettleOptions(method="runge")
+    with pytest.raises(ValueError, match="stalls"):
+        SettleOptions(method="dopri5", atol=1e-4, solver_rtol=1e-3)
+    with pytest.raises(ValueError, match="step_size"):
+        SettleOptions(step_size=0)
+    with pytest.raises(TypeError):
+        settle(None, None, options=SettleOptions(), atol=1.0)
+    assert "fast_euler" in dynets.METHODS
