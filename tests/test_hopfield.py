@@ -1,0 +1,100 @@
+"""LayeredHopfield: analytic dynamics against autograd, energy descent, fixed points."""
+import pytest
+import torch
+
+from dynets import Condition, SettleOptions
+from dynets.models import ACTIVATIONS, LayeredHopfield
+
+
+def net(activation, sizes=(5, 7, 6, 3), scale=1.5):
+    model = LayeredHopfield(list(sizes), activation).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(scale)
+    return model
+
+
+def nudged_condition(model, batch=4, beta=0.3):
+    x = torch.rand(batch, model.in_features, dtype=torch.float64)
+    target = torch.nn.functional.one_hot(torch.randint(0, model.out_features, (batch,)), model.out_features).double()
+    return Condition(x, target, beta)
+
+
+def random_state(model, batch, activation):
+    lo = -0.9 if activation == "tanh" else 0.05
+    return tuple(lo + (0.95 - lo) * torch.rand(batch, n, dtype=torch.float64) for n in model.sizes[1:])
+
+
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+def test_vector_field_is_rho_of_autograd_drive(activation):
+    """ds/dt = −s + ρ(∂Φ_β/∂s), with ∂Φ_β/∂s from autograd of Φ − βC."""
+    model = net(activation)
+    c = nudged_condition(model)
+    s = tuple(t.requires_grad_() for t in random_state(model, 4, activation))
+    phi = model.primitive(s, c) - c.beta * model.cost(s, c.target)
+    u = torch.autograd.grad(phi.sum(), s)
+    expected = tuple(model.act.rho(ui) - si for ui, si in zip(u, s))
+    for got, want in zip(model.vector_field(torch.tensor(0.0), s, c), expected):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "tanh"])
+def test_smooth_fixed_points_are_stationary_points_of_F(activation):
+    model = net(activation)
+    c = nudged_condition(model)
+    eq = SettleOptions(method="fast_euler", atol=1e-12, max_time=2000)(model, c)
+    assert eq.converged
+    s = tuple(t.clone().requires_grad_() for t in eq.state)
+    grads = torch.autograd.grad(model.total_energy(s, c).sum(), s)
+    assert max(g.abs().max().item() for g in grads) < 1e-9
+
+
+def test_hard_sigmoid_fixed_point_is_the_box_kkt_point_of_F():
+    """s ∈ [0,1]: ∂F/∂s = 0 inside, ≥ 0 at 0, ≤ 0 at 1 (a minimum of F on the box)."""
+    model = net("hard_sigmoid", scale=3.0)
+    c = nudged_condition(model, batch=8)
+    eq = SettleOptions(method="fast_euler", atol=1e-12, max_time=2000)(model, c)
+    assert eq.converged
+    s = tuple(t.clone().requires_grad_() for t in eq.state)
+    g = torch.cat(torch.autograd.grad(model.total_energy(s, c).sum(), s), 1)
+    s = torch.cat(eq.state, 1)
+    at0, at1 = s <= 1e-12, s >= 1 - 1e-12
+    inside = ~(at0 | at1)
+    assert inside.any() and at0.any() and at1.any()   # every case is exercised
+    assert g[inside].abs().max() < 1e-9
+    assert (g[at0] >= -1e-9).all() and (g[at1] <= 1e-9).all()
+
+
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+def test_energy_never_increases_along_a_settle(activation):
+    model = net(activation, scale=2.0)
+    c = nudged_condition(model, batch=6)
+    eq = SettleOptions(method="fast_euler", step_size=0.05, atol=1e-8, max_time=60, check_every=1)(model, c, record=True)
+    energies = torch.stack([model.total_energy(s, c) for _, s in eq.trajectory])   # (time, batch)
+    assert len(energies) > 50
+    assert (energies[1:] - energies[:-1]).max() <= 1e-12
+    assert (energies[-1] < energies[0]).all()
+
+
+def test_couplings_are_symmetric():
+    """∂u_i/∂s_j = ∂u_j/∂s_i for the drives u = ∂Φ/∂s: one W used in both directions."""
+    model = net("hard_sigmoid")
+    c = Condition(torch.rand(1, model.in_features, dtype=torch.float64))
+    splits = model.sizes[1:]
+
+    def flat_drive(v):
+        return torch.cat(model.drives(torch.split(v, splits, 1), c), 1)
+
+    J = torch.autograd.functional.jacobian(flat_drive, torch.rand(1, sum(splits), dtype=torch.float64)).squeeze()
+    assert (J - J.T).abs().max() < 1e-12 and J.abs().max() > 0.1
+
+
+def test_bad_input_names_both_sizes():
+    model = LayeredHopfield([64, 10, 10])
+    with pytest.raises(ValueError, match=r"65.*64|64.*65"):
+        model.vector_field(torch.tensor(0.0), model.init_state(Condition(torch.zeros(2, 64))),
+                           Condition(torch.zeros(2, 65)))
+    with pytest.raises(ValueError, match="hard_sigmoid"):
+        LayeredHopfield([4, 2], activation="relu6")
+    with pytest.raises(ValueError, match="0..9"):
+        model.target(torch.tensor([3, 10]))

@@ -1,0 +1,122 @@
+"""Rules against the exact gradient: EP's β-expansion, implicit differentiation vs finite
+differences and vs backprop through a long unroll, hand-computed Hebbian terms."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dynets import Condition, SettleOptions, diagnostics
+from dynets.models import LayeredHopfield
+from dynets.rules import (BackpropThroughTime, EquilibriumPropagation, ImplicitDifferentiation,
+                          energy_param_grads)
+
+TIGHT = SettleOptions(method="fast_euler", atol=1e-12, max_time=3000, check_every=1)
+
+
+def problem(activation="sigmoid", sizes=(6, 9, 7, 3), batch=5, scale=2.0):
+    model = LayeredHopfield(list(sizes), activation).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(scale)
+    x = torch.rand(batch, sizes[0], dtype=torch.float64)
+    y = torch.randint(0, sizes[-1], (batch,))
+    return model, x, y
+
+
+def flat_grads(model, rule, x, y):
+    rule.grads(model, x, y)
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+@pytest.fixture(scope="module")
+def exact():
+    torch.manual_seed(1)
+    model, x, y = problem()
+    ref = ImplicitDifferentiation(TIGHT, adjoint_tol=1e-13, adjoint_max_steps=100000)
+    return model, x, y, flat_grads(model, ref, x, y)
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "hard_sigmoid"])
+def test_centered_ep_aligns_with_exact_gradient(activation):
+    model, x, y = problem(activation)
+    ref = ImplicitDifferentiation(TIGHT, adjoint_tol=1e-13, adjoint_max_steps=100000)
+    a = diagnostics.alignment(model, EquilibriumPropagation(0.01, "centered", TIGHT), ref, x, y)
+    assert a["all"]["cosine"] >= 0.999 and abs(a["all"]["norm_ratio"] - 1) < 0.01
+
+
+@pytest.mark.parametrize("variant,order", [("centered", 2), ("positive", 1), ("negative", 1)])
+def test_ep_error_shrinks_at_the_theoretical_rate(exact, variant, order):
+    model, x, y, g = exact
+    betas = [0.2, 0.1, 0.05, 0.025]
+    errors = [(flat_grads(model, EquilibriumPropagation(b, variant, TIGHT), x, y) - g).norm().item() for b in betas]
+    slope = np.polyfit(np.log(betas), np.log(errors), 1)[0]
+    assert abs(slope - order) < 0.15, (variant, slope, errors)
+
+
+def loss_at_equilibrium(model, x, y):
+    eq = TIGHT(model, Condition(x))
+    return model.cost(eq.state, model.target(y)).mean().item()
+
+
+def test_implicit_gradient_matches_finite_differences(exact):
+    model, x, y, g = exact
+    direction = [torch.randn_like(p) for p in model.parameters()]
+    eps = 1e-5
+
+    def shifted(sign):
+        with torch.no_grad():
+            for p, d in zip(model.parameters(), direction):
+                p.add_(sign * eps * d)
+        value = loss_at_equilibrium(model, x, y)
+        with torch.no_grad():
+            for p, d in zip(model.parameters(), direction):
+                p.sub_(sign * eps * d)
+        return value
+
+    fd = (shifted(1) - shifted(-1)) / (2 * eps)
+    analytic = (g @ torch.cat([d.flatten() for d in direction])).item()
+    assert fd == pytest.approx(analytic, rel=1e-5)
+
+
+def test_implicit_gradient_is_the_limit_of_long_bptt(exact):
+    model, x, y, g = exact
+    short = flat_grads(model, BackpropThroughTime(steps=5, step_size=0.5), x, y)
+    long = flat_grads(model, BackpropThroughTime(steps=400, step_size=0.5), x, y)
+    assert (long - g).norm() < 1e-8 * g.norm()
+    assert (short - g).norm() > 1e-2 * g.norm()   # a short unroll is not the equilibrium gradient
+
+
+def test_energy_parameter_gradient_is_the_hebbian_outer_product():
+    """∂F/∂W_l = −mean_b s_{l+1} s_lᵀ and ∂F/∂b_l = −mean_b s_{l+1}, computed by hand."""
+    model, x, y = problem("hard_sigmoid")
+    eq = TIGHT(model, Condition(x, model.target(y), 0.5))
+    grads = energy_param_grads(model, eq, Condition(x, model.target(y), 0.5))
+    layers = (x,) + eq.state
+    expected = []
+    for l in range(len(model.layers)):
+        expected += [-layers[l + 1].T @ layers[l] / len(x), -layers[l + 1].mean(0)]
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_ep_step_lowers_the_loss():
+    model, x, y = problem("hard_sigmoid", batch=16)
+    before = loss_at_equilibrium(model, x, y)
+    EquilibriumPropagation(0.1, "centered", TIGHT).grads(model, x, y)
+    torch.optim.SGD(model.parameters(), lr=0.05).step()
+    assert loss_at_equilibrium(model, x, y) < before
+
+
+def test_alignment_measures_angles_and_norms():
+    got = diagnostics._compare(torch.tensor([2.0, 0.0]), torch.tensor([1.0, 1.0]))
+    assert got["cosine"] == pytest.approx(1 / math.sqrt(2))
+    assert got["angle_deg"] == pytest.approx(45.0)
+    assert got["norm_ratio"] == pytest.approx(2 / math.sqrt(2))
+
+
+def test_bad_rule_options_list_valid_ones():
+    with pytest.raises(ValueError, match="centered"):
+        EquilibriumPropagation(0.1, "symmetric")
+    with pytest.raises(ValueError, match="beta"):
+        EquilibriumPropagation(0.0)
