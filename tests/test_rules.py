@@ -8,8 +8,8 @@ import torch
 
 from dynets import Condition, SettleOptions, diagnostics
 from dynets.models import LayeredHopfield
-from dynets.rules import (BackpropThroughTime, EquilibriumPropagation, ImplicitDifferentiation,
-                          energy_param_grads)
+from dynets.models.base import EnergyModel
+from dynets.rules import BackpropThroughTime, EquilibriumPropagation, ImplicitDifferentiation
 
 TIGHT = SettleOptions(method="fast_euler", atol=1e-12, max_time=3000, check_every=1)
 
@@ -87,17 +87,21 @@ def test_implicit_gradient_is_the_limit_of_long_bptt(exact):
     assert (short - g).norm() > 1e-2 * g.norm()   # a short unroll is not the equilibrium gradient
 
 
-def test_energy_parameter_gradient_is_the_hebbian_outer_product():
-    """∂F/∂W_l = −mean_b s_{l+1} s_lᵀ and ∂F/∂b_l = −mean_b s_{l+1}, computed by hand."""
-    model, x, y = problem("hard_sigmoid")
-    eq = TIGHT(model, Condition(x, model.target(y), 0.5))
-    grads = energy_param_grads(model, eq, Condition(x, model.target(y), 0.5))
+@pytest.mark.parametrize("activation", ["hard_sigmoid", "sigmoid"])
+def test_parameter_gradient_is_the_hebbian_outer_product(activation):
+    """∂F/∂W_l = −mean_b s_{l+1} s_lᵀ and ∂F/∂b_l = −mean_b s_{l+1}: by hand, and the
+    closed form agrees with autograd of F (the generic EnergyModel path)."""
+    model, x, y = problem(activation)
+    c = Condition(x, model.target(y), 0.5)
+    eq = TIGHT(model, c)
     layers = (x,) + eq.state
-    expected = []
+    by_hand = []
     for l in range(len(model.layers)):
-        expected += [-layers[l + 1].T @ layers[l] / len(x), -layers[l + 1].mean(0)]
-    for got, want in zip(grads, expected, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        by_hand += [-layers[l + 1].T @ layers[l] / len(x), -layers[l + 1].mean(0)]
+    autograd = EnergyModel.param_grads(model, eq.state, c)
+    for closed, want, auto in zip(model.param_grads(eq.state, c), by_hand, autograd, strict=True):
+        torch.testing.assert_close(closed, want, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(auto, want, rtol=1e-12, atol=1e-12)
 
 
 def test_ep_step_lowers_the_loss():

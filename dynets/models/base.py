@@ -78,3 +78,10 @@ class EnergyModel(DynamicalModel):
         if condition.beta != 0.0:
             total = total + condition.beta * self.cost(state, condition.target)
         return total
+
+    def param_grads(self, state: State, condition: Condition) -> tuple[torch.Tensor, ...]:
+        """∂F/∂θ at a (detached) state, batch mean, in ``parameters()`` order: one
+        backward through F, none through the settle. Models override it in closed form."""
+        with torch.enable_grad():
+            total = self.total_energy(state, condition).mean()
+            return torch.autograd.grad(total, list(self.parameters()))

@@ -1,7 +1,7 @@
 """Rules: turn the equilibria of the phases they need into ``p.grad``."""
-from .base import Rule, energy_param_grads, write_grads
+from .base import Rule, write_grads
 from .ep import EquilibriumPropagation
 from .reference import BackpropThroughTime, ImplicitDifferentiation
 
 __all__ = ["Rule", "EquilibriumPropagation", "ImplicitDifferentiation", "BackpropThroughTime",
-           "energy_param_grads", "write_grads"]
+           "write_grads"]

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import torch
 
-from ..models.base import DynamicalModel, EnergyModel
+from ..models.base import DynamicalModel
 from ..settle import SettleOptions
 from ..types import Condition, Equilibrium
 
@@ -46,10 +46,3 @@ def write_grads(model: torch.nn.Module, grads: Sequence[torch.Tensor]) -> None:
     """Set ``p.grad`` of the model's parameters, in ``model.parameters()`` order."""
     for p, g in zip(model.parameters(), grads, strict=True):
         p.grad = g.detach().to(p.dtype)
-
-
-def energy_param_grads(model: EnergyModel, equilibrium: Equilibrium, condition: Condition) -> tuple[torch.Tensor, ...]:
-    """∂F/∂θ at a (detached) equilibrium, batch mean: one backward through F, none through the settle."""
-    with torch.enable_grad():
-        total = model.total_energy(equilibrium.state, condition).mean()
-        return torch.autograd.grad(total, list(model.parameters()))

@@ -5,7 +5,7 @@ import torch
 
 from ..models.base import EnergyModel
 from ..settle import SettleOptions
-from .base import Rule, energy_param_grads, write_grads
+from .base import Rule, write_grads
 
 # Nudging strengths of the two phases compared, in units of β.
 VARIANTS = {"centered": (-1.0, 1.0), "positive": (0.0, 1.0), "negative": (-1.0, 0.0)}
@@ -50,6 +50,6 @@ class EquilibriumPropagation(Rule):
             metrics["converged"] = min(metrics["converged"], eq.converged_fraction)
             ends.append((k * self.beta, eq, nudged))
         (b1, eq1, c1), (b2, eq2, c2) = ends
-        g1, g2 = energy_param_grads(model, eq1, c1), energy_param_grads(model, eq2, c2)
-        write_grads(model, [(a - b) / (b2 - b1) for a, b in zip(g2, g1)])
+        g1, g2 = model.param_grads(eq1.state, c1), model.param_grads(eq2.state, c2)
+        write_grads(model, [torch.sub(a, b).mul_(1.0 / (b2 - b1)) for a, b in zip(g2, g1)])
         return metrics
