@@ -2,7 +2,7 @@
 
 The stop test is on the derivative, per sample: ``‖f(s_b)‖ ≤ atol + rtol·‖s_b‖`` for
 all b (diffrax's steady-state test, applied batch-wide). Integration runs in chunks of
-``check_every`` steps with one residual check (one host sync) per chunk, because
+at most ``check_every`` steps with one residual check (one host sync) per chunk, because
 torchdiffeq's events fire on the first sample that crosses and its adaptive solvers
 stall above a residual floor (``shared/notes/settling.md``).
 """
@@ -48,7 +48,8 @@ class SettleOptions:
         step_size: Δt of fixed-grid methods; for adaptive ones, the chunk length unit.
         atol, rtol: steady-state tolerance ‖f(s_b)‖ ≤ atol + rtol·‖s_b‖.
         max_time: stop here, ``converged=False``, if not at steady state.
-        check_every: steps between residual checks (each check is one host sync).
+        check_every: the most steps between residual checks (each check is one host
+            sync); checks are placed where the residual's decay rate predicts convergence.
         solver_rtol, solver_atol: local error tolerances of adaptive solvers.
     """
 
@@ -57,7 +58,7 @@ class SettleOptions:
     atol: float = 1e-4
     rtol: float = 0.0
     max_time: float = 50.0
-    check_every: int = 5
+    check_every: int = 10
     solver_rtol: float = 1e-6
     solver_atol: float = 1e-8
 
@@ -110,14 +111,51 @@ def settle(model: Dynamical, condition: Condition, init: State | None = None, *,
         return loop(f, state, opts, record)
 
 
-def _check(state: State, ds: State, opts: SettleOptions, t: float) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """Residual and tolerance per sample; whether all converged. One host sync."""
-    residual = residual_norm(ds)
-    tolerance = opts.atol + opts.rtol * residual_norm(state)
-    worst = (residual - tolerance).max().item()
-    if not math.isfinite(worst):
-        _raise_diverged(state, ds, t)
-    return residual, tolerance, worst <= 0
+class _Monitor:
+    """Residual checks of one settle, and when to make the next one.
+
+    Each check costs one host sync. Near a stable equilibrium every sample's residual
+    decays geometrically, so the rate measured between two checks predicts the step at
+    which the slowest sample crosses its tolerance; the next check is placed there
+    (at most ``check_every`` steps ahead), which stops within a step or two of the
+    fewest steps that reach the tolerance without checking every step.
+    """
+
+    def __init__(self, opts: SettleOptions, record: bool) -> None:
+        self.opts, self.prev, self.since = opts, None, 0
+        self.trajectory = [] if record else None
+
+    def check(self, state: State, ds: State, t: float) -> tuple[torch.Tensor, torch.Tensor, bool, int]:
+        """Residual and tolerance per sample, whether all converged, steps to the next check."""
+        opts = self.opts
+        residual = residual_norm(ds)
+        tolerance = opts.atol + opts.rtol * residual_norm(state) if opts.rtol else torch.full_like(residual, opts.atol)
+        excess = (residual - tolerance).max()
+        need = self._steps_needed(residual, tolerance)
+        worst, need = torch.stack([excess, need.to(excess.dtype)]).tolist()   # the one sync
+        if not math.isfinite(worst):
+            _raise_diverged(state, ds, t)
+        if self.trajectory is not None:
+            self.trajectory.append((t, state))
+        self.prev = residual
+        # Aim a little short of the prediction: a rate measured while faster modes were
+        # still decaying is pessimistic, and overshooting costs steps, not just a sync.
+        ahead = opts.check_every if not math.isfinite(need) else min(opts.check_every, max(1, math.ceil(0.8 * need)))
+        self.since = ahead
+        return residual, tolerance, worst <= 0, ahead
+
+    def observe(self, ds: State) -> None:
+        """Note the residual one step before a check (no sync), so the next prediction
+        uses the current one-step decay rate instead of the mean over the last chunk."""
+        self.prev, self.since = residual_norm(ds), 1
+
+    def _steps_needed(self, residual: torch.Tensor, tolerance: torch.Tensor) -> torch.Tensor:
+        if self.prev is None:   # no rate yet: look again after one step
+            return torch.ones((), dtype=residual.dtype, device=residual.device)
+        rate = (residual / self.prev).pow(1.0 / self.since)
+        steps = torch.log(tolerance / residual) / torch.log(rate)
+        steps = torch.where(rate < 1, steps, torch.full_like(steps, math.inf))
+        return torch.where(residual > tolerance, steps, torch.zeros_like(steps)).max()
 
 
 def _raise_diverged(state: State, ds: State, t: float) -> None:
@@ -131,23 +169,24 @@ def _raise_diverged(state: State, ds: State, t: float) -> None:
 def _fast_loop(f: VectorField, state: State, opts: SettleOptions, record: bool) -> Equilibrium:
     """Hand-written Euler loop. The residual of a check comes from the ds/dt that the
     next step needs anyway, so a check costs no extra evaluation."""
-    dt, trajectory = opts.step_size, [] if record else None
-    step, t_now = 0, torch.zeros(())   # models here are autonomous; t is passed for the API
+    monitor, dt = _Monitor(opts, record), opts.step_size
+    step, next_check, t_now = 0, 0, torch.zeros(())   # models here are autonomous; t is for the API
     while True:
         t = step * dt
         ds = f(t_now.fill_(t), state)
-        if step % opts.check_every == 0 or step == opts.max_steps:
-            residual, tolerance, done = _check(state, ds, opts, t)
-            if record:
-                trajectory.append((t, state))
+        if step == next_check or step == opts.max_steps:
+            residual, tolerance, done, ahead = monitor.check(state, ds, t)
             if done or step == opts.max_steps:
-                return Equilibrium(state, t, residual, tolerance, done, step, step + 1, trajectory)
+                return Equilibrium(state, t, residual, tolerance, done, step, step + 1, monitor.trajectory)
+            next_check = step + ahead
+        elif step == next_check - 1:
+            monitor.observe(ds)
         state = tuple(torch.add(s, d, alpha=dt) for s, d in zip(state, ds))
         step += 1
 
 
 def _odeint_loop(f: VectorField, state: State, opts: SettleOptions, record: bool) -> Equilibrium:
-    """torchdiffeq ``odeint`` over chunks of ``check_every`` steps, one check between chunks."""
+    """torchdiffeq ``odeint`` over chunks between checks; a check is one extra evaluation."""
     nfe = 0
 
     def counted(t: torch.Tensor, s: State) -> State:
@@ -155,16 +194,13 @@ def _odeint_loop(f: VectorField, state: State, opts: SettleOptions, record: bool
         nfe += 1
         return f(t, s)
 
-    trajectory = [] if record else None
-    step, dt = 0, opts.step_size
+    monitor, step, dt = _Monitor(opts, record), 0, opts.step_size
     while True:
         t = step * dt
-        residual, tolerance, done = _check(state, counted(torch.tensor(t), state), opts, t)
-        if record:
-            trajectory.append((t, state))
+        residual, tolerance, done, ahead = monitor.check(state, counted(torch.tensor(t), state), t)
         if done or step >= opts.max_steps:
-            return Equilibrium(state, t, residual, tolerance, done, step, nfe, trajectory)
-        n = min(opts.check_every, opts.max_steps - step)
+            return Equilibrium(state, t, residual, tolerance, done, step, nfe, monitor.trajectory)
+        n = min(ahead, opts.max_steps - step)
         state = _odeint_chunk(counted, state, t, n, opts)
         step += n
 

@@ -62,11 +62,12 @@ def test_fast_path_matches_torchdiffeq():
     torch.testing.assert_close(fast.state[0], slow.state[0], rtol=0, atol=1e-12)
 
 
-def test_reports_non_convergence():
+@pytest.mark.parametrize("method", ["rk4", "fast_euler"])
+def test_reports_non_convergence(method):
     rotation = torch.tensor([[0.0, 1.0], [-1.0, 0.0]], dtype=torch.float64)   # orbits, never settles
     model = Linear([rotation], [torch.zeros(2, dtype=torch.float64)])
     model.init_state = lambda c: (torch.ones(2, 2, dtype=torch.float64),)
-    eq = settle(model, Condition(torch.zeros(2, 1)), method="rk4", step_size=0.1, atol=1e-4, max_time=20)
+    eq = settle(model, Condition(torch.zeros(2, 1)), method=method, step_size=0.1, atol=1e-4, max_time=20)
     assert not eq.converged and eq.t == pytest.approx(20) and (eq.residual > 1e-4).all()
     assert eq.converged_fraction == 0.0
 
@@ -96,3 +97,49 @@ def test_bad_options_are_errors():
     with pytest.raises(TypeError):
         settle(None, None, options=SettleOptions(), atol=1.0)
     assert "fast_euler" in dynets.METHODS
+
+
+def hopfield_problem(sizes, scale, batch=64, seed=0):
+    from dynets.models import LayeredHopfield
+
+    torch.manual_seed(seed)
+    model = LayeredHopfield(sizes)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(scale)
+    x, y = torch.rand(batch, sizes[0]), torch.randint(0, sizes[-1], (batch,))
+    return model, Condition(x, model.target(y))
+
+
+@pytest.mark.parametrize("sizes,scale,atol", [
+    ([784, 512, 10], 1.0, 1e-4), ([784, 512, 10], 3.0, 1e-3), ([64, 256, 10], 2.0, 1e-4),
+    ([30, 100, 100, 100, 5], 1.0, 1e-4)])   # strongly coupled nets (scale 3) stall above 1e-4 in fp32
+def test_adaptive_stop_is_close_to_the_fewest_steps(sizes, scale, atol):
+    """Checks placed by the predicted decay stop within 1.2x of checking every step."""
+    model, c = hopfield_problem(sizes, scale)
+    every = SettleOptions(method="fast_euler", atol=atol, max_time=500, check_every=1)
+    sparse = SettleOptions(method="fast_euler", atol=atol, max_time=500, check_every=20)
+    free = every(model, c)
+    assert free.converged
+    for condition, init in ((c, None), (c.nudged(0.5), free.state), (c.nudged(-0.5), free.state)):
+        fewest, ours = every(model, condition, init), sparse(model, condition, init)
+        assert fewest.converged and ours.converged
+        assert fewest.steps <= ours.steps <= 1.2 * fewest.steps
+
+
+def test_fast_path_and_torchdiffeq_give_the_same_equilibrium_and_ep_update():
+    from dynets.rules import EquilibriumPropagation
+
+    model, c = hopfield_problem([20, 30, 15, 4], 2.0, batch=16)
+    y = c.target.argmax(1)
+    fast = SettleOptions(method="fast_euler", atol=1e-6, max_time=400)
+    slow = SettleOptions(method="euler", atol=1e-6, max_time=400)
+    a, b = fast(model, c), slow(model, c)
+    assert a.converged and b.converged
+    for sa, sb in zip(a.state, b.state):
+        torch.testing.assert_close(sa, sb, rtol=0, atol=1e-5)
+    grads = []
+    for opts in (fast, slow):
+        EquilibriumPropagation(0.2, "centered", opts).grads(model, c.x, y)
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert (grads[0] - grads[1]).norm() <= 1e-3 * grads[1].norm()
