@@ -8,6 +8,7 @@ stall above a residual floor (``shared/notes/settling.md``).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Callable, Protocol
@@ -23,6 +24,7 @@ FIXED_GRID = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "i
 ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 FAST = ("fast_euler",)
 METHODS = FIXED_GRID + ADAPTIVE + FAST
+PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 class Dynamical(Protocol):
@@ -51,6 +53,10 @@ class SettleOptions:
         check_every: the most steps between residual checks (each check is one host
             sync); checks are placed where the residual's decay rate predicts convergence.
         solver_rtol, solver_atol: local error tolerances of adaptive solvers.
+        precision: matmul precision inside the settle: ``fp32``; ``tf32`` (TensorFloat-32
+            matmuls on NVIDIA GPUs since Ampere; no effect on CPU); ``bf16`` (autocast:
+            matmuls in bfloat16, the state stays fp32). Reduced precision raises the
+            residual floor: keep ``atol`` above it (≈1e-3 for bf16).
     """
 
     method: str = "euler"
@@ -61,6 +67,7 @@ class SettleOptions:
     check_every: int = 10
     solver_rtol: float = 1e-6
     solver_atol: float = 1e-8
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -68,6 +75,8 @@ class SettleOptions:
         for name in ("step_size", "max_time"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"settle {name} must be > 0, got {getattr(self, name)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
         if self.atol < 0 or self.rtol < 0:
             raise ValueError(f"settle tolerances must be >= 0, got atol={self.atol} rtol={self.rtol}")
         if self.check_every < 1:
@@ -104,11 +113,26 @@ def settle(model: Dynamical, condition: Condition, init: State | None = None, *,
     opts = options if options is not None else SettleOptions(**kwargs)
     if options is not None and kwargs:
         raise TypeError("pass either options= or SettleOptions fields, not both")
-    with torch.no_grad():
+    with torch.no_grad(), _precision(opts.precision, condition.x.device):
         f = model.dynamics(condition)
         state = tuple(init) if init is not None else model.init_state(condition)
         loop = _fast_loop if opts.method in FAST else _odeint_loop
         return loop(f, state, opts, record)
+
+
+@contextlib.contextmanager
+def _precision(precision: str, device: torch.device):
+    """Matmul precision for the duration of one settle; global settings are restored."""
+    if precision == "bf16":
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            yield
+        return
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high" if precision == "tf32" else "highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 class _Monitor:

@@ -124,3 +124,23 @@ def test_bad_rule_options_list_valid_ones():
         EquilibriumPropagation(0.1, "symmetric")
     with pytest.raises(ValueError, match="beta"):
         EquilibriumPropagation(0.0)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "tf32"])
+def test_reduced_precision_keeps_ep_aligned(precision):
+    """EP settled with reduced-precision matmuls stays aligned with the exact fp32
+    gradient: cosine ≥ 0.97, and within 0.01 of fp32 EP's own cosine."""
+    torch.manual_seed(0)
+    model = LayeredHopfield([784, 512, 10])
+    x, y = torch.rand(64, 784), torch.randint(0, 10, (64,))
+    ref = ImplicitDifferentiation(SettleOptions(method="fast_euler", atol=1e-6, max_time=200))
+    cosines = {}
+    for p in ("fp32", precision):
+        # A fixed budget of 100 steps (atol=0): bf16 chatters at a residual floor of
+        # ≈ 2⁻⁸‖s‖, below which a tolerance would never be met.
+        opts = SettleOptions(method="fast_euler", atol=0.0, max_time=50, precision=p)
+        cosines[p] = diagnostics.alignment(model, EquilibriumPropagation(0.1, "centered", opts), ref, x, y)["all"]["cosine"]
+    assert cosines[precision] >= 0.97 and abs(cosines[precision] - cosines["fp32"]) <= 0.01, cosines
+    if precision == "bf16":
+        assert cosines["bf16"] != cosines["fp32"]   # autocast really changed the arithmetic
+    assert torch.get_float32_matmul_precision() == "highest"   # global setting restored
