@@ -143,3 +143,17 @@ def test_fast_path_and_torchdiffeq_give_the_same_equilibrium_and_ep_update():
         EquilibriumPropagation(0.2, "centered", opts).grads(model, c.x, y)
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     assert (grads[0] - grads[1]).norm() <= 1e-3 * grads[1].norm()
+
+
+@pytest.mark.slow
+def test_compiled_chunks_match_eager():
+    """The compiled Euler step (inductor; forced on CPU here) reaches the
+    same state in the same steps as eager, for phases of different β and batch sizes."""
+    model, c = hopfield_problem([64, 48, 10], 1.5, batch=32)
+    eager = SettleOptions(method="fast_euler", atol=1e-5, max_time=200, compile="off")
+    compiled = SettleOptions(method="fast_euler", atol=1e-5, max_time=200, compile="on")
+    for condition in (c, c.nudged(0.5), c.nudged(-0.5)):
+        a, b = eager(model, condition), compiled(model, condition)
+        assert a.converged and a.steps == b.steps
+        for sa, sb in zip(a.state, b.state):
+            torch.testing.assert_close(sa, sb, rtol=1e-5, atol=1e-6)
