@@ -1,7 +1,8 @@
 """Values passed between dynets' parts: states, phase conditions, equilibria, errors."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
 
 import torch
 
@@ -23,6 +24,7 @@ class Condition:
     x: torch.Tensor
     target: torch.Tensor | None = None
     beta: float = 0.0
+    _memo: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.beta != 0.0 and self.target is None:
@@ -33,8 +35,22 @@ class Condition:
             )
 
     def nudged(self, beta: float, target: torch.Tensor | None = None) -> "Condition":
-        """The same clamping with nudging β (and optionally a new target)."""
-        return replace(self, beta=beta, target=self.target if target is None else target)
+        """The same clamping with nudging β (and optionally a new target); it shares the
+        memo of quantities derived from ``x`` (see :meth:`cached`)."""
+        return replace(self, beta=beta, target=self.target if target is None else target, _memo=self._memo)
+
+    def cached(self, key: Any, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``compute()``, memoised for the conditions of one input batch (the phases of one
+        rule step share the input drive W₀x). Only outside autograd: a tensor reused with
+        a graph would be backpropagated twice. ``key`` must name everything the value
+        depends on besides ``x`` (e.g. the weights' ``_version``)."""
+        if torch.is_grad_enabled():
+            return compute()
+        key = (key, self.x._version)
+        if key not in self._memo:
+            self._memo.clear()   # older weight versions are stale: keep one entry
+            self._memo[key] = compute()
+        return self._memo[key]
 
 
 @dataclass(frozen=True, eq=False)

@@ -144,3 +144,25 @@ def test_reduced_precision_keeps_ep_aligned(precision):
     if precision == "bf16":
         assert cosines["bf16"] != cosines["fp32"]   # autocast really changed the arithmetic
     assert torch.get_float32_matmul_precision() == "highest"   # global setting restored
+
+
+def test_closed_form_phase_difference_matches_autograd():
+    model, x, y = problem("hard_sigmoid")
+    c = Condition(x, model.target(y))
+    a, b = TIGHT(model, c.nudged(0.3)).state, TIGHT(model, c.nudged(-0.3)).state
+    for closed, auto in zip(model.param_grad_difference(a, b, c), EnergyModel.param_grad_difference(model, a, b, c),
+                            strict=True):
+        torch.testing.assert_close(closed, auto, rtol=1e-10, atol=1e-12)
+
+
+def test_memoised_input_drive_follows_weight_updates():
+    """Phases of one batch share W₀x; after an optimizer step the same condition must
+    settle exactly like a fresh one (a stale drive would not)."""
+    model, x, y = problem("hard_sigmoid")
+    c = Condition(x, model.target(y))
+    TIGHT(model, c)
+    EquilibriumPropagation(0.1, "centered", TIGHT).grads(model, x, y)
+    torch.optim.SGD(model.parameters(), lr=0.5).step()
+    reused, fresh = TIGHT(model, c.nudged(0.2)), TIGHT(model, Condition(x, model.target(y), 0.2))
+    for r, f in zip(reused.state, fresh.state):
+        torch.testing.assert_close(r, f, rtol=0, atol=0)

@@ -42,14 +42,14 @@ class EquilibriumPropagation(Rule):
         ends = []
         for k in VARIANTS[self.variant]:
             if k == 0.0:
-                ends.append((0.0, free, condition))
+                ends.append((0.0, free))
                 continue
             nudged = condition.nudged(k * self.beta)
             eq = self.nudged_settle(model, nudged, init=free.state)
             metrics[f"steps_nudged_{'+' if k > 0 else '-'}"] = eq.steps
             metrics["converged"] = min(metrics["converged"], eq.converged_fraction)
-            ends.append((k * self.beta, eq, nudged))
-        (b1, eq1, c1), (b2, eq2, c2) = ends
-        g1, g2 = model.param_grads(eq1.state, c1), model.param_grads(eq2.state, c2)
-        write_grads(model, [torch.sub(a, b).mul_(1.0 / (b2 - b1)) for a, b in zip(g2, g1)])
+            ends.append((k * self.beta, eq))
+        (b1, eq1), (b2, eq2) = ends
+        difference = model.param_grad_difference(eq2.state, eq1.state, condition)
+        write_grads(model, [g.mul_(1.0 / (b2 - b1)) for g in difference])
         return metrics
