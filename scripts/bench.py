@@ -1,20 +1,25 @@
 """Time one centered-EP training step of dynets against the textbook autograd EP and backprop.
 
-    python scripts/bench.py [--device cpu] [--sizes 784,512,10] [--batch 128] [--repeats 20]
+    python scripts/bench.py [--device cpu] [--configs 784,512,10:128 ...] [--repeats 20]
 
 One step = free phase (T1 = 30 Euler steps from rest) + nudged phases at +β and −β
 (T2 = 10 steps each, warm-started from the free state) + writing p.grad + Adam step, on a
 layered Hopfield net (hard sigmoid), fp32, random inputs in [0, 1] and random labels.
 
-  dynets               EquilibriumPropagation with the analytic vector field (fast_euler)
+  dynets               EquilibriumPropagation, analytic vector field, fast_euler, 30+2x10 steps
   dynets_torchdiffeq   the same, settled through torchdiffeq's euler
+  dynets_adaptive      fast_euler, dt 0.5, each phase stopped as soon as every sample is
+                       within the residual the reference leaves after its fixed steps
+  dynets_adaptive_dt1  the same with dt 1 (the plain fixed-point iteration s <- ρ(∂Φ/∂s))
+  dynets_compiled      (GPU only) the Euler step compiled with torch.compile
   autograd_reference   EP as published EP code writes it: dΦ/ds by autograd at every step
   backprop             one backprop step of the same-size feedforward MLP
 
 Before timing, the script checks that the reference and dynets write the same p.grad
 from the same weights and batch, and aborts if not: the comparison is only fair if both
-compute the same thing. Timings are the median over --repeats steps after --warmup steps.
-The last line of output is one JSON object with the results.
+compute the same thing. Timings are medians over --repeats steps after --warmup steps,
+the methods taking turns. It also prints steps-to-converge vs width. The last lines of
+output are one JSON object per configuration.
 """
 from __future__ import annotations
 
@@ -29,16 +34,19 @@ from torch import nn
 
 from dynets.models import LayeredHopfield
 from dynets.rules import EquilibriumPropagation
-from dynets.settle import SettleOptions
+from dynets import Condition
+from dynets.settle import SettleOptions, residual_norm
 
 T1, T2, DT, BETA, LR = 30, 10, 0.5, 0.5, 1e-3
+CPU_CONFIGS = ["784,512,10:128", "784,1024,1024,10:128"]
+GPU_CONFIGS = ["784,512,10:128", "784,512,10:1024", "784,1024,1024,10:128", "784,1024,1024,10:1024"]
 
 
-def ep_rule(method: str) -> EquilibriumPropagation:
+def ep_rule(method: str, compile: str = "off") -> EquilibriumPropagation:
     # atol=0 never stops early, so every settle runs exactly its fixed number of steps;
     # check_every = the step count leaves only the start and end residual checks.
-    free = SettleOptions(method=method, step_size=DT, atol=0.0, max_time=T1 * DT, check_every=T1)
-    nudged = SettleOptions(method=method, step_size=DT, atol=0.0, max_time=T2 * DT, check_every=T2)
+    free = SettleOptions(method=method, step_size=DT, atol=0.0, max_time=T1 * DT, check_every=T1, compile=compile)
+    nudged = SettleOptions(method=method, step_size=DT, atol=0.0, max_time=T2 * DT, check_every=T2, compile=compile)
     return EquilibriumPropagation(beta=BETA, variant="centered", settle=free, nudged_settle=nudged)
 
 
@@ -92,11 +100,16 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def median_ms(steps: dict, device, warmup: int, repeats: int) -> dict:
-    """Median wall time per step of each callable, in ms."""
-    for step in steps.values():
+def median_ms(steps: dict, device, warmup: int, repeats: int) -> tuple[dict, dict]:
+    """Median wall time per step of each callable, in ms; peak CUDA memory in MB (GPU only)."""
+    peak = {}
+    for name, step in steps.items():
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         for _ in range(warmup):
             step()
+        if device.type == "cuda":
+            peak[name] = torch.cuda.max_memory_allocated(device) / 2**20
     times = {name: [] for name in steps}
     # Round-robin over the methods so that load from other processes on a shared
     # machine falls on all of them alike instead of skewing one method's block.
@@ -107,35 +120,41 @@ def median_ms(steps: dict, device, warmup: int, repeats: int) -> dict:
             step()
             sync(device)
             times[name].append(time.perf_counter() - start)
-    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}, peak
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--sizes", default="784,512,10", help="layer sizes, input first")
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tol", type=float, default=1e-5,
-                        help="max |grad diff| relative to max |grad| allowed in the check")
-    args = parser.parse_args()
-    device, sizes = torch.device(args.device), [int(n) for n in args.sizes.split(",")]
+def reference_residuals(model, reference, x, labels) -> tuple[float, float]:
+    """Worst residual ‖ds/dt‖ the reference leaves after its fixed free / nudged steps."""
+    onehot = model.target(labels)
+    zeros = [x.new_zeros(x.shape[0], layer.out_features) for layer in reference.layers]
+    free = reference.settle(x, onehot, zeros, 0.0, T1)
+    c = Condition(x, onehot)
+    r_free = residual_norm(model.vector_field(None, tuple(free), c)).max().item()
+    r_nudged = max(residual_norm(model.vector_field(None, tuple(reference.settle(x, onehot, free, b, T2)),
+                                                    c.nudged(b))).max().item() for b in (BETA, -BETA))
+    return r_free, r_nudged
 
+
+def adaptive_rule(step_size: float, r_free: float, r_nudged: float, device) -> EquilibriumPropagation:
+    """EP that stops each phase as soon as every sample is within the reference's residual."""
+    free = SettleOptions(method="fast_euler", step_size=step_size, atol=r_free, max_time=200)
+    nudged = SettleOptions(method="fast_euler", step_size=step_size, atol=r_nudged, max_time=200)
+    return EquilibriumPropagation(beta=BETA, variant="centered", settle=free, nudged_settle=nudged)
+
+
+def bench_config(sizes, batch, device, args) -> dict:
+    """Time every implementation on one network size and batch; return the figures."""
     gen = torch.Generator().manual_seed(args.seed)
-    x = torch.rand(args.batch, sizes[0], generator=gen).to(device)
-    labels = torch.randint(sizes[-1], (args.batch,), generator=gen).to(device)
+    x = torch.rand(batch, sizes[0], generator=gen).to(device)
+    labels = torch.randint(sizes[-1], (batch,), generator=gen).to(device)
     torch.manual_seed(args.seed)
-
     # Each method trains its own copy of the same initial weights; the check runs
     # first, while the weights are still identical.
     model = LayeredHopfield(sizes, "hard_sigmoid").to(device)
     reference = ReferenceEP(copy.deepcopy(model.layers))
     check_same_grads(model, reference, x, labels, args.tol)
+    r_free, r_nudged = reference_residuals(model, reference, x, labels)
     onehot = model.target(labels)
-
-    torchdiffeq_model = copy.deepcopy(model)
     # Same-size feedforward net: hard-sigmoid hidden layers, linear output.
     mlp = nn.Sequential(*[m for a, b in zip(sizes, sizes[1:]) for m in (nn.Linear(a, b), nn.Hardtanh(0.0, 1.0))][:-1])
     mlp = mlp.to(device)
@@ -157,23 +176,76 @@ def main() -> None:
             opt.step()
         return step
 
+    adaptive = {dt: adaptive_rule(dt, r_free, r_nudged, device) for dt in (DT, 1.0)}
     steps = {"dynets": ep_step(ep_rule("fast_euler"), model),
-             "dynets_torchdiffeq": ep_step(ep_rule("euler"), torchdiffeq_model),
+             "dynets_torchdiffeq": ep_step(ep_rule("euler"), copy.deepcopy(model)),
+             "dynets_adaptive": ep_step(adaptive[DT], copy.deepcopy(model)),
+             "dynets_adaptive_dt1": ep_step(adaptive[1.0], copy.deepcopy(model)),
              "autograd_reference": reference_step(), "backprop": backprop_step()}
-    ms = median_ms(steps, device, args.warmup, args.repeats)
+    if device.type == "cuda":
+        steps["dynets_compiled"] = ep_step(ep_rule("fast_euler", compile="on"), copy.deepcopy(model))
+    ms, peak = median_ms(steps, device, args.warmup, args.repeats)
+    used = {dt: rule.grads(copy.deepcopy(model), x, labels) for dt, rule in adaptive.items()}
 
-    config = f"{'-'.join(map(str, sizes))}/b{args.batch}/T{T1}+2x{T2}"
-    print(f"{config} on {device} ({torch.get_num_threads()} threads), median of {args.repeats}")
-    print(f"{'method':<20} {'ms/step':>9} {'x dynets':>9}")
+    config = f"{'-'.join(map(str, sizes))}/b{batch}/T{T1}+2x{T2}"
+    print(f"\n{config} on {device} ({torch.get_num_threads()} threads), median of {args.repeats}")
+    print(f"reference leaves residual {r_free:.2e} (free) / {r_nudged:.2e} (nudged); adaptive dynets "
+          f"stops there: dt {DT}: {used[DT]['steps_free']}+{used[DT]['steps_nudged_+']}+{used[DT]['steps_nudged_-']} "
+          f"steps, dt 1: {used[1.0]['steps_free']}+{used[1.0]['steps_nudged_+']}+{used[1.0]['steps_nudged_-']}")
+    print(f"{'method':<22} {'ms/step':>9} {'x dynets':>9} {'peak MB':>9}")
     for name, t in ms.items():
-        print(f"{name:<20} {t:9.2f} {t / ms['dynets']:9.2f}")
-    print(json.dumps({
+        print(f"{name:<22} {t:9.2f} {t / ms['dynets']:9.2f} {peak.get(name, float('nan')):9.1f}")
+    return {
         "device": str(device), "threads": torch.get_num_threads(), "config": config,
-        "ms_dynets": ms["dynets"], "ms_dynets_torchdiffeq": ms["dynets_torchdiffeq"],
-        "ms_autograd_reference": ms["autograd_reference"], "ms_backprop": ms["backprop"],
+        **{f"ms_{name}": t for name, t in ms.items()},
         "speedup_vs_autograd": ms["autograd_reference"] / ms["dynets"],
+        "speedup_vs_autograd_same_residual": ms["autograd_reference"] / ms["dynets_adaptive"],
+        "speedup_vs_autograd_same_residual_dt1": ms["autograd_reference"] / ms["dynets_adaptive_dt1"],
         "ratio_vs_backprop": ms["dynets"] / ms["backprop"],
-    }))
+        "reference_residual_free": r_free, "reference_residual_nudged": r_nudged,
+        **{f"peak_mb_{name}": mb for name, mb in peak.items()},
+    }
+
+
+def steps_vs_width(device, widths, batch, atol) -> list[dict]:
+    """Free and nudged steps to reach ``atol`` (Euler, dt 0.5) on 784-w-10 at init."""
+    rows = []
+    for width in widths:
+        torch.manual_seed(0)
+        model = LayeredHopfield([784, width, 10]).to(device)
+        x, labels = torch.rand(batch, 784, device=device), torch.randint(10, (batch,), device=device)
+        opts = SettleOptions(method="fast_euler", step_size=DT, atol=atol, max_time=500)
+        metrics = EquilibriumPropagation(BETA, "centered", opts).grads(model, x, labels)
+        rows.append({"width": width, **{k: metrics[k] for k in ("steps_free", "steps_nudged_+", "steps_nudged_-")}})
+    print(f"\nsteps to ‖ds/dt‖ <= {atol:g} vs width (784-w-10, batch {batch}, at init)")
+    for row in rows:
+        print("  " + "  ".join(f"{k}={v}" for k, v in row.items()))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--configs", nargs="+", default=None,
+                        help="sizes:batch items, e.g. 784,512,10:128 (default: two on CPU, four on GPU)")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tol", type=float, default=1e-3,
+                        help="max |grad diff| relative to max |grad| allowed in the check (fp32 rounding can flip a unit at the clip in deep nets)")
+    parser.add_argument("--widths", default="128,256,512,1024,2048", help="for steps vs width; '' skips it")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    configs = args.configs or (GPU_CONFIGS if device.type == "cuda" else CPU_CONFIGS)
+    results = []
+    for item in configs:
+        sizes, batch = item.split(":")
+        results.append(bench_config([int(n) for n in sizes.split(",")], int(batch), device, args))
+    if args.widths:
+        steps_vs_width(device, [int(w) for w in args.widths.split(",")], 128, 1e-4)
+    print()
+    for result in results:   # the last lines: one JSON object per configuration
+        print(json.dumps(result))
 
 
 if __name__ == "__main__":
