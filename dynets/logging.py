@@ -57,20 +57,51 @@ class JsonLinesLogger:
         pass
 
 
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts to dotted keys: ``{"rule": {"beta": 0.5}}`` -> ``{"rule.beta": 0.5}``.
+
+    Lists and other leaves stay values. These are the names of hydra overrides, and so of
+    wandb sweep parameters (see :class:`WandbLogger`).
+    """
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        flat.update(flatten(value, f"{name}.") if isinstance(value, dict) else {name: value})
+    return flat
+
+
 class WandbLogger:
-    """Logs to Weights & Biases, offline by default (sync later with ``wandb sync``).
+    """Logs to Weights & Biases: the composed config, one row of metrics per epoch, the
+    summary, and at :meth:`finish` every PNG then in the run directory as the image
+    ``plots/<stem>`` (at the last logged step).
+
+    Offline by default: the run is written to ``<run_dir>/wandb/offline-run-*`` and uploaded
+    later with ``wandb sync``. The config is logged flat (:func:`flatten`): a wandb sweep sets
+    and locks its parameters under their override names (``rule=ep``, ``rule.beta=0.1``), and
+    would silently drop a nested ``rule`` dict that collides with its ``rule``.
+
+    A logging sink never stops training. If ``wandb.init`` fails (server unreachable for
+    ``init_timeout`` seconds, no API key, ...) it warns and falls back to an offline run, and
+    to no wandb run if that fails too; a failing log, summary or finish call is a warning;
+    the final upload waits at most ``finish_timeout`` seconds (the rest stays on disk for
+    ``wandb sync``).
 
     Args:
-        project: wandb project name.
+        project: wandb project name (a sweep agent's runs go to the sweep's project).
         mode: ``offline`` (default: no network needed), ``online`` or ``disabled``.
+        init_timeout: seconds ``wandb.init`` may wait for the server.
+        finish_timeout: seconds ``finish`` may wait for the upload.
         init_kwargs: any further ``wandb.init`` arguments (``entity``, ``tags``, ``group``...).
 
-    The run starts in :meth:`start`, with the composed config, in the run directory.
+    Raises:
+        ImportError: wandb is not installed.
+        ValueError: unknown ``mode``.
     """
 
     MODES = ("offline", "online", "disabled")
 
-    def __init__(self, project: str = "dynets", mode: str = "offline", **init_kwargs: Any) -> None:
+    def __init__(self, project: str = "dynets", mode: str = "offline", init_timeout: float = 30.0,
+                 finish_timeout: float = 60.0, **init_kwargs: Any) -> None:
         if mode not in self.MODES:
             raise ValueError(f"unknown wandb mode {mode!r}; valid: {', '.join(self.MODES)}")
         try:
@@ -78,15 +109,43 @@ class WandbLogger:
         except ImportError as err:
             raise ImportError("logger=wandb needs the wandb package: pip install wandb, or use logger=console") from err
         self.wandb, self.project, self.mode, self.init_kwargs = wandb, project, mode, init_kwargs
-        self.run = None
+        self.settings = wandb.Settings(init_timeout=init_timeout, finish_timeout=finish_timeout)
+        self.run, self.run_dir, self.step = None, Path("."), 0
 
     def start(self, config: dict[str, Any], run_dir: Path) -> None:
-        self.run = self.wandb.init(project=self.project, mode=self.mode, config=config, dir=str(run_dir),
-                                   **self.init_kwargs)
+        self.run_dir, self.step = Path(run_dir), 0
+        for mode in dict.fromkeys((self.mode, "offline")):
+            self.run = _warn_on_error(f"wandb.init(mode={mode!r})", self.wandb.init, project=self.project,
+                                      mode=mode, config=flatten(config), dir=str(run_dir),
+                                      settings=self.settings, **self.init_kwargs)
+            if self.run is not None:
+                return
+        log.warning("wandb is off for this run; metrics.jsonl and summary.json still have everything")
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        self.run.log(metrics, step=step)
+        if self.run is not None:
+            self.step = step
+            _warn_on_error("wandb log", self.run.log, metrics, step=step)
 
     def finish(self, summary: dict[str, Any]) -> None:
-        self.run.summary.update(summary)
-        self.run.finish()
+        if self.run is None:
+            return
+        images = _warn_on_error("wandb.Image", self._plots) or {}
+        # Commit the last row before the summary: committed later, at finish, its values
+        # would overwrite the summary's (the best epoch's val_accuracy, a sweep's metric).
+        _warn_on_error("wandb log of plots", self.run.log, images, step=self.step, commit=True)
+        _warn_on_error("wandb summary", self.run.summary.update, summary)
+        _warn_on_error("wandb finish", self.run.finish)
+        self.run = None
+
+    def _plots(self) -> dict[str, Any]:
+        return {f"plots/{p.stem}": self.wandb.Image(str(p)) for p in sorted(self.run_dir.glob("*.png"))}
+
+
+def _warn_on_error(what: str, fn, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``, or ``None`` after a warning if it raises."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as err:  # any wandb failure (network, server, internal) must leave training running
+        log.warning("%s failed, training goes on: %s: %s", what, type(err).__name__, err)
+        return None

@@ -1,17 +1,26 @@
 """The training loop. It knows nothing of hydra: every argument is a plain object."""
 from __future__ import annotations
 
-import copy
 import json
 import logging
+import math
 import os
+import sys
 import time
+from collections.abc import Iterable, Mapping
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
+from . import checkpoint
 from .data import Dataset, Split
+from .distributed import (all_sum, average_grads, broadcast_parameters, gather, is_main, rank_and_size,
+                          shard)
 from .logging import Logger
 from .models.base import DynamicalModel
 from .rules.base import Rule
@@ -34,78 +43,210 @@ def layer_param_groups(model: torch.nn.Module, lr: float, layer_lrs: Sequence[fl
     return [{"params": ps, "lr": float(r)} for ps, r in zip(groups.values(), layer_lrs)]
 
 
+def _quiet() -> bool:
+    """No progress bars off a terminal (CI, log files) and on ranks other than 0."""
+    return not (is_main() and sys.stderr.isatty())
+
+
+def _bar(iterable: Iterable, **kwargs) -> Iterable:
+    """A tqdm progress bar on stderr, unless :func:`_quiet`."""
+    return tqdm(iterable, disable=_quiet(), dynamic_ncols=True, **kwargs)
+
+
 @torch.no_grad()
 def evaluate(model: DynamicalModel, split: Split, settle: SettleOptions, batch_size: int = 512) -> dict[str, float]:
-    """Accuracy of the free-phase read-out on ``split``; mean settle steps; converged fraction."""
-    correct = steps = converged = 0.0
-    for x, y in split.batches(batch_size, shuffle=False):
-        eq = settle(model, Condition(x))
-        correct += (model.output(eq.state).argmax(1) == y).sum().item()
-        steps += eq.steps * len(y)
-        converged += eq.converged_fraction * len(y)
-    n = len(split)
-    return {"accuracy": correct / n, "steps": steps / n, "converged": converged / n}
+    """Accuracy of the free-phase read-out on ``split``; mean settle steps; converged fraction.
+
+    Under torch.distributed each process settles its shard of ``split`` and the sums are
+    reduced, so every process returns the same numbers.
+    """
+    x, y = shard(split.x, split.y)
+    sums = torch.zeros(3, dtype=torch.float64)
+    for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+        eq = settle(model, Condition(xb))
+        correct = (model.output(eq.state).argmax(1) == yb).sum().item()
+        sums += torch.tensor([correct, eq.steps * len(yb), eq.converged_fraction * len(yb)], dtype=torch.float64)
+    correct, steps, converged = (s / len(split) for s in all_sum(sums).tolist())
+    return {"accuracy": correct, "steps": steps, "converged": converged}
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file, then rename: a crash never leaves a half-written file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def train_step(model: DynamicalModel, rule: Rule, optimizer: torch.optim.Optimizer,
+               x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, float], int]:
+    """One optimizer step on the batch ``x`` ``(batch, in)``, ``y`` ``(batch,)``.
+
+    Under torch.distributed each process runs ``rule.grads`` on its contiguous shard of the
+    batch, and the gradients are averaged weighted by shard size before the step, so the
+    step is the single-process step on the whole batch, up to float rounding and up to the
+    settle tolerance (each shard stops settling when its own samples have settled).
+
+    Returns this process's metrics (means over its shard; empty for an empty shard) and its
+    shard size.
+    """
+    xs, ys = shard(x, y)
+    if len(ys):
+        metrics = rule.grads(model, xs, ys)
+    else:  # a last batch smaller than the number of processes leaves some shards empty
+        metrics = {}
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+    average_grads(model, len(ys) / len(y))
+    optimizer.step()
+    return metrics, len(ys)
 
 
 def _train_epoch(model, rule, optimizer, split: Split, batch_size: int, generator: torch.Generator) -> dict[str, float]:
+    """One pass over ``split`` in the order drawn from ``generator``; the rule's metrics, means over the split."""
     totals: dict[str, float] = {}
-    for x, y in split.batches(batch_size, shuffle=True, generator=generator):
-        metrics = rule.grads(model, x, y)
-        optimizer.step()
+    batches = split.batches(batch_size, shuffle=True, generator=generator)
+    for x, y in _bar(batches, total=math.ceil(len(split) / batch_size), desc="batches", leave=False):
+        metrics, n = train_step(model, rule, optimizer, x, y)
         for k, v in metrics.items():
-            totals[k] = totals.get(k, 0.0) + v * len(y)
-    return {f"train_{k}": v / len(split) for k, v in totals.items()}
+            totals[k] = totals.get(k, 0.0) + v * n
+    sums = all_sum(torch.tensor(list(totals.values()), dtype=torch.float64)).tolist()
+    return {f"train_{k}": v / len(split) for k, v in zip(totals, sums)}
+
+
+@dataclass
+class History:
+    """What :func:`fit` carries from epoch to epoch besides the model and optimizer."""
+
+    epoch: int = 0                 # last complete epoch
+    best_epoch: int = 0            # the epoch of the best validation accuracy so far
+    best_val: float = -1.0
+    best_model: dict | None = None  # model.state_dict() at best_epoch
+    settle_steps: float = 0.0      # sum over epochs of the mean free-phase settle steps in training
+    wall_time_s: float = 0.0       # training time up to the end of ``epoch``
+
+    def record(self, epoch: int, metrics: dict[str, float], model: torch.nn.Module) -> None:
+        self.epoch = epoch
+        self.settle_steps += metrics["train_steps_free"]
+        if metrics["val_accuracy"] > self.best_val:
+            self.best_epoch, self.best_val = epoch, metrics["val_accuracy"]
+            self.best_model = {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _state(model, rule, optimizer, generator: torch.Generator, history: History, config) -> dict[str, Any]:
+    """Everything a resumed run needs to continue exactly (the torch RNG state of every process)."""
+    return {"epoch": history.epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "rule": rule.state_dict() if hasattr(rule, "state_dict") else None,
+            "rng": {"torch": gather(torch.get_rng_state()), "batch_order": generator.get_state()},
+            "history": dict(vars(history)), "model_signature": checkpoint.model_signature(model),
+            "config": config}
+
+
+def _restore(state: Mapping[str, Any], source: str, model, rule, optimizer, generator: torch.Generator) -> History:
+    """Load a checkpoint's state into the run's objects; the run's :class:`History`."""
+    checkpoint.check_model(state["model_signature"], model, source)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if state["rule"] is not None:
+        rule.load_state_dict(state["rule"])
+    generator.set_state(state["rng"]["batch_order"])
+    rngs, (rank, size) = state["rng"]["torch"], rank_and_size()
+    if len(rngs) != size:
+        log.warning("%s was saved by %d processes and resumes on %d: random draws of the rules (if any) "
+                    "will not repeat the original run's", source, len(rngs), size)
+    torch.set_rng_state(rngs[rank] if len(rngs) == size else rngs[0])
+    return History(**state["history"])
+
+
+def _checkpoint_of(resume_from: str | os.PathLike | Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
+    """A checkpoint and a name for messages, from a loaded checkpoint, a file or a run directory."""
+    if isinstance(resume_from, Mapping):
+        return resume_from, "the checkpoint"
+    path = Path(resume_from)
+    state = checkpoint.load(path) if path.is_dir() else checkpoint.read(path)
+    if state is None:
+        raise FileNotFoundError(f"resume_from={path}: the directory holds no {checkpoint.CHECKPOINT}")
+    return state, str(path)
+
+
+def _summary(model, data: Dataset, settle: SettleOptions, history: History, epochs: int, wall_time_s: float):
+    """Accuracies of the best epoch's model (loaded into ``model``) on every split, and the run's totals."""
+    model.load_state_dict(history.best_model)
+    summary = {f"{name}_accuracy": evaluate(model, getattr(data, name), settle)["accuracy"]
+               for name in ("train", "val", "test")}
+    summary.update(best_epoch=history.best_epoch, epochs=epochs, mean_settle_steps=history.settle_steps / epochs,
+                   wall_time_s=wall_time_s)
+    return summary
 
 
 def fit(model: DynamicalModel, rule: Rule, data: Dataset, optimizer: torch.optim.Optimizer, *,
         epochs: int, batch_size: int, seed: int = 0, eval_settle: SettleOptions | None = None,
-        loggers: Sequence[Logger] = (), run_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+        loggers: Sequence[Logger] = (), run_dir: str | os.PathLike | None = None,
+        resume_from: str | os.PathLike | Mapping[str, Any] | None = None,
+        config: Mapping[str, Any] | None = None,
+        probes: Sequence[Callable[[DynamicalModel], dict[str, float]]] = ()) -> dict[str, Any]:
     """Train ``model`` with ``rule`` for ``epochs`` epochs; select the epoch with the best
-    validation accuracy (never test); return the summary.
+    validation accuracy (never test); load its weights into ``model``; return the summary.
 
-    Each epoch goes to every logger; with ``run_dir``, ``checkpoint.pt`` (model, optimizer,
-    epoch) is rewritten atomically every epoch and ``summary.json`` at the end.
-    ``eval_settle`` defaults to the rule's free-phase settle options. The summary holds
-    ``train/val/test_accuracy`` (of the selected epoch), ``best_epoch``, ``epochs``,
-    ``mean_settle_steps`` (free phase, training) and ``wall_time_s``.
+    Args:
+        epochs: total epochs of the run, counting those before ``resume_from``.
+        batch_size: rows per optimizer step (split among processes under torch.distributed).
+        seed: seed of the batch order (the model's init is the caller's).
+        eval_settle: settle options of evaluation; default the rule's free-phase options.
+        loggers: each gets every epoch's metrics (rank 0 only); starting them and passing
+            them the summary (``finish``) is the caller's, who may add plots in between.
+        run_dir: where ``checkpoint.pt`` is written atomically every epoch (see
+            :mod:`dynets.checkpoint`) and ``summary.json`` at the end, by rank 0. Under
+            torch.distributed pass it (or ``None``) on every process.
+        resume_from: a run directory, a checkpoint file or a checkpoint loaded with
+            :func:`dynets.checkpoint.load`: continue after its epoch. With the same seed, data
+            and process count the run ends exactly as one never interrupted (on CPU). Loggers
+            get only the epochs after it (see :func:`dynets.checkpoint.truncate_metrics`).
+        config: plain data saved in every checkpoint (e.g. the composed config), for checks on resume.
+        probes: functions of the model called after each epoch's training, whose metrics
+            join the epoch's (e.g. alignment with the true gradient on a probe batch).
+
+    A progress bar over epochs and batches shows when stderr is a terminal. The summary
+    holds ``train/val/test_accuracy`` (of the selected epoch), ``best_epoch``, ``epochs``,
+    ``mean_settle_steps`` (free phase, training) and ``wall_time_s`` (summed over resumes).
     """
-    if epochs < 1 or batch_size < 1:
-        raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
-    eval_settle = eval_settle or rule.settle
+    processes = rank_and_size()[1]
+    if epochs < 1 or batch_size < processes:
+        raise ValueError(f"need epochs >= 1 and batch_size >= the number of processes ({processes}), "
+                         f"got {epochs} and {batch_size}")
+    eval_settle, loggers = eval_settle or rule.settle, loggers if is_main() else ()
     generator = torch.Generator().manual_seed(seed)
-    run_dir = Path(run_dir) if run_dir is not None else None
-    start, best, best_val, steps_sum = time.perf_counter(), None, -1.0, 0.0
-    for epoch in range(1, epochs + 1):
-        t0 = time.perf_counter()
-        metrics = _train_epoch(model, rule, optimizer, data.train, batch_size, generator)
-        val = evaluate(model, data.val, eval_settle)
-        metrics.update(val_accuracy=val["accuracy"], epoch_time_s=time.perf_counter() - t0)
-        steps_sum += metrics["train_steps_free"]
-        if metrics["train_converged"] < 1.0:
-            log.warning("epoch %d: %.1f%% of free/nudged settles reached the tolerance; raise settle.max_time "
-                        "or loosen settle.atol", epoch, 100 * metrics["train_converged"])
-        if val["accuracy"] > best_val:
-            best_val, best = val["accuracy"], (epoch, copy.deepcopy(model.state_dict()))
-        for logger in loggers:
-            logger.log(metrics, epoch)
-        if run_dir is not None:
-            _atomic_save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict()},
-                         run_dir / "checkpoint.pt")
-    best_epoch, state = best
-    model.load_state_dict(state)
-    summary = {f"{name}_accuracy": evaluate(model, getattr(data, name), eval_settle)["accuracy"]
-               for name in ("train", "val", "test")}
-    summary.update(best_epoch=best_epoch, epochs=epochs, mean_settle_steps=steps_sum / epochs,
-                   wall_time_s=time.perf_counter() - start)
-    if run_dir is not None:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    for logger in loggers:
-        logger.finish(summary)
+    broadcast_parameters(model)
+    history = History()
+    if resume_from is not None:
+        history = _restore(*_checkpoint_of(resume_from), model, rule, optimizer, generator)
+    if history.epoch > epochs:
+        raise ValueError(f"the checkpoint is at epoch {history.epoch}, beyond epochs={epochs}")
+    start, base_time = time.perf_counter(), history.wall_time_s
+    with nullcontext() if _quiet() else logging_redirect_tqdm():
+        for epoch in _bar(range(history.epoch + 1, epochs + 1), initial=history.epoch, total=epochs, desc="epochs"):
+            metrics = _epoch(model, rule, optimizer, data, batch_size, generator, eval_settle, probes)
+            history.record(epoch, metrics, model)
+            history.wall_time_s = base_time + time.perf_counter() - start
+            _report(epoch, metrics, loggers)
+            if run_dir is not None:
+                state = _state(model, rule, optimizer, generator, history, config)
+                if is_main():
+                    checkpoint.save(state, run_dir)
+    summary = _summary(model, data, eval_settle, history, epochs, base_time + time.perf_counter() - start)
+    if run_dir is not None and is_main():
+        (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _epoch(model, rule, optimizer, data: Dataset, batch_size: int, generator: torch.Generator,
+           eval_settle: SettleOptions, probes: Sequence[Callable]) -> dict[str, float]:
+    """Train one epoch; its metrics with the probes', the validation accuracy and the epoch's time."""
+    t0 = time.perf_counter()
+    metrics = _train_epoch(model, rule, optimizer, data.train, batch_size, generator)
+    for probe in probes:
+        metrics.update(probe(model))
+    metrics.update(val_accuracy=evaluate(model, data.val, eval_settle)["accuracy"],
+                   epoch_time_s=time.perf_counter() - t0)
+    return metrics
+
+
+def _report(epoch: int, metrics: dict[str, float], loggers: Sequence[Logger]) -> None:
+    """Send an epoch's metrics to the loggers; warn (once, on rank 0) about unconverged settles."""
+    if metrics["train_converged"] < 1.0 and is_main():
+        log.warning("epoch %d: %.1f%% of free/nudged settles reached the tolerance; raise settle.max_time "
+                    "or loosen settle.atol", epoch, 100 * metrics["train_converged"])
+    for logger in loggers:
+        logger.log(metrics, epoch)

@@ -1,5 +1,7 @@
 """The whole path on real data: a short run learns, is reproducible and leaves its records."""
+import io
 import json
+import sys
 
 import pytest
 import torch
@@ -52,3 +54,19 @@ def test_layer_learning_rates():
     assert [p for g in groups for p in g["params"]] == list(model.parameters())
     with pytest.raises(ValueError, match="2 layers"):
         layer_param_groups(model, 0.1, [0.5])
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("stream,shown", [(Terminal, True), (io.StringIO, False)])
+def test_progress_bars_show_only_on_a_terminal(digits, monkeypatch, stream, shown):
+    monkeypatch.setattr(sys, "stderr", stream())
+    small = dynets.data.from_arrays(digits.train.x[:60], digits.train.y[:60])
+    model = LayeredHopfield([64, 8, 10])
+    rule = EquilibriumPropagation(0.5, "centered", SettleOptions(method="fast_euler", atol=1e-3, max_time=10))
+    fit(model, rule, small, torch.optim.SGD(model.parameters(), lr=0.1), epochs=2, batch_size=16)
+    text = sys.stderr.getvalue()
+    assert ("epochs" in text and "2/2" in text and "batches" in text) == shown

@@ -1,0 +1,185 @@
+"""Checkpoints and resume: a killed run continues to exactly the end of an uninterrupted one;
+checkpoints load without pickled code; a bad checkpoint or another model fails clearly."""
+import json
+import logging
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from dynets import SettleOptions, checkpoint
+from dynets.data import Dataset, Split
+from dynets.models import LayeredHopfield
+from dynets.rules import EquilibriumPropagation
+from dynets.train import fit
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from train import resume_from  # noqa: E402
+
+# Small and fast, and long enough (6 epochs) that a kill after the first checkpoint is mid-run.
+RUN = ["model.hidden=[32]", "settle=fast", "logger=none", "trainer.epochs=6"]
+
+
+def launch(run_dir, *overrides):
+    return subprocess.Popen([sys.executable, str(ROOT / "scripts" / "train.py"), *overrides, *RUN],
+                            cwd=run_dir.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc):
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    return out + err
+
+
+def kill_after_first_checkpoint(proc, run_dir):
+    while not (run_dir / "checkpoint.pt").exists():
+        assert proc.poll() is None, proc.communicate()[1]
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """An uninterrupted run, and the same run SIGKILLed after its first checkpoint and resumed."""
+    whole, killed = tmp_path_factory.mktemp("whole"), tmp_path_factory.mktemp("killed")
+    reference = launch(whole, f"hydra.run.dir={whole}")
+    kill_after_first_checkpoint(launch(killed, f"hydra.run.dir={killed}"), killed)
+    killed_at = torch.load(killed / "checkpoint.pt", weights_only=True)["epoch"]
+    output = finish(launch(killed, f"resume={killed}"))
+    finish(reference)
+    return whole, killed, killed_at, output
+
+
+def records(run_dir):
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary.pop("wall_time_s")
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for line in lines:
+        line.pop("epoch_time_s")
+    return summary, lines
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(runs):
+    whole, killed, killed_at, output = runs
+    assert 1 <= killed_at < 6
+    assert f"after epoch {killed_at}" in output
+    summary, lines = records(killed)
+    assert (summary, lines) == records(whole)
+    assert [line["epoch"] for line in lines] == [1, 2, 3, 4, 5, 6]   # no epoch logged twice
+    assert "batches" not in output   # no progress bar off a terminal
+
+
+def test_resume_with_another_model_names_the_difference(runs, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs[1], run_dir)
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), f"hydra.run.dir={run_dir}",
+                          "resume=true", *RUN, "model.hidden=[16]"], capture_output=True, text=True, cwd=tmp_path,
+                         timeout=300)
+    assert out.returncode != 0
+    assert "different model (model.hidden: [32] -> [16])" in out.stderr + out.stdout
+
+
+def test_resume_without_a_checkpoint(tmp_path, caplog):
+    with pytest.raises(FileNotFoundError, match="no checkpoint.pt there"):   # resume=<dir> names a run
+        resume_from(OmegaConf.create({"resume": str(tmp_path)}), tmp_path, {})
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n')   # an epoch killed before its checkpoint
+    with caplog.at_level(logging.WARNING, logger="dynets"):      # resume=true: a requeued job starts
+        assert resume_from(OmegaConf.create({"resume": True}), tmp_path, {}) is None
+    assert "starting at epoch 1" in caplog.text
+    assert (tmp_path / "metrics.jsonl").read_text() == ""
+
+
+def tiny_data(n=96, features=6, classes=3):
+    """Random float64 data with labels from a fixed linear map: learnable, and small."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(n, features, generator=g, dtype=torch.float64)
+    y = (x @ torch.randn(features, classes, generator=g, dtype=torch.float64)).argmax(1)
+    split = lambda a, b: Split(x[a:b], y[a:b])
+    return Dataset("tiny", split(0, 64), split(64, 80), split(80, 96), features, classes)
+
+
+def tiny_run(run_dir=None, epochs=3, init_seed=0, **kwargs):
+    torch.manual_seed(init_seed)
+    model = LayeredHopfield([6, 8, 3]).double()
+    rule = EquilibriumPropagation(0.5, settle=SettleOptions(method="fast_euler", atol=1e-6, max_time=20))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    summary = fit(model, rule, tiny_data(), optimizer, epochs=epochs, batch_size=10, seed=3, run_dir=run_dir,
+                  **kwargs)
+    summary.pop("wall_time_s")
+    return summary, model
+
+
+def test_fit_resumed_from_a_checkpoint_equals_the_uninterrupted_fit(tmp_path):
+    tiny_run(tmp_path, epochs=2)
+    # Another init seed: the resumed weights must all come from the checkpoint.
+    resumed, model = tiny_run(tmp_path, epochs=4, init_seed=9, resume_from=tmp_path)
+    whole, reference = tiny_run(epochs=4)
+    assert resumed == whole
+    for a, b in zip(model.parameters(), reference.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_checkpoint_loads_weights_only_and_holds_the_run_state(tmp_path):
+    summary, model = tiny_run(tmp_path, epochs=3, config={"model": {"hidden": [8]}})
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 3 and state["config"] == {"model": {"hidden": [8]}}
+    # The batch order of 3 epochs of 64 samples: three permutations drawn from seed 3.
+    order = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        torch.randperm(64, generator=order)
+    assert torch.equal(state["rng"]["batch_order"], order.get_state())
+    best = state["history"]
+    assert (best["best_epoch"], best["best_val"]) == (summary["best_epoch"], summary["val_accuracy"])
+    for name, p in model.named_parameters():   # fit ends with the best epoch's weights
+        assert torch.equal(best["best_model"][name], p)
+    assert checkpoint.read(tmp_path / checkpoint.PREVIOUS)["epoch"] == 2   # the one before is kept
+
+
+def test_truncated_checkpoint_falls_back_then_fails_clearly(tmp_path, caplog):
+    checkpoint.save({"epoch": 1}, tmp_path)
+    checkpoint.save({"epoch": 2}, tmp_path)
+    latest = tmp_path / checkpoint.CHECKPOINT
+    latest.write_bytes(latest.read_bytes()[:100])
+    with caplog.at_level(logging.WARNING, logger="dynets"):
+        assert checkpoint.load(tmp_path)["epoch"] == 1
+    assert f"cannot read checkpoint {latest}: it is truncated or corrupt" in caplog.text
+    previous = tmp_path / checkpoint.PREVIOUS
+    previous.write_bytes(b"")
+    with pytest.raises(checkpoint.CheckpointError, match=f"{previous}.*start the run again without resume"):
+        checkpoint.load(tmp_path)
+    assert checkpoint.load(tmp_path / "empty") is None
+
+
+class Payload:
+    """Any class: unpickling it would run code of the file's choosing."""
+
+
+def test_checkpoint_with_pickled_objects_is_refused(tmp_path):
+    torch.save({"format": checkpoint.FORMAT, "epoch": 1, "payload": Payload()}, tmp_path / "checkpoint.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="checkpoint.pt: it is truncated or corrupt"):
+        checkpoint.read(tmp_path / "checkpoint.pt")
+
+
+def test_resume_into_another_model_lists_the_shapes(tmp_path):
+    saved = checkpoint.model_signature(LayeredHopfield([6, 8, 3]))
+    with pytest.raises(checkpoint.CheckpointError, match=r"layers.0.weight shape \[8, 6\] vs \[5, 6\]"):
+        checkpoint.check_model(saved, LayeredHopfield([6, 5, 3]), "run/checkpoint.pt")
+    checkpoint.check_model(saved, LayeredHopfield([6, 8, 3]), "run/checkpoint.pt")
+
+
+def test_truncate_metrics_keeps_the_epochs_of_the_checkpoint(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"epoch": e, "loss": 1.0 / e}) + "\n" for e in (1, 2, 3)) + '{"epoch": 4, "lo')
+    assert checkpoint.truncate_metrics(path, 2) == 2
+    assert [json.loads(line)["epoch"] for line in path.read_text().splitlines()] == [1, 2]
+    path.write_text(path.read_text() + '{"epoch": 3, "lo')   # a half-written line after the kept ones
+    assert checkpoint.truncate_metrics(path, 5) == 2
+    assert checkpoint.truncate_metrics(tmp_path / "none.jsonl", 1) == 0 and not (tmp_path / "none.jsonl").exists()
