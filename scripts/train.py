@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dynets import Condition, checkpoint, diagnostics, distributed, plots
 from dynets.data import Dataset
-from dynets.logging import JsonLinesLogger
+from dynets.logging import JsonLinesLogger, flatten
 from dynets.rules import ImplicitDifferentiation
 from dynets.train import fit, layer_param_groups
 
@@ -57,12 +57,11 @@ def build(cfg: DictConfig):
     return data, model, rule, optimizer
 
 
-def differences(old, new, prefix: str = "") -> list[tuple[str, object, object]]:
+def differences(old: dict, new: dict) -> list[tuple[str, object, object]]:
     """``(dotted key, old value, new value)`` for every leaf where two nested dicts differ."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [d for k in sorted(set(old) | set(new))
-                for d in differences(old.get(k, "<absent>"), new.get(k, "<absent>"), f"{prefix}{k}.")]
-    return [] if old == new else [(prefix[:-1], old, new)]
+    old, new = flatten(old), flatten(new)
+    pairs = ((k, old.get(k, "<absent>"), new.get(k, "<absent>")) for k in sorted(set(old) | set(new)))
+    return [(k, a, b) for k, a, b in pairs if a != b]
 
 
 def check_config(saved: dict, config: dict, source: str) -> None:
