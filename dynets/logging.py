@@ -70,10 +70,14 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+RUN_ID_FILE = "wandb_run_id"
+
+
 class WandbLogger:
     """Logs to Weights & Biases: the composed config, one row of metrics per epoch, the
     summary, and at :meth:`finish` every PNG then in the run directory as the image
-    ``plots/<stem>`` (at the last logged step).
+    ``plots/<stem>`` (at the last logged step). The run id is kept in
+    ``<run_dir>/wandb_run_id``, so that a resumed training run continues its wandb run.
 
     Offline by default: the run is written to ``<run_dir>/wandb/offline-run-*`` and uploaded
     later with ``wandb sync``. The config is logged flat (:func:`flatten`): a wandb sweep sets
@@ -113,12 +117,17 @@ class WandbLogger:
         self.run, self.run_dir, self.step = None, Path("."), 0
 
     def start(self, config: dict[str, Any], run_dir: Path) -> None:
+        """Start (or, in a run directory that had one, resume) the wandb run."""
         self.run_dir, self.step = Path(run_dir), 0
+        id_file = self.run_dir / RUN_ID_FILE
+        # A resumed run continues its wandb run; a new one lets wandb (or a sweep agent) pick the id.
+        resume = {"id": id_file.read_text().strip(), "resume": "allow"} if id_file.exists() else {}
         for mode in dict.fromkeys((self.mode, "offline")):
             self.run = _warn_on_error(f"wandb.init(mode={mode!r})", self.wandb.init, project=self.project,
                                       mode=mode, config=flatten(config), dir=str(run_dir),
-                                      settings=self.settings, **self.init_kwargs)
+                                      settings=self.settings, **resume, **self.init_kwargs)
             if self.run is not None:
+                id_file.write_text(self.run.id + "\n")
                 return
         log.warning("wandb is off for this run; metrics.jsonl and summary.json still have everything")
 

@@ -113,6 +113,23 @@ def test_offline_run_holds_config_metrics_summary_and_plots(wandb_env, tmp_path)
     assert (run["files"] / image["path"]).read_bytes() == (tmp_path / "learning_curves.png").read_bytes()
 
 
+def test_a_resumed_run_continues_its_wandb_run(wandb_env, tmp_path):
+    first = WandbLogger(project="test")
+    first.start(CONFIG, tmp_path)
+    run_id = first.run.id
+    first.finish(SUMMARY)
+    again = WandbLogger(project="test")
+    again.start(CONFIG, tmp_path)
+    assert again.run.id == run_id
+    again.finish(SUMMARY)
+    other = tmp_path / "other"
+    other.mkdir()
+    fresh = WandbLogger(project="test")
+    fresh.start(CONFIG, other)
+    assert fresh.run.id != run_id
+    fresh.finish(SUMMARY)
+
+
 def test_sweep_parameters_do_not_hide_the_config(wandb_env, tmp_path):
     """A sweep locks ``rule=ep``; a nested ``rule`` dict in the config would be dropped."""
     params = tmp_path / "sweep.yaml"
