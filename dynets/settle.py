@@ -171,9 +171,7 @@ class _Monitor:
         if self.trajectory is not None:
             self.trajectory.append((t, state))
         self.prev = residual
-        # Aim a little short of the prediction: a rate measured while faster modes were
-        # still decaying is pessimistic, and overshooting costs steps, not just a sync.
-        ahead = opts.check_every if not math.isfinite(need) else min(opts.check_every, max(1, math.ceil(0.8 * need)))
+        ahead = opts.check_every if not math.isfinite(need) else min(opts.check_every, max(1, math.ceil(need)))
         self.since = ahead
         return residual, tolerance, worst <= 0, ahead
 
