@@ -124,9 +124,18 @@ def settle(model: Dynamical, condition: Condition, init: State | None = None, *,
         raise TypeError("pass either options= or SettleOptions fields, not both")
     with torch.no_grad(), _precision(opts.precision, condition.x.device):
         f = model.dynamics(condition)
-        state = tuple(init) if init is not None else model.init_state(condition)
+        state = model.init_state(condition) if init is None else _checked_init(init, model.init_state(condition))
         loop = _fast_loop if opts.method in FAST else _odeint_loop
         return loop(f, state, opts, record)
+
+
+def _checked_init(init: State, rest: State) -> State:
+    """``init`` as a tuple, if it has the layers and shapes of the rest state."""
+    init = tuple(init)
+    if len(init) != len(rest) or any(a.shape != b.shape for a, b in zip(init, rest)):
+        raise ValueError(f"init has shapes {[tuple(a.shape) for a in init]} but this model and batch need "
+                         f"{[tuple(b.shape) for b in rest]} (one (batch, units) tensor per free layer)")
+    return init
 
 
 @contextlib.contextmanager

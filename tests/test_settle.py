@@ -87,6 +87,12 @@ def test_warm_start_from_equilibrium_takes_no_step():
     assert eq.steps > 0 and again.steps == 0 and again.converged
 
 
+def test_warm_start_of_the_wrong_shape_is_an_error():
+    A, b = stable_matrix(4, 3), torch.randn(2, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"\(3, 4\).*\(2, 4\)"):
+        settle(Linear([A], [b]), Condition(torch.zeros(2, 1)), (torch.zeros(3, 4, dtype=torch.float64),))
+
+
 def test_bad_options_are_errors():
     with pytest.raises(ValueError, match="dopri5"):
         SettleOptions(method="runge")
