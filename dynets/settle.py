@@ -190,12 +190,12 @@ class _Monitor:
         self.prev, self.since = residual_norm(ds), 1
 
     def _steps_needed(self, residual: torch.Tensor, tolerance: torch.Tensor) -> torch.Tensor:
+        """Max over the unconverged samples of since·log(r/tol)/log(r_prev/r): the steps
+        at their geometric rate; +inf where the residual did not fall (log clamped to 0)."""
         if self.prev is None:   # no rate yet: look again after one step
             return torch.ones((), dtype=residual.dtype, device=residual.device)
-        rate = (residual / self.prev).pow(1.0 / self.since)
-        steps = torch.log(tolerance / residual) / torch.log(rate)
-        steps = torch.where(rate < 1, steps, torch.full_like(steps, math.inf))
-        return torch.where(residual > tolerance, steps, torch.zeros_like(steps)).max()
+        steps = (residual / tolerance).log_() / (self.prev / residual).log_().clamp_(min=0)
+        return torch.where(residual > tolerance, steps, 0.0).max() * self.since
 
 
 def _raise_diverged(state: State, ds: State, t: float) -> None:
