@@ -80,6 +80,8 @@ class Equilibrium:
     @property
     def converged_fraction(self) -> float:
         """Fraction of the batch whose residual is within tolerance."""
+        if self.converged:   # every sample is: no need to count (nor to sync)
+            return 1.0
         return (self.residual <= self.tolerance).float().mean().item()
 
 

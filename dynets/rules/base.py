@@ -32,13 +32,11 @@ class Rule(ABC):
         """Settle with x clamped and no nudging; metrics of that equilibrium."""
         condition = Condition(x, model.target(y))
         free = self.settle(model, condition)
-        out = model.output(free.state)
-        metrics = {
-            "loss": model.cost(free.state, condition.target).mean().item(),
-            "accuracy": (out.argmax(1) == y).float().mean().item(),
-            "steps_free": free.steps,
-            "converged": free.converged_fraction,
-        }
+        loss = model.cost(free.state, condition.target).mean()
+        accuracy = (model.output(free.state).argmax(1) == y).to(loss.dtype).mean()
+        loss, accuracy = torch.stack([loss, accuracy]).tolist()   # one sync for both
+        metrics = {"loss": loss, "accuracy": accuracy, "steps_free": free.steps,
+                   "converged": free.converged_fraction}
         return condition, free, metrics
 
 
