@@ -58,8 +58,8 @@ class SettleOptions:
         solver_rtol, solver_atol: local error tolerances of adaptive solvers.
         precision: matmul precision inside the settle: ``fp32``; ``tf32`` (TensorFloat-32
             matmuls on NVIDIA GPUs since Ampere; no effect on CPU); ``bf16`` (autocast:
-            matmuls in bfloat16, the state stays fp32). Reduced precision raises the
-            residual floor: keep ``atol`` above it (≈1e-3 for bf16).
+            matmuls in bfloat16, the state stays fp32). bf16 settles chatter at a residual
+            floor ≈ 2⁻⁸‖s‖: give them a fixed budget (``atol=0``) or an ``rtol`` above it.
         compile: ``fast_euler`` only: ``auto`` compiles the Euler step with
             ``torch.compile`` on GPU and runs eager on CPU; ``on`` compiles on CPU too;
             ``off`` never.

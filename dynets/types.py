@@ -63,7 +63,8 @@ class Equilibrium:
         residual: ``(batch,)`` ‖ds/dt‖ per sample at ``state`` (all layers together).
         tolerance: ``(batch,)`` atol + rtol·‖s_b‖, the per-sample stop threshold.
         converged: every sample has ``residual <= tolerance``.
-        steps: solver steps taken (fixed-step methods) or accepted+rejected estimate.
+        steps: time integrated, in units of ``step_size`` (the Euler steps taken, for
+            fixed-grid methods; adaptive solvers choose their own steps inside).
         nfe: vector-field evaluations, including the residual checks.
         trajectory: ``[(t, state), ...]`` at every residual check when ``record=True``.
     """
