@@ -91,7 +91,8 @@ class LayeredHopfield(EnergyModel):
         if beta != 0.0:
             biases[top] = biases[top] + beta * condition.target   # Φ_β = Φ − β·½‖s_L − y‖²
         w0, b0 = weights[0], biases[0]
-        first = condition.cached((id(self), w0._version, b0._version), lambda: torch.addmm(b0, condition.x, up[0]))
+        key = (id(self), w0._version, b0._version, torch.is_autocast_enabled(condition.x.device.type))
+        first = condition.cached(key, lambda: torch.addmm(b0, condition.x, up[0]))
 
         def u(state: State) -> list[torch.Tensor]:
             out = []
