@@ -163,3 +163,14 @@ def test_compiled_chunks_match_eager():
         assert a.converged and a.steps == b.steps
         for sa, sb in zip(a.state, b.state):
             torch.testing.assert_close(sa, sb, rtol=1e-5, atol=1e-6)
+
+
+def test_settle_keeps_no_autograd_graph():
+    """Even when the caller records gradients, the settle's states carry no graph, so memory
+    stays O(batch × units) whatever the number of steps."""
+    model, c = hopfield_problem([20, 30, 4], 1.0, batch=8)
+    with torch.enable_grad():
+        eq = SettleOptions(method="fast_euler", atol=1e-5, max_time=100)(model, c)
+        eq_odeint = SettleOptions(method="euler", atol=1e-5, max_time=100)(model, c)
+    for s in eq.state + eq_odeint.state:
+        assert s.grad_fn is None and not s.requires_grad
