@@ -10,7 +10,7 @@ import gzip
 import struct
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +52,10 @@ class Split:
         for chunk in order.split(batch_size):
             yield self.x[chunk], self.y[chunk]
 
+    def to(self, device: torch.device | str) -> "Split":
+        """The same split on ``device``."""
+        return Split(self.x.to(device), self.y.to(device))
+
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
@@ -70,6 +74,10 @@ class Dataset:
                 raise ValueError(f"{self.name}: {part} has {split.x.shape[1]} features, not {self.n_features}")
             if len(split) and int(split.y.max()) >= self.n_classes:
                 raise ValueError(f"{self.name}: {part} split has labels >= n_classes={self.n_classes}")
+
+    def to(self, device: torch.device | str) -> "Dataset":
+        """The same dataset with every split on ``device`` (moved once, not per batch)."""
+        return replace(self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device))
 
 
 def _inputs(x, name: str) -> torch.Tensor:

@@ -11,6 +11,7 @@ metrics.jsonl (one object per epoch), summary.json, checkpoint.pt and checkpoint
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import hydra
@@ -46,11 +47,23 @@ def build_model(cfg: DictConfig, data: Dataset) -> torch.nn.Module:
     return instantiate(node, sizes=[data.n_features, *hidden, data.n_classes])
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when there is a GPU, else CPU; under torchrun, each process its own GPU."""
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
 def build(cfg: DictConfig):
-    """Data, model, rule and optimizer of a composed config (seeded before the model)."""
+    """Data, model, rule and optimizer of a composed config (seeded before the model), on
+    ``trainer.device``."""
     torch.manual_seed(cfg.seed)
-    data = instantiate(cfg.data)
-    model = build_model(cfg.model, data)
+    device = resolve_device(cfg.trainer.device)
+    data = instantiate(cfg.data).to(device)
+    model = build_model(cfg.model, data).to(device)
     rule = instantiate(cfg.rule)
     groups = layer_param_groups(model, cfg.optimizer.lr, cfg.trainer.layer_lrs)
     optimizer = instantiate(cfg.optimizer)(groups)
