@@ -135,7 +135,7 @@ def reference_residuals(model, reference, x, labels) -> tuple[float, float]:
     return r_free, r_nudged
 
 
-def adaptive_rule(step_size: float, r_free: float, r_nudged: float, device) -> EquilibriumPropagation:
+def adaptive_rule(step_size: float, r_free: float, r_nudged: float) -> EquilibriumPropagation:
     """EP that stops each phase as soon as every sample is within the reference's residual."""
     free = SettleOptions(method="fast_euler", step_size=step_size, atol=r_free, max_time=200)
     nudged = SettleOptions(method="fast_euler", step_size=step_size, atol=r_nudged, max_time=200)
@@ -176,7 +176,7 @@ def bench_config(sizes, batch, device, args) -> dict:
             opt.step()
         return step
 
-    adaptive = {dt: adaptive_rule(dt, r_free, r_nudged, device) for dt in (DT, 1.0)}
+    adaptive = {dt: adaptive_rule(dt, r_free, r_nudged) for dt in (DT, 1.0)}
     steps = {"dynets": ep_step(ep_rule("fast_euler"), model),
              "dynets_torchdiffeq": ep_step(ep_rule("euler"), copy.deepcopy(model)),
              "dynets_adaptive": ep_step(adaptive[DT], copy.deepcopy(model)),
