@@ -9,20 +9,25 @@ stall above a residual floor (``shared/notes/settling.md``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
+import numpy as np
 import torch
 from torchdiffeq import odeint
 
 from .types import Condition, DivergedError, Equilibrium, State
 
 VectorField = Callable[[torch.Tensor, State], State]
+LayerMap = Callable[[State], list[torch.Tensor]]
+"""g(s) of some of the layers of a model in leaky form ds/dt = g(s) − s, as a function
+of the whole state."""
 
 FIXED_GRID = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams")
 ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
-FAST = ("fast_euler",)
+FAST = ("fast_euler", "gauss_seidel")
 METHODS = FIXED_GRID + ADAPTIVE + FAST
 PRECISIONS = ("fp32", "tf32", "bf16")
 COMPILE = ("auto", "on", "off")
@@ -35,11 +40,18 @@ class Dynamical(Protocol):
     def init_state(self, condition: Condition) -> State: ...
 
 
+class Bipartite(Protocol):
+    """A model in leaky form ds/dt = g(s) − s whose even layers couple only to odd ones
+    (``method="gauss_seidel"``): g of the even layers and g of the odd ones."""
+
+    def parity_maps(self, condition: Condition) -> tuple[LayerMap, LayerMap]: ...
+
+
 def residual_norm(ds: State) -> torch.Tensor:
     """``(batch,)`` Euclidean norm of ds/dt over all layers of each sample."""
-    # One fused norm per layer, then the norm of those: half the ops of squaring and summing.
-    norms = [torch.linalg.vector_norm(d.flatten(1), dim=1) for d in ds]
-    return norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack(norms), dim=0)
+    # A norm per layer, combined by hypot: no copy of the layers side by side (a cat of a
+    # wide layer costs more than its norm), one small op per extra layer.
+    return functools.reduce(torch.hypot, [torch.linalg.vector_norm(d.flatten(1), dim=1) for d in ds])
 
 
 @dataclass(frozen=True)
@@ -48,8 +60,10 @@ class SettleOptions:
 
     Args:
         method: a torchdiffeq solver name (fixed-grid: ``euler``, ``rk4``, ...; adaptive:
-            ``dopri5``, ...) or ``fast_euler``, dynets' own Euler loop (same steps as
-            ``euler``, no torchdiffeq overhead, residual taken from the step's own ds/dt).
+            ``dopri5``, ...) or one of dynets' own loops: ``fast_euler`` (same steps as
+            ``euler``, no torchdiffeq overhead, residual taken from the step's own ds/dt)
+            and ``gauss_seidel`` (red-black partitioned Euler for layered models: same
+            fixed points and cost per step, about half the steps at ``step_size=1``).
         step_size: Δt of fixed-grid methods; for adaptive ones, the chunk length unit.
         atol, rtol: steady-state tolerance ‖f(s_b)‖ ≤ atol + rtol·‖s_b‖.
         max_time: stop here, ``converged=False``, if not at steady state.
@@ -60,7 +74,7 @@ class SettleOptions:
             matmuls on NVIDIA GPUs since Ampere; no effect on CPU); ``bf16`` (autocast:
             matmuls in bfloat16, the state stays fp32). bf16 settles chatter at a residual
             floor ≈ 2⁻⁸‖s‖: give them a fixed budget (``atol=0``) or an ``rtol`` above it.
-        compile: ``fast_euler`` only: ``auto`` compiles the Euler step with
+        compile: dynets' own loops only: ``auto`` compiles the step with
             ``torch.compile`` on GPU and runs eager on CPU; ``on`` compiles on CPU too;
             ``off`` never.
     """
@@ -123,14 +137,18 @@ def settle(model: Dynamical, condition: Condition, init: State | None = None, *,
     if options is not None and kwargs:
         raise TypeError("pass either options= or SettleOptions fields, not both")
     with torch.no_grad(), _precision(opts.precision, condition.x.device):
+        if opts.method in FAST_STEPPERS:
+            stepper = FAST_STEPPERS[opts.method](model, condition, opts, condition.x.device)
+            return _fast_loop(stepper, _initial(model, condition, init), opts, record)
         f = model.dynamics(condition)
-        state = model.init_state(condition) if init is None else _checked_init(init, model.init_state(condition))
-        loop = _fast_loop if opts.method in FAST else _odeint_loop
-        return loop(f, state, opts, record)
+        return _odeint_loop(f, _initial(model, condition, init), opts, record)
 
 
-def _checked_init(init: State, rest: State) -> State:
-    """``init`` as a tuple, if it has the layers and shapes of the rest state."""
+def _initial(model: Dynamical, condition: Condition, init: State | None) -> State:
+    """``init`` as a tuple, if it has the layers and shapes of the rest state; else the rest state."""
+    rest = model.init_state(condition)
+    if init is None:
+        return rest
     init = tuple(init)
     if len(init) != len(rest) or any(a.shape != b.shape for a, b in zip(init, rest)):
         raise ValueError(f"init has shapes {[tuple(a.shape) for a in init]} but this model and batch need "
@@ -156,46 +174,57 @@ def _precision(precision: str, device: torch.device):
 class _Monitor:
     """Residual checks of one settle, and when to make the next one.
 
-    Each check costs one host sync. Near a stable equilibrium every sample's residual
-    decays geometrically, so the rate measured between two checks predicts the step at
-    which the slowest sample crosses its tolerance; the next check is placed there
-    (at most ``check_every`` steps ahead), which stops within a step or two of the
-    fewest steps that reach the tolerance without checking every step.
+    Each check costs one host sync, which brings the per-sample residuals to the host;
+    the bookkeeping on a batch of numbers is cheaper there than a dozen small device ops.
+    Near a stable equilibrium every sample's residual decays geometrically, so the rate
+    measured between two checks predicts the step at which the slowest sample crosses
+    its tolerance; the next check is placed there (at most ``check_every`` steps ahead),
+    which stops within a step or two of the fewest steps that reach the tolerance
+    without checking every step.
     """
 
     def __init__(self, opts: SettleOptions, record: bool) -> None:
-        self.opts, self.prev, self.since = opts, None, 0
+        self.opts, self.prev, self.since, self.tolerance = opts, None, 0, None
         self.trajectory = [] if record else None
 
-    def check(self, state: State, ds: State, t: float) -> tuple[torch.Tensor, torch.Tensor, bool, int]:
-        """Residual and tolerance per sample, whether all converged, steps to the next check."""
-        opts = self.opts
-        residual = residual_norm(ds)
-        tolerance = opts.atol + opts.rtol * residual_norm(state) if opts.rtol else torch.full_like(residual, opts.atol)
-        excess = (residual - tolerance).max()
-        need = self._steps_needed(residual, tolerance)
-        worst, need = torch.stack([excess, need.to(excess.dtype)]).tolist()   # the one sync
-        if not math.isfinite(worst):
+    def check(self, state: State, ds: State, t: float) -> tuple[torch.Tensor, bool, int]:
+        """Residual per sample (on the device), whether all converged, steps to the next check."""
+        opts, residual = self.opts, residual_norm(ds)
+        rows = [residual] + ([self.prev] if self.prev is not None else []) + ([residual_norm(state)] if opts.rtol else [])
+        host = torch.stack(rows).double().cpu().numpy()   # the one sync
+        r, prev = host[0], (host[1] if self.prev is not None else None)
+        self.tolerance = opts.atol + opts.rtol * host[-1] if opts.rtol else np.full_like(r, opts.atol)
+        worst = (r - self.tolerance).max()
+        if not np.isfinite(worst):
             _raise_diverged(state, ds, t)
         if self.trajectory is not None:
             self.trajectory.append((t, state))
-        self.prev = residual
+        need = self._steps_needed(r, prev, self.tolerance)
         ahead = opts.check_every if not math.isfinite(need) else min(opts.check_every, max(1, math.ceil(need)))
-        self.since = ahead
-        return residual, tolerance, worst <= 0, ahead
+        self.prev, self.since = residual, ahead
+        return residual, bool(worst <= 0), ahead
 
     def observe(self, ds: State) -> None:
         """Note the residual one step before a check (no sync), so the next prediction
         uses the current one-step decay rate instead of the mean over the last chunk."""
         self.prev, self.since = residual_norm(ds), 1
 
-    def _steps_needed(self, residual: torch.Tensor, tolerance: torch.Tensor) -> torch.Tensor:
+    def _steps_needed(self, r: np.ndarray, prev: np.ndarray | None, tol: np.ndarray) -> float:
         """Max over the unconverged samples of since·log(r/tol)/log(r_prev/r): the steps
-        at their geometric rate; +inf where the residual did not fall (log clamped to 0)."""
-        if self.prev is None:   # no rate yet: look again after one step
-            return torch.ones((), dtype=residual.dtype, device=residual.device)
-        steps = (residual / tolerance).log_() / (self.prev / residual).log_().clamp_(min=0)
-        return torch.where(residual > tolerance, steps, 0.0).max() * self.since
+        at their geometric rate; +inf where the residual did not fall."""
+        if prev is None:   # no rate yet: measure it on the second step; the first is a
+            return 2.0     # transient (a new nudge moves the top layer before the rest)
+        late = r > tol
+        if not late.any():
+            return 0.0
+        with np.errstate(divide="ignore"):   # tol = 0 (fixed budgets): +inf steps
+            rate, gap = np.log(prev[late] / r[late]), np.log(r[late] / tol[late])
+        return math.inf if (rate <= 0).any() else self.since * float((gap / rate).max())
+
+    def equilibrium(self, state: State, t: float, residual: torch.Tensor, done: bool, steps: int,
+                    nfe: int) -> Equilibrium:
+        tolerance = torch.as_tensor(self.tolerance, dtype=residual.dtype, device=residual.device)
+        return Equilibrium(state, t, residual, tolerance, done, steps, nfe, self.trajectory)
 
 
 def _raise_diverged(state: State, ds: State, t: float) -> None:
@@ -213,46 +242,105 @@ def _euler_step(f: VectorField, t: torch.Tensor, state: State, ds: State, dt: fl
     return t, state, f(t, state)
 
 
-_COMPILED: list[Callable] = []
+def _gauss_seidel_step(maps: tuple[LayerMap, LayerMap], t: torch.Tensor, state: State,
+                       g_even: list[torch.Tensor], dt: float):
+    """One red-black sweep of ds/dt = g(s) − s from ``state`` whose even layers' g is
+    ``g_even``: s ← s + Δt·(g − s) on the even layers, then on the odd ones from the new
+    evens. Returns the new time, state and the evens' g there (the next sweep's first
+    half, computed once)."""
+    map_even, map_odd = maps
+    state = list(state)
+    state[0::2] = [_lerp(s, g, dt) for s, g in zip(state[0::2], g_even)]
+    state[1::2] = [_lerp(s, g, dt) for s, g in zip(state[1::2], map_odd(state))]
+    return t + dt, tuple(state), map_even(state)
 
 
-def _chunk_runner(opts: SettleOptions, device: torch.device) -> Callable:
-    """``run(f, t, state, ds, n, dt)``: n Euler steps; returns time, state, its ds/dt and
-    the ds/dt one step earlier (for the monitor's rate).
+def _lerp(s: torch.Tensor, g: torch.Tensor, dt: float) -> torch.Tensor:
+    """s + Δt·(g − s) in one op; g itself at Δt = 1 (the plain fixed-point update)."""
+    return g if dt == 1.0 else torch.lerp(s, g, dt)
 
-    With compilation the step is compiled once (inductor fuses the elementwise ops of a
-    step into a few kernels); one step, not a chunk, so that only β and the batch shape
-    make variants, well under dynamo's recompile limit. ``compile="auto"`` compiles on
-    CUDA only: on CPU inductor's code measured slower than eager here."""
-    step = _euler_step
+
+_COMPILED: dict[Callable, Callable] = {}
+
+
+def _maybe_compiled(step: Callable, opts: SettleOptions, device: torch.device) -> Callable:
+    """``step``, compiled once per process when ``opts.compile`` asks for it (inductor fuses
+    a step's elementwise ops into a few kernels). One step, not a chunk, so that only β
+    and the batch shape make variants, well under dynamo's recompile limit.
+    ``compile="auto"`` compiles on CUDA only: on CPU inductor's code measured slower."""
     if opts.compile == "on" or (opts.compile == "auto" and device.type == "cuda"):
-        if not _COMPILED:
-            _COMPILED.append(torch.compile(_euler_step, dynamic=False))
-        step = _COMPILED[0]
-
-    def run(f, t, state, ds, n, dt):
-        for _ in range(n):
-            before = ds
-            t, state, ds = step(f, t, state, ds, dt)
-        return t, state, ds, before
-
-    return run
+        if step not in _COMPILED:
+            _COMPILED[step] = torch.compile(step, dynamic=False)
+        return _COMPILED[step]
+    return step
 
 
-def _fast_loop(f: VectorField, state: State, opts: SettleOptions, record: bool) -> Equilibrium:
-    """dynets' own Euler loop, in chunks between residual checks. A check reads the
-    ds/dt that the next step needs anyway, so it costs no extra evaluation."""
+class _Euler:
+    """s ← s + Δt·f(s). It carries f(s), which is also the residual: checks are free."""
+
+    def __init__(self, model: Dynamical, condition: Condition, opts: SettleOptions, device: torch.device) -> None:
+        self.f, self.step_fn = model.dynamics(condition), _maybe_compiled(_euler_step, opts, device)
+
+    def start(self, t: torch.Tensor, state: State) -> State:
+        return self.f(t, state)
+
+    def step(self, t, state, carry, dt):
+        return self.step_fn(self.f, t, state, carry, dt)
+
+    def residual(self, state: State, carry: State) -> State:
+        return carry
+
+
+class _GaussSeidel:
+    """Red-black Gauss–Seidel: a partitioned Euler step of ds/dt = g(s) − s that updates
+    the even layers, then the odd ones from the new evens (Hopfield's asynchronous
+    updates, by parity). Same fixed points and cost per step as Euler. At Δt = 1 a
+    half-step sets a parity to g, for an energy model the exact minimum of E over those
+    layers given the others: a sweep is exact block-coordinate descent on E (as in
+    Scellier et al. 2023, "Energy-based learning algorithms for analog computing"). A
+    layered net's coupling is block-tridiagonal, so near the fixed point a sweep contracts
+    by ρ(J)², J the Jacobian of the Euler (Jacobi) step at Δt = 1 (Young 1950): about
+    half the steps. It carries the evens' g; a residual check computes the odds' g."""
+
+    def __init__(self, model: Dynamical, condition: Condition, opts: SettleOptions, device: torch.device) -> None:
+        if not hasattr(model, "parity_maps"):   # isinstance on a Protocol costs ~20 µs a settle
+            raise TypeError(f"settle method 'gauss_seidel' needs a model in leaky form whose layers split "
+                            f"into two parities that do not couple within a parity (a parity_maps method); "
+                            f"{type(model).__name__} has none: use fast_euler")
+        self.maps = model.parity_maps(condition)
+        self.step_fn = _maybe_compiled(_gauss_seidel_step, opts, device)
+
+    def start(self, t: torch.Tensor, state: State) -> list[torch.Tensor]:
+        return self.maps[0](state)
+
+    def step(self, t, state, carry, dt):
+        return self.step_fn(self.maps, t, state, carry, dt)
+
+    def residual(self, state: State, carry: list[torch.Tensor]) -> State:
+        ds = list(state)
+        ds[0::2] = [g - s for g, s in zip(carry, state[0::2])]
+        ds[1::2] = [g - s for g, s in zip(self.maps[1](state), state[1::2])]
+        return tuple(ds)
+
+
+FAST_STEPPERS = {"fast_euler": _Euler, "gauss_seidel": _GaussSeidel}
+
+
+def _fast_loop(stepper, state: State, opts: SettleOptions, record: bool) -> Equilibrium:
+    """dynets' own loop, in chunks between residual checks. The steppers carry the part of
+    ds/dt the next step needs, so a check costs little or no extra evaluation."""
     monitor, dt, step = _Monitor(opts, record), opts.step_size, 0
-    run = _chunk_runner(opts, state[0].device)
     t = torch.zeros((), dtype=state[0].dtype, device=state[0].device)
-    ds = f(t, state)
+    carry = stepper.start(t, state)
     while True:
-        residual, tolerance, done, ahead = monitor.check(state, ds, step * dt)
+        residual, done, ahead = monitor.check(state, stepper.residual(state, carry), step * dt)
         if done or step == opts.max_steps:
-            return Equilibrium(state, step * dt, residual, tolerance, done, step, step + 1, monitor.trajectory)
+            return monitor.equilibrium(state, step * dt, residual, done, step, step + 1)
         n = min(ahead, opts.max_steps - step)
-        t, state, ds, before = run(f, t, state, ds, n, dt)
-        monitor.observe(before)
+        for _ in range(n):
+            before = state, carry
+            t, state, carry = stepper.step(t, state, carry, dt)
+        monitor.observe(stepper.residual(*before))
         step += n
 
 
@@ -268,9 +356,9 @@ def _odeint_loop(f: VectorField, state: State, opts: SettleOptions, record: bool
     monitor, step, dt = _Monitor(opts, record), 0, opts.step_size
     while True:
         t = step * dt
-        residual, tolerance, done, ahead = monitor.check(state, counted(torch.tensor(t), state), t)
+        residual, done, ahead = monitor.check(state, counted(torch.tensor(t), state), t)
         if done or step >= opts.max_steps:
-            return Equilibrium(state, t, residual, tolerance, done, step, nfe, monitor.trajectory)
+            return monitor.equilibrium(state, t, residual, done, step, nfe)
         n = min(ahead, opts.max_steps - step)
         state = _odeint_chunk(counted, state, t, n, opts)
         step += n

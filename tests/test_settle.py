@@ -6,6 +6,7 @@ import torch
 
 import dynets
 from dynets import Condition, DivergedError, SettleOptions, settle
+from dynets.settle import residual_norm
 
 
 class Linear(torch.nn.Module):
@@ -117,14 +118,18 @@ def hopfield_problem(sizes, scale, batch=64, seed=0):
     return model, Condition(x, model.target(y))
 
 
+FAST_METHODS = [("fast_euler", 0.5), ("gauss_seidel", 1.0)]
+
+
+@pytest.mark.parametrize("method,dt", FAST_METHODS)
 @pytest.mark.parametrize("sizes,scale,atol", [
     ([784, 512, 10], 1.0, 1e-4), ([784, 512, 10], 3.0, 1e-3), ([64, 256, 10], 2.0, 1e-4),
     ([30, 100, 100, 100, 5], 1.0, 1e-4)])   # strongly coupled nets (scale 3) stall above 1e-4 in fp32
-def test_adaptive_stop_is_close_to_the_fewest_steps(sizes, scale, atol):
+def test_adaptive_stop_is_close_to_the_fewest_steps(sizes, scale, atol, method, dt):
     """Checks placed by the predicted decay stop within 1.2x of checking every step."""
     model, c = hopfield_problem(sizes, scale)
-    every = SettleOptions(method="fast_euler", atol=atol, max_time=500, check_every=1)
-    sparse = SettleOptions(method="fast_euler", atol=atol, max_time=500, check_every=20)
+    every = SettleOptions(method=method, step_size=dt, atol=atol, max_time=500, check_every=1)
+    sparse = SettleOptions(method=method, step_size=dt, atol=atol, max_time=500, check_every=20)
     free = every(model, c)
     assert free.converged
     for condition, init in ((c, None), (c.nudged(0.5), free.state), (c.nudged(-0.5), free.state)):
@@ -133,12 +138,15 @@ def test_adaptive_stop_is_close_to_the_fewest_steps(sizes, scale, atol):
         assert fewest.steps <= ours.steps <= 1.2 * fewest.steps
 
 
-def test_fast_path_and_torchdiffeq_give_the_same_equilibrium_and_ep_update():
+# Gauss–Seidel follows another path than the flow; a strongly coupled (scale 2) net has
+# several minima, and it may end in another one: compare it where the minimum is unique.
+@pytest.mark.parametrize("method,dt,scale", [("fast_euler", 0.5, 2.0), ("gauss_seidel", 1.0, 1.0)])
+def test_fast_path_and_torchdiffeq_give_the_same_equilibrium_and_ep_update(method, dt, scale):
     from dynets.rules import EquilibriumPropagation
 
-    model, c = hopfield_problem([20, 30, 15, 4], 2.0, batch=16)
+    model, c = hopfield_problem([20, 30, 15, 4], scale, batch=16)
     y = c.target.argmax(1)
-    fast = SettleOptions(method="fast_euler", atol=1e-6, max_time=400)
+    fast = SettleOptions(method=method, step_size=dt, atol=1e-6, max_time=400)
     slow = SettleOptions(method="euler", atol=1e-6, max_time=400)
     a, b = fast(model, c), slow(model, c)
     assert a.converged and b.converged
@@ -152,12 +160,13 @@ def test_fast_path_and_torchdiffeq_give_the_same_equilibrium_and_ep_update():
 
 
 @pytest.mark.slow
-def test_compiled_chunks_match_eager():
-    """The compiled Euler step (inductor; forced on CPU here) reaches the
-    same state in the same steps as eager, for phases of different β and batch sizes."""
+@pytest.mark.parametrize("method,dt", FAST_METHODS)
+def test_compiled_chunks_match_eager(method, dt):
+    """The compiled step (inductor; forced on CPU here) reaches the same state in the
+    same steps as eager, for phases of different β."""
     model, c = hopfield_problem([64, 48, 10], 1.5, batch=32)
-    eager = SettleOptions(method="fast_euler", atol=1e-5, max_time=200, compile="off")
-    compiled = SettleOptions(method="fast_euler", atol=1e-5, max_time=200, compile="on")
+    eager = SettleOptions(method=method, step_size=dt, atol=1e-5, max_time=200, compile="off")
+    compiled = SettleOptions(method=method, step_size=dt, atol=1e-5, max_time=200, compile="on")
     for condition in (c, c.nudged(0.5), c.nudged(-0.5)):
         a, b = eager(model, condition), compiled(model, condition)
         assert a.converged and a.steps == b.steps
@@ -170,7 +179,90 @@ def test_settle_keeps_no_autograd_graph():
     stays O(batch × units) whatever the number of steps."""
     model, c = hopfield_problem([20, 30, 4], 1.0, batch=8)
     with torch.enable_grad():
-        eq = SettleOptions(method="fast_euler", atol=1e-5, max_time=100)(model, c)
-        eq_odeint = SettleOptions(method="euler", atol=1e-5, max_time=100)(model, c)
-    for s in eq.state + eq_odeint.state:
+        eqs = [SettleOptions(method=m, atol=1e-5, max_time=100)(model, c) for m in ("fast_euler", "gauss_seidel", "euler")]
+    for s in sum((eq.state for eq in eqs), ()):
         assert s.grad_fn is None and not s.requires_grad
+
+
+def interior_linear_problem(sizes, radius, batch=4):
+    """A layered net (float64) whose fixed point has every unit near ½, strictly inside
+    (0, 1), so that near it the hard-sigmoid dynamics are linear: ds/dt = (M − I)s + c,
+    M the symmetric block-tridiagonal coupling (blocks W_l below the diagonal), scaled to
+    spectral radius ``radius``. Returns the model, the condition and M."""
+    from dynets.models import LayeredHopfield
+
+    torch.manual_seed(1)
+    model = LayeredHopfield(sizes).double()
+    n = sum(sizes[1:])
+    offsets = [0, *torch.tensor(sizes[1:]).cumsum(0).tolist()]
+    M = torch.zeros(n, n, dtype=torch.float64)
+    for l, layer in enumerate(model.layers[1:], start=1):
+        M[offsets[l]:offsets[l + 1], offsets[l - 1]:offsets[l]] = layer.weight.detach()
+    M = M + M.T
+    M *= radius / torch.linalg.eigvalsh(M).abs().max()
+    x_mean = torch.full((sizes[0],), 0.5, dtype=torch.float64)
+    with torch.no_grad():
+        for l, layer in enumerate(model.layers):
+            if l > 0:
+                layer.weight.copy_(M[offsets[l]:offsets[l + 1], offsets[l - 1]:offsets[l]])
+        model.layers[0].weight.mul_(0.1)
+        # Biases that make s = ½ the fixed point at x = x_mean: b = ½ − (M·½ + W₀x_mean on layer 1).
+        half = torch.full((n,), 0.5, dtype=torch.float64)
+        drive = M @ half
+        drive[:sizes[1]] += model.layers[0].weight @ x_mean
+        for l, layer in enumerate(model.layers):
+            layer.bias.copy_(0.5 - drive[offsets[l]:offsets[l + 1]])
+    x = x_mean + 0.05 * torch.randn(batch, sizes[0], dtype=torch.float64)
+    return model, Condition(x), M
+
+
+@pytest.mark.parametrize("sizes", [[6, 12, 8], [5, 10, 9, 7, 4]])
+def test_gauss_seidel_contracts_at_the_square_of_the_euler_rate(sizes):
+    """Young's theorem for block-tridiagonal (2-cyclic) systems: the red-black sweep's
+    error contracts by ρ(M)² per step where the Euler step at Δt = 1 (Jacobi) contracts
+    by ρ(M). Measured on the residual's asymptotic decay in the linear regime."""
+    radius = 0.8
+    model, c, M = interior_linear_problem(sizes, radius)
+    rates = {}
+    for method in ("fast_euler", "gauss_seidel"):
+        eq = settle(model, c, method=method, step_size=1.0, atol=1e-13, max_time=300, check_every=1, record=True)
+        assert eq.converged
+        inside = torch.cat(eq.state, 1)
+        assert ((inside > 0.2) & (inside < 0.8)).all()   # the linear regime: no unit at a clip
+        r = torch.stack([residual_norm(model.vector_field(None, s, c)).max() for _, s in eq.trajectory])
+        late = r[(r < 1e-6) & (r > 1e-12)]
+        rates[method] = (late[1:] / late[:-1]).median().item()
+    assert rates["fast_euler"] == pytest.approx(radius, rel=0.02)
+    assert rates["gauss_seidel"] == pytest.approx(radius ** 2, rel=0.02)
+
+
+def test_gauss_seidel_descends_the_energy_where_euler_oscillates():
+    """At Δt = 1 each half-sweep minimises E exactly over one parity (hard sigmoid: the
+    box-constrained minimum is the clip), so E never increases, even in a strongly
+    coupled net where the undamped Euler iteration oscillates and never settles."""
+    model, c = hopfield_problem([40, 60, 50, 10], 4.0, batch=16)
+    model.double()
+    c = Condition(c.x.double())
+    euler = settle(model, c, method="fast_euler", step_size=1.0, atol=1e-6, max_time=300)
+    gs = settle(model, c, method="gauss_seidel", step_size=1.0, atol=1e-6, max_time=300, check_every=1, record=True)
+    assert not euler.converged and gs.converged
+    energies = torch.stack([model.energy(s, c) for _, s in gs.trajectory])
+    assert (energies[1:] <= energies[:-1] + 1e-9).all()
+
+
+@pytest.mark.parametrize("beta,dt", [(0.0, 1.0), (0.7, 1.0), (-0.4, 0.6)])
+def test_gauss_seidel_reports_the_true_residual_when_it_stops_short(beta, dt):
+    """The check assembles ds/dt from the carried even layers and a fresh evaluation of
+    the odd ones; it must equal the vector field at the returned state."""
+    model, c = hopfield_problem([20, 30, 15, 25, 4], 2.0, batch=8)
+    c = c.nudged(beta) if beta else c
+    eq = settle(model, c, method="gauss_seidel", step_size=dt, atol=1e-9, max_time=3 * dt)
+    truth = residual_norm(model.vector_field(None, eq.state, c))
+    assert eq.steps == 3 and not eq.converged and eq.converged_fraction == 0.0
+    torch.testing.assert_close(eq.residual, truth, rtol=1e-5, atol=0)
+
+
+def test_gauss_seidel_needs_a_layered_model():
+    A, b = stable_matrix(3, 0), torch.randn(2, 3, dtype=torch.float64)
+    with pytest.raises(TypeError, match="parity_maps.*fast_euler"):
+        settle(Linear([A], [b]), Condition(torch.zeros(2, 1)), method="gauss_seidel")

@@ -8,17 +8,19 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..settle import VectorField
+from ..settle import LayerMap, VectorField
 from ..types import Condition, State
 from .base import EnergyModel
 
 
 @dataclass(frozen=True)
 class Activation:
-    """ρ and G with G' = ρ⁻¹, so that s = ρ(u) is the stationary point of G(s) − u·s."""
+    """ρ and G with G' = ρ⁻¹, so that s = ρ(u) is the stationary point of G(s) − u·s;
+    ``rho_`` is ρ in place (a settle step applies ρ to fresh drives: one allocation less)."""
 
     rho: Callable[[torch.Tensor], torch.Tensor]
     G: Callable[[torch.Tensor], torch.Tensor]
+    rho_: Callable[[torch.Tensor], torch.Tensor]
 
 
 def _entropy(s: torch.Tensor) -> torch.Tensor:
@@ -27,9 +29,10 @@ def _entropy(s: torch.Tensor) -> torch.Tensor:
 
 ACTIVATIONS = {
     # G = ½s² on the box [0, 1]: the fixed point clip(u) is the box-constrained minimum.
-    "hard_sigmoid": Activation(lambda u: u.clamp(0.0, 1.0), lambda s: 0.5 * s * s),
-    "sigmoid": Activation(torch.sigmoid, _entropy),
-    "tanh": Activation(torch.tanh, lambda s: 0.5 * (torch.xlogy(1 + s, 1 + s) + torch.xlogy(1 - s, 1 - s))),
+    "hard_sigmoid": Activation(lambda u: u.clamp(0.0, 1.0), lambda s: 0.5 * s * s, lambda u: u.clamp_(0.0, 1.0)),
+    "sigmoid": Activation(torch.sigmoid, _entropy, torch.sigmoid_),
+    "tanh": Activation(torch.tanh, lambda s: 0.5 * (torch.xlogy(1 + s, 1 + s) + torch.xlogy(1 - s, 1 - s)),
+                       torch.tanh_),
 }
 
 
@@ -76,13 +79,14 @@ class LayeredHopfield(EnergyModel):
 
     def drives(self, state: State, condition: Condition) -> list[torch.Tensor]:
         """u_l = ∂Φ_β/∂s_l for each free layer (what ρ is applied to)."""
-        return self._drive_fn(condition)(state)
+        return self._drive_fn(condition)(state, range(len(state)))
 
-    def _drive_fn(self, condition: Condition) -> Callable[[State], list[torch.Tensor]]:
-        """u(s) with everything constant during a settle computed once: the input drive
-        W₀x + b₀ (the one large matmul), β·y folded into the top bias, and transposed
-        weights made contiguous (a transposed view makes the bottom-up matmul 2x slower
-        on CPU). Plain tensor ops: on small layers, op overhead is the cost of a step."""
+    def _drive_fn(self, condition: Condition) -> Callable[[State, range], list[torch.Tensor]]:
+        """``u(s, layers)``: the drives of ``layers`` with everything constant during a
+        settle computed once: the input drive W₀x + b₀ (the one large matmul), β·y folded
+        into the top bias, and transposed weights made contiguous (a transposed view makes
+        the bottom-up matmul 2x slower on CPU). Plain tensor ops: on small layers, op
+        overhead is the cost of a step."""
         self.check_input(condition.x)
         weights = [layer.weight for layer in self.layers]
         up = [weights[0].t()] + [w.t().contiguous() for w in weights[1:]]   # W₀ is used once
@@ -94,35 +98,55 @@ class LayeredHopfield(EnergyModel):
         key = (id(self), w0._version, b0._version, torch.is_autocast_enabled(condition.x.device.type))
         first = condition.cached(key, lambda: torch.addmm(b0, condition.x, up[0]))
 
-        def u(state: State) -> list[torch.Tensor]:
+        def u(state: State, layers: range) -> list[torch.Tensor]:
+            """Fresh tensors (never ``first`` itself), so that callers may work in place."""
             out = []
-            for l in range(top + 1):
+            for l in layers:
                 ul = first if l == 0 else torch.addmm(biases[l], state[l - 1], up[l])
                 if l < top:
-                    ul = (state[l + 1] @ weights[l + 1]).add_(ul)   # top-down, same W: symmetric
-                if l == top and beta != 0.0:
+                    ul = torch.addmm(ul, state[l + 1], weights[l + 1])   # top-down, same W: symmetric
+                elif beta != 0.0:
                     ul = ul.add(state[l], alpha=-beta)
+                elif l == 0:
+                    ul = ul.clone()   # a one-layer net
                 out.append(ul)
             return out
 
         return u
 
     def dynamics(self, condition: Condition) -> VectorField:
-        u, rho = self._drive_fn(condition), self.act.rho
+        u, rho_ = self._drive_fn(condition), self.act.rho_
 
         def f(t: torch.Tensor, state: State) -> State:
-            return tuple(rho(ul) - s for ul, s in zip(u(state), state))
+            return tuple(rho_(ul) - s for ul, s in zip(u(state, range(len(state))), state))
 
         return f
 
-    def param_grad_difference(self, a: State, b: State, condition: Condition) -> tuple[torch.Tensor, ...]:
-        """∂F/∂θ(a) − ∂F/∂θ(b) for two states under the same input: the first layer's
-        term −⟨(a₁ − b₁) xᵀ⟩ is one matmul instead of two."""
-        x, scale = condition.x, -1.0 / condition.x.shape[0]
-        grads = [(a[0] - b[0]).T @ x, (a[0] - b[0]).sum(0)]
+    def parity_maps(self, condition: Condition) -> tuple[LayerMap, LayerMap]:
+        """g = ρ(∂Φ_β/∂s) (ds/dt = g(s) − s) of the even layers (``state[0::2]``) and of
+        the odd ones (``state[1::2]``): layer l couples only to l ± 1, so each parity's g
+        reads only the other parity (and, at the top, the β self-term). Used by
+        ``settle(method="gauss_seidel")``."""
+        u, rho_ = self._drive_fn(condition), self.act.rho_
+
+        def parity(first: int) -> LayerMap:
+            return lambda state: [rho_(ul) for ul in u(state, range(first, len(state), 2))]
+
+        return parity(0), parity(1)
+
+    def param_grad_difference(self, a: State, b: State, condition: Condition,
+                              scale: float = 1.0) -> tuple[torch.Tensor, ...]:
+        """scale·[∂F/∂θ(a) − ∂F/∂θ(b)] for two states under the same input: the first
+        layer's term −⟨(a₁ − b₁) xᵀ⟩ is one matmul instead of two, and the scale is folded
+        into the small factors, not applied to the weight-sized results (a pass over W₀
+        costs as much as a small matmul on CPU)."""
+        x, scale = condition.x, -scale / condition.x.shape[0]
+        d0 = (a[0] - b[0]).mul_(scale)
+        grads = [d0.T @ x, d0.sum(0)]
         for l in range(1, len(a)):
-            grads += [a[l].T @ a[l - 1] - b[l].T @ b[l - 1], (a[l] - b[l]).sum(0)]
-        return tuple(g.mul_(scale) for g in grads)
+            hebb = torch.addmm(b[l].T @ b[l - 1], a[l].T, a[l - 1], beta=-scale, alpha=scale)
+            grads += [hebb, (a[l] - b[l]).sum(0).mul_(scale)]
+        return tuple(grads)
 
     def param_grads(self, state: State, condition: Condition) -> tuple[torch.Tensor, ...]:
         """∂F/∂θ, batch mean, in closed form: ∂F/∂W_l = −⟨s_{l+1} s_lᵀ⟩, ∂F/∂b_l = −⟨s_{l+1}⟩
