@@ -150,9 +150,10 @@ def test_closed_form_phase_difference_matches_autograd():
     model, x, y = problem("hard_sigmoid")
     c = Condition(x, model.target(y))
     a, b = TIGHT(model, c.nudged(0.3)).state, TIGHT(model, c.nudged(-0.3)).state
-    for closed, auto in zip(model.param_grad_difference(a, b, c), EnergyModel.param_grad_difference(model, a, b, c),
-                            strict=True):
-        torch.testing.assert_close(closed, auto, rtol=1e-10, atol=1e-12)
+    for scale in (1.0, -1.7):
+        for closed, auto in zip(model.param_grad_difference(a, b, c, scale),
+                                EnergyModel.param_grad_difference(model, a, b, c, scale), strict=True):
+            torch.testing.assert_close(closed, auto, rtol=1e-10, atol=1e-12)
 
 
 def test_memoised_input_drive_follows_weight_updates():

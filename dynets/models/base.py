@@ -86,7 +86,8 @@ class EnergyModel(DynamicalModel):
             total = self.total_energy(state, condition).mean()
             return torch.autograd.grad(total, list(self.parameters()))
 
-    def param_grad_difference(self, a: State, b: State, condition: Condition) -> tuple[torch.Tensor, ...]:
-        """∂F/∂θ(a) − ∂F/∂θ(b) for two states under the same input x (C, the only
+    def param_grad_difference(self, a: State, b: State, condition: Condition,
+                              scale: float = 1.0) -> tuple[torch.Tensor, ...]:
+        """scale·[∂F/∂θ(a) − ∂F/∂θ(b)] for two states under the same input x (C, the only
         β-dependent part of F, does not depend on θ). Models may override it in closed form."""
-        return tuple(ga - gb for ga, gb in zip(self.param_grads(a, condition), self.param_grads(b, condition)))
+        return tuple((ga - gb) * scale for ga, gb in zip(self.param_grads(a, condition), self.param_grads(b, condition)))

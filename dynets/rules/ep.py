@@ -50,6 +50,5 @@ class EquilibriumPropagation(Rule):
             metrics["converged"] = min(metrics["converged"], eq.converged_fraction)
             ends.append((k * self.beta, eq))
         (b1, eq1), (b2, eq2) = ends
-        difference = model.param_grad_difference(eq2.state, eq1.state, condition)
-        write_grads(model, [g.mul_(1.0 / (b2 - b1)) for g in difference])
+        write_grads(model, model.param_grad_difference(eq2.state, eq1.state, condition, scale=1.0 / (b2 - b1)))
         return metrics
