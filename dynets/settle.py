@@ -242,17 +242,16 @@ def _euler_step(f: VectorField, t: torch.Tensor, state: State, ds: State, dt: fl
     return t, state, f(t, state)
 
 
-def _gauss_seidel_step(maps: tuple[LayerMap, LayerMap], t: torch.Tensor, state: State,
-                       g_even: list[torch.Tensor], dt: float):
+def _gauss_seidel_step(maps: tuple[LayerMap, LayerMap], state: State, g_even: list[torch.Tensor], dt: float):
     """One red-black sweep of ds/dt = g(s) − s from ``state`` whose even layers' g is
     ``g_even``: s ← s + Δt·(g − s) on the even layers, then on the odd ones from the new
-    evens. Returns the new time, state and the evens' g there (the next sweep's first
-    half, computed once)."""
+    evens. Returns the new state and the evens' g there (the next sweep's first half,
+    computed once)."""
     map_even, map_odd = maps
     state = list(state)
     state[0::2] = [_lerp(s, g, dt) for s, g in zip(state[0::2], g_even)]
     state[1::2] = [_lerp(s, g, dt) for s, g in zip(state[1::2], map_odd(state))]
-    return t + dt, tuple(state), map_even(state)
+    return tuple(state), map_even(state)
 
 
 def _lerp(s: torch.Tensor, g: torch.Tensor, dt: float) -> torch.Tensor:
@@ -276,19 +275,23 @@ def _maybe_compiled(step: Callable, opts: SettleOptions, device: torch.device) -
 
 
 class _Euler:
-    """s ← s + Δt·f(s). It carries f(s), which is also the residual: checks are free."""
+    """s ← s + Δt·f(t, s). It carries t (a tensor, so that a compiled step does not
+    recompile for each t) and f(s), which is also the residual: checks are free."""
 
     def __init__(self, model: Dynamical, condition: Condition, opts: SettleOptions, device: torch.device) -> None:
         self.f, self.step_fn = model.dynamics(condition), _maybe_compiled(_euler_step, opts, device)
 
-    def start(self, t: torch.Tensor, state: State) -> State:
-        return self.f(t, state)
+    def start(self, state: State) -> tuple[torch.Tensor, State]:
+        t = torch.zeros((), dtype=state[0].dtype, device=state[0].device)
+        return t, self.f(t, state)
 
-    def step(self, t, state, carry, dt):
-        return self.step_fn(self.f, t, state, carry, dt)
+    def step(self, state: State, carry: tuple[torch.Tensor, State], dt: float):
+        t, ds = carry
+        t, state, ds = self.step_fn(self.f, t, state, ds, dt)
+        return state, (t, ds)
 
-    def residual(self, state: State, carry: State) -> State:
-        return carry
+    def residual(self, state: State, carry: tuple[torch.Tensor, State]) -> State:
+        return carry[1]
 
 
 class _GaussSeidel:
@@ -310,11 +313,11 @@ class _GaussSeidel:
         self.maps = model.parity_maps(condition)
         self.step_fn = _maybe_compiled(_gauss_seidel_step, opts, device)
 
-    def start(self, t: torch.Tensor, state: State) -> list[torch.Tensor]:
+    def start(self, state: State) -> list[torch.Tensor]:
         return self.maps[0](state)
 
-    def step(self, t, state, carry, dt):
-        return self.step_fn(self.maps, t, state, carry, dt)
+    def step(self, state: State, carry: list[torch.Tensor], dt: float):
+        return self.step_fn(self.maps, state, carry, dt)
 
     def residual(self, state: State, carry: list[torch.Tensor]) -> State:
         ds = list(state)
@@ -330,8 +333,7 @@ def _fast_loop(stepper, state: State, opts: SettleOptions, record: bool) -> Equi
     """dynets' own loop, in chunks between residual checks. The steppers carry the part of
     ds/dt the next step needs, so a check costs little or no extra evaluation."""
     monitor, dt, step = _Monitor(opts, record), opts.step_size, 0
-    t = torch.zeros((), dtype=state[0].dtype, device=state[0].device)
-    carry = stepper.start(t, state)
+    carry = stepper.start(state)
     while True:
         residual, done, ahead = monitor.check(state, stepper.residual(state, carry), step * dt)
         if done or step == opts.max_steps:
@@ -339,8 +341,9 @@ def _fast_loop(stepper, state: State, opts: SettleOptions, record: bool) -> Equi
         n = min(ahead, opts.max_steps - step)
         for _ in range(n):
             before = state, carry
-            t, state, carry = stepper.step(t, state, carry, dt)
-        monitor.observe(stepper.residual(*before))
+            state, carry = stepper.step(state, carry, dt)
+        if n > 1:   # after one step, the last check already measured the state before
+            monitor.observe(stepper.residual(*before))
         step += n
 
 
