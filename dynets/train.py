@@ -246,7 +246,8 @@ def _epoch(model, rule, optimizer, data: Dataset, batch_size: int, generator: to
 def _report(epoch: int, metrics: dict[str, float], loggers: Sequence[Logger]) -> None:
     """Send an epoch's metrics to the loggers; warn (once, on rank 0) about unconverged settles."""
     if metrics["train_converged"] < 1.0 and is_main():
-        log.warning("epoch %d: %.1f%% of free/nudged settles reached the tolerance; raise settle.max_time "
-                    "or loosen settle.atol", epoch, 100 * metrics["train_converged"])
+        # Two significant digits of the shortfall: "100.0% reached" hid the few that did not.
+        log.warning("epoch %d: %.2g%% of the samples did not reach the settle tolerance in some phase; "
+                    "raise settle.max_time or loosen settle.atol", epoch, 100 * (1 - metrics["train_converged"]))
     for logger in loggers:
         logger.log(metrics, epoch)
