@@ -216,15 +216,18 @@ def bench_config(sizes, batch, device, args) -> dict:
 
 
 def steps_vs_width(device, widths, batch, atol) -> list[dict]:
-    """Free and nudged steps to reach ``atol`` (Euler, dt 0.5) on 784-w-10 at init."""
+    """Free and nudged steps to reach ``atol`` on 784-w-10 at init: Euler (dt 0.5) and
+    Gauss-Seidel (dt 1)."""
     rows = []
-    for width in widths:
-        torch.manual_seed(0)
-        model = LayeredHopfield([784, width, 10]).to(device)
-        x, labels = torch.rand(batch, 784, device=device), torch.randint(10, (batch,), device=device)
-        opts = SettleOptions(method="fast_euler", step_size=DT, atol=atol, max_time=500)
-        metrics = EquilibriumPropagation(BETA, "centered", opts).grads(model, x, labels)
-        rows.append({"width": width, **{k: metrics[k] for k in ("steps_free", "steps_nudged_+", "steps_nudged_-")}})
+    for method, dt in (("fast_euler", DT), ("gauss_seidel", 1.0)):
+        for width in widths:
+            torch.manual_seed(0)
+            model = LayeredHopfield([784, width, 10]).to(device)
+            x, labels = torch.rand(batch, 784, device=device), torch.randint(10, (batch,), device=device)
+            opts = SettleOptions(method=method, step_size=dt, atol=atol, max_time=500)
+            metrics = EquilibriumPropagation(BETA, "centered", opts).grads(model, x, labels)
+            rows.append({"method": method, "width": width,
+                         **{k: metrics[k] for k in ("steps_free", "steps_nudged_+", "steps_nudged_-")}})
     print(f"\nsteps to ‖ds/dt‖ <= {atol:g} vs width (784-w-10, batch {batch}, at init)")
     for row in rows:
         print("  " + "  ".join(f"{k}={v}" for k, v in row.items()))
