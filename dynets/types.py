@@ -65,7 +65,8 @@ class Equilibrium:
         converged: every sample has ``residual <= tolerance``.
         steps: time integrated, in units of ``step_size`` (the Euler steps taken, for
             fixed-grid methods; adaptive solvers choose their own steps inside).
-        nfe: vector-field evaluations, including the residual checks.
+        nfe: vector-field evaluations, including the residual checks (a Gauss–Seidel
+            sweep counts as one; its checks' evaluations of the odd layers are not counted).
         trajectory: ``[(t, state), ...]`` at every residual check when ``record=True``.
     """
 
