@@ -10,6 +10,13 @@ State = tuple[torch.Tensor, ...]
 """One tensor per free layer, each ``(batch, units)``. Clamped inputs live in the
 :class:`Condition`, not in the state, so the state is exactly what the ODE integrates."""
 
+VectorField = Callable[[torch.Tensor, State], State]
+"""``f(t, state) -> ds/dt``, the signature torchdiffeq integrates."""
+
+LayerMap = Callable[[State], list[torch.Tensor]]
+"""g(s) of some of the layers of a model in leaky form ds/dt = g(s) − s, as a function
+of the whole state."""
+
 
 @dataclass(frozen=True, eq=False)
 class Condition:

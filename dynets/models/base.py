@@ -6,8 +6,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import nn
 
-from ..settle import VectorField
-from ..types import Condition, State
+from ..types import Condition, State, VectorField
 
 
 class DynamicalModel(nn.Module, ABC):

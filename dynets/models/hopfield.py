@@ -8,8 +8,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..settle import LayerMap, VectorField
-from ..types import Condition, State
+from ..types import Condition, LayerMap, State, VectorField
 from .base import EnergyModel
 
 
