@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import statistics
 import time
@@ -241,6 +242,37 @@ def steps_vs_width(device, widths, batch, atol) -> list[dict]:
     return rows
 
 
+def stop_overshoot(device) -> dict:
+    """Steps of the adaptive stop (check_every 20) over the fewest that reach the tolerance
+    (a check after every step), over nets × weight scales × tolerances × the three phases."""
+    nets = [[784, 512, 10], [64, 256, 10], [30, 100, 100, 100, 5], [784, 1024, 1024, 10]]
+    worst = {}
+    for method, dt in (("fast_euler", DT), ("gauss_seidel", 1.0)):
+        ratios = []
+        for sizes, scale, atol in itertools.product(nets, (0.5, 1.0, 2.0, 3.0), (1e-3, 1e-4)):
+            torch.manual_seed(0)
+            model = LayeredHopfield(sizes).to(device)
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.mul_(scale)
+            x, labels = torch.rand(64, sizes[0], device=device), torch.randint(sizes[-1], (64,), device=device)
+            c = Condition(x, model.target(labels))
+            every, sparse = (SettleOptions(method=method, step_size=dt, atol=atol, max_time=500, check_every=k)
+                             for k in (1, 20))
+            free = every(model, c)
+            for cond, init in ((c, None), (c.nudged(BETA), free.state), (c.nudged(-BETA), free.state)):
+                a, b = every(model, cond, init), sparse(model, cond, init)
+                if free.converged and a.converged and b.converged:   # fp32 stalls above 1e-4 at scale 3
+                    ratios.append((b.steps / max(a.steps, 1), f"{'-'.join(map(str, sizes))} x{scale} "
+                                   f"atol {atol:g} β {cond.beta:+g}: {b.steps} vs {a.steps} steps"))
+        ratios.sort(reverse=True)
+        within = sum(r <= 1.2 for r, _ in ratios)
+        print(f"\nadaptive stop, {method}: {within}/{len(ratios)} phases within 1.2x of the fewest steps; "
+              f"worst {ratios[0][0]:.2f}x ({ratios[0][1]})")
+        worst[method] = {"phases": len(ratios), "within_1.2x": within, "worst_ratio": ratios[0][0]}
+    return worst
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -252,6 +284,8 @@ def main() -> None:
     parser.add_argument("--tol", type=float, default=1e-3,
                         help="max |grad diff| relative to max |grad| allowed in the check (fp32 rounding can flip a unit at the clip in deep nets)")
     parser.add_argument("--widths", default="128,256,512,1024,2048", help="for steps vs width; '' skips it")
+    parser.add_argument("--stops", action="store_true",
+                        help="also measure the adaptive stop against the fewest steps (~1 min on CPU)")
     args = parser.parse_args()
     device = torch.device(args.device)
     configs = args.configs or (GPU_CONFIGS if device.type == "cuda" else CPU_CONFIGS)
@@ -261,6 +295,8 @@ def main() -> None:
         results.append(bench_config([int(n) for n in sizes.split(",")], int(batch), device, args))
     if args.widths:
         steps_vs_width(device, [int(w) for w in args.widths.split(",")], 128, 1e-4)
+    if args.stops:
+        results.append({"device": str(device), "config": "adaptive_stop_vs_fewest_steps", **stop_overshoot(device)})
     print()
     for result in results:   # the last lines: one JSON object per configuration
         print(json.dumps(result))
