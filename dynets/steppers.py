@@ -48,7 +48,9 @@ def gauss_seidel_step(maps: tuple[LayerMap, LayerMap], state: State, g_even: lis
 
 
 def _lerp(s: torch.Tensor, g: torch.Tensor, dt: float) -> torch.Tensor:
-    """s + Δt·(g − s) in one op; g itself at Δt = 1 (the plain fixed-point update)."""
+    """s + Δt·(g − s) in one op; g itself at Δt = 1 (the plain fixed-point update). g is
+    cast to the state's dtype: under bf16 autocast the maps return bf16, the state stays fp32."""
+    g = g.to(s.dtype)
     return g if dt == 1.0 else torch.lerp(s, g, dt)
 
 

@@ -126,10 +126,11 @@ def test_bad_rule_options_list_valid_ones():
         EquilibriumPropagation(0.0)
 
 
+@pytest.mark.parametrize("method,dt", [("fast_euler", 0.5), ("gauss_seidel", 1.0), ("gauss_seidel", 0.5)])
 @pytest.mark.parametrize("precision", ["bf16", "tf32"])
-def test_reduced_precision_keeps_ep_aligned(precision):
+def test_reduced_precision_keeps_ep_aligned(precision, method, dt):
     """EP settled with reduced-precision matmuls stays aligned with the exact fp32
-    gradient: cosine ≥ 0.97, and within 0.01 of fp32 EP's own cosine."""
+    gradient: cosine ≥ 0.97, and within 0.01 of fp32 EP's own cosine; the state stays fp32."""
     torch.manual_seed(0)
     model = LayeredHopfield([784, 512, 10])
     x, y = torch.rand(64, 784), torch.randint(0, 10, (64,))
@@ -138,8 +139,9 @@ def test_reduced_precision_keeps_ep_aligned(precision):
     for p in ("fp32", precision):
         # A fixed budget of 100 steps (atol=0): bf16 chatters at a residual floor of
         # ≈ 2⁻⁸‖s‖, below which a tolerance would never be met.
-        opts = SettleOptions(method="fast_euler", atol=0.0, max_time=50, precision=p)
+        opts = SettleOptions(method=method, step_size=dt, atol=0.0, max_time=100 * dt, precision=p)
         cosines[p] = diagnostics.alignment(model, EquilibriumPropagation(0.1, "centered", opts), ref, x, y)["all"]["cosine"]
+        assert all(s.dtype == torch.float32 for s in opts(model, Condition(x)).state)
     assert cosines[precision] >= 0.97 and abs(cosines[precision] - cosines["fp32"]) <= 0.01, cosines
     if precision == "bf16":
         assert cosines["bf16"] != cosines["fp32"]   # autocast really changed the arithmetic
