@@ -266,3 +266,16 @@ def test_gauss_seidel_needs_a_layered_model():
     A, b = stable_matrix(3, 0), torch.randn(2, 3, dtype=torch.float64)
     with pytest.raises(TypeError, match="parity_maps.*fast_euler"):
         settle(Linear([A], [b]), Condition(torch.zeros(2, 1)), method="gauss_seidel")
+
+
+def test_compile_auto_compiles_on_cuda_only():
+    """``compile="auto"`` falls back to the eager step on CPU (inductor measured slower
+    there) and wraps it for CUDA devices; ``off`` never compiles. Creating the wrapper
+    compiles nothing, so this runs without a GPU."""
+    from dynets.steppers import euler_step, gauss_seidel_step, maybe_compiled
+
+    for step in (euler_step, gauss_seidel_step):
+        assert maybe_compiled(step, "auto", torch.device("cpu")) is step
+        assert maybe_compiled(step, "off", torch.device("cuda")) is step
+        wrapped = maybe_compiled(step, "auto", torch.device("cuda"))
+        assert wrapped is not step and wrapped is maybe_compiled(step, "on", torch.device("cpu"))
