@@ -84,6 +84,11 @@ class SettleOptions:
             raise ValueError(f"settle tolerances must be >= 0, got atol={self.atol} rtol={self.rtol}")
         if self.check_every < 1:
             raise ValueError(f"check_every must be >= 1, got {self.check_every}")
+        # A sweep with Δt = ω is successive over-relaxation, which diverges for ω ≥ 2 on
+        # any system (Kahan 1958): its iteration matrix has det = (1 − ω)^n.
+        if self.method == "gauss_seidel" and self.step_size >= 2:
+            raise ValueError(f"gauss_seidel with step_size={self.step_size} cannot converge: a sweep with "
+                             f"step_size ω is over-relaxation, which needs 0 < ω < 2 (1 is plain Gauss-Seidel)")
         # Adaptive solvers settle only down to a floor a few times their rtol; a
         # steady-state tolerance below it would never be met (notes/settling.md).
         if self.method in ADAPTIVE and self.solver_rtol > self.atol / 10:

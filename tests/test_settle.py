@@ -101,6 +101,8 @@ def test_bad_options_are_errors():
         SettleOptions(method="dopri5", atol=1e-4, solver_rtol=1e-3)
     with pytest.raises(ValueError, match="step_size"):
         SettleOptions(step_size=0)
+    with pytest.raises(ValueError, match="0 < ω < 2"):
+        SettleOptions(method="gauss_seidel", step_size=2.0)
     with pytest.raises(TypeError):
         settle(None, None, options=SettleOptions(), atol=1.0)
     assert "fast_euler" in dynets.METHODS
