@@ -176,7 +176,7 @@ class _Monitor:
         """Residual per sample (on the device), whether all converged, steps to the next check."""
         opts, residual = self.opts, residual_norm(ds)
         rows = [residual] + ([self.prev] if self.prev is not None else []) + ([residual_norm(state)] if opts.rtol else [])
-        host = torch.stack(rows).double().cpu().numpy()   # the one sync
+        host = torch.stack(rows).cpu().double().numpy()   # the one sync (no float64 on MPS)
         r, prev = host[0], (host[1] if self.prev is not None else None)
         self.tolerance = opts.atol + opts.rtol * host[-1] if opts.rtol else np.full_like(r, opts.atol)
         worst = (r - self.tolerance).max()
