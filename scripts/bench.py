@@ -44,6 +44,7 @@ from dynets import Condition
 from dynets.settle import SettleOptions, residual_norm
 
 T1, T2, DT, BETA, LR = 30, 10, 0.5, 0.5, 1e-3
+FAST_METHODS = (("fast_euler", DT), ("gauss_seidel", 1.0))   # dynets' own loops, each at its step size
 CPU_CONFIGS = ["784,512,10:128", "784,1024,1024,10:128"]
 GPU_CONFIGS = ["784,512,10:128", "784,512,10:1024", "784,1024,1024,10:128", "784,1024,1024,10:1024"]
 
@@ -196,17 +197,20 @@ def bench_config(sizes, batch, device, args) -> dict:
             adaptive_rule("gauss_seidel", 1.0, r_free, r_nudged, compile="on"), copy.deepcopy(model))
     ms, peak = median_ms(steps, device, args.warmup, args.repeats)
     # Steps each adaptive method takes after the timed steps, i.e. on partly trained weights.
-    used = {name: "+".join(str(m[k]) for k in ("steps_free", "steps_nudged_+", "steps_nudged_-"))
-            for name, m in ((name, rule.grads(copy.deepcopy(model), x, labels)) for name, rule in adaptive.items())}
+    used = {}
+    for name, rule in adaptive.items():
+        m = rule.grads(copy.deepcopy(model), x, labels)
+        used[name] = "+".join(str(m[k]) for k in ("steps_free", "steps_nudged_+", "steps_nudged_-"))
 
     best = min((name for name in ms if name.startswith("dynets")), key=ms.get)
     config = f"{'-'.join(map(str, sizes))}/b{batch}/T{T1}+2x{T2}"
     print(f"\n{config} on {device} ({torch.get_num_threads()} threads), median of {args.repeats}")
     print(f"reference leaves residual {r_free:.2e} (free) / {r_nudged:.2e} (nudged); the adaptive "
           f"methods stop there, steps free+nudged: " + ", ".join(f"{k} {v}" for k, v in used.items()))
-    print(f"{'method':<22} {'ms/step':>9} {'x dynets':>9} {'peak MB':>9}")
+    width = max(map(len, ms))
+    print(f"{'method':<{width}} {'ms/step':>9} {'x dynets':>9} {'peak MB':>9}")
     for name, t in ms.items():
-        print(f"{name:<22} {t:9.2f} {t / ms['dynets']:9.2f} {peak.get(name, float('nan')):9.1f}")
+        print(f"{name:<{width}} {t:9.2f} {t / ms['dynets']:9.2f} {peak.get(name, float('nan')):9.1f}")
     return {
         "device": str(device), "threads": torch.get_num_threads(), "config": config,
         **{f"ms_{name}": t for name, t in ms.items()},
@@ -227,7 +231,7 @@ def steps_vs_width(device, widths, batch, atol) -> list[dict]:
     """Free and nudged steps to reach ``atol`` on 784-w-10 at init: Euler (dt 0.5) and
     Gauss-Seidel (dt 1)."""
     rows = []
-    for method, dt in (("fast_euler", DT), ("gauss_seidel", 1.0)):
+    for method, dt in FAST_METHODS:
         for width in widths:
             torch.manual_seed(0)
             model = LayeredHopfield([784, width, 10]).to(device)
@@ -247,7 +251,7 @@ def stop_overshoot(device) -> dict:
     (a check after every step), over nets × weight scales × tolerances × the three phases."""
     nets = [[784, 512, 10], [64, 256, 10], [30, 100, 100, 100, 5], [784, 1024, 1024, 10]]
     worst = {}
-    for method, dt in (("fast_euler", DT), ("gauss_seidel", 1.0)):
+    for method, dt in FAST_METHODS:
         ratios = []
         for sizes, scale, atol in itertools.product(nets, (0.5, 1.0, 2.0, 3.0), (1e-3, 1e-4)):
             torch.manual_seed(0)
