@@ -65,12 +65,20 @@ def average_grads(model: torch.nn.Module, weight: float) -> None:
     """Replace every ``p.grad`` by Σ_r weight_r · p.grad_r over processes r.
 
     With ``weight`` = shard size / batch size and batch-mean shard gradients this is the
-    batch-mean gradient of the whole batch. One all-reduce of all gradients together.
+    batch-mean gradient of the whole batch. A parameter the rule did not train on any
+    process keeps ``grad = None``; one trained on some processes only (an empty shard
+    trains nothing) counts zero from the others. One all-reduce of all gradients together,
+    after one of the flags saying which parameters have one.
     """
     if not dist.is_initialized():
         return
     params = list(model.parameters())
-    flat = all_sum(torch.cat([p.grad.reshape(-1) for p in params]) * weight)
+    trained = all_sum(torch.tensor([float(p.grad is not None) for p in params], device=params[0].device))
+    params = [p for p, t in zip(params, trained.tolist()) if t > 0]
+    if not params:
+        return
+    flat = all_sum(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                              for p in params]) * weight)
     for p, g in zip(params, flat.split([p.numel() for p in params])):
         p.grad = g.view_as(p)
 

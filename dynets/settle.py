@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torchdiffeq import odeint
 
-from .steppers import STEPPERS, Dynamical
-from .types import Condition, DivergedError, Equilibrium, State, VectorField
+from .steppers import STEPPERS, Dynamical, phase_field
+from .types import Condition, DivergedError, Equilibrium, State, VectorField, by_layer
 
 FIXED_GRID = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams")
 ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
@@ -121,24 +121,30 @@ def settle(model: Dynamical, condition: Condition, init: State | None = None, *,
     opts = options if options is not None else SettleOptions(**kwargs)
     if options is not None and kwargs:
         raise TypeError("pass either options= or SettleOptions fields, not both")
-    with torch.no_grad(), _precision(opts.precision, condition.x.device):
-        if opts.method in STEPPERS:
-            stepper = STEPPERS[opts.method](model, condition, opts.compile, condition.x.device)
-            return _fast_loop(stepper, _initial(model, condition, init), opts, record)
-        f = model.dynamics(condition)
-        return _odeint_loop(f, _initial(model, condition, init), opts, record)
+    if hasattr(model, "check_condition"):
+        model.check_condition(condition)
+    with torch.no_grad():
+        state = _initial(model, condition, init)
+        device = state[0].device
+        with _precision(opts.precision, device):
+            if opts.method in STEPPERS:
+                stepper = STEPPERS[opts.method](model, condition, opts.compile, device)
+                return _fast_loop(stepper, state, opts, record)
+            return _odeint_loop(phase_field(model, condition), state, opts, record)
 
 
 def _initial(model: Dynamical, condition: Condition, init: State | None) -> State:
-    """``init`` as a tuple, if it has the layers and shapes of the rest state; else the rest state."""
+    """``init`` (default: the rest state) with the clamped layers set to their values;
+    ``init`` must have the layers and shapes of the rest state."""
     rest = model.init_state(condition)
-    if init is None:
-        return rest
-    init = tuple(init)
-    if len(init) != len(rest) or any(a.shape != b.shape for a, b in zip(init, rest)):
-        raise ValueError(f"init has shapes {[tuple(a.shape) for a in init]} but this model and batch need "
-                         f"{[tuple(b.shape) for b in rest]} (one (batch, units) tensor per free layer)")
-    return init
+    if init is not None:
+        init = tuple(init)
+        if len(init) != len(rest) or any(a.shape != b.shape for a, b in zip(init, rest)):
+            raise ValueError(f"init has shapes {[tuple(a.shape) for a in init]} but this model and batch need "
+                             f"{[tuple(b.shape) for b in rest]} (one (batch, units) tensor per free layer)")
+        rest = init
+    clamp = by_layer(condition.clamp, rest, "clamp")
+    return tuple(clamp[l].to(s.dtype) if l in clamp else s for l, s in enumerate(rest))
 
 
 @contextlib.contextmanager

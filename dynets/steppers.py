@@ -11,7 +11,7 @@ from typing import Callable, Protocol
 
 import torch
 
-from .types import Condition, LayerMap, State, VectorField
+from .types import Block, Condition, LayerMap, State, VectorField, by_layer
 
 
 class Dynamical(Protocol):
@@ -21,11 +21,41 @@ class Dynamical(Protocol):
     def init_state(self, condition: Condition) -> State: ...
 
 
-class Bipartite(Protocol):
-    """A model in leaky form ds/dt = g(s) − s whose even layers couple only to odd ones
-    (``method="gauss_seidel"``): g of the even layers and g of the odd ones."""
+class Blocked(Protocol):
+    """A model in leaky form ds/dt = g(s) − s that declares Gauss–Seidel blocks
+    (``method="gauss_seidel"``): a partition of its state layers, each with its g."""
 
-    def parity_maps(self, condition: Condition) -> tuple[LayerMap, LayerMap]: ...
+    def blocks(self, condition: Condition) -> list[Block]: ...
+
+
+def phase_field(model: Dynamical, condition: Condition) -> VectorField:
+    """The model's vector field for ``condition``, checked, with clamped layers held (ds/dt = 0)."""
+    if hasattr(model, "check_condition"):
+        model.check_condition(condition)
+    f = model.dynamics(condition)
+    clamp = by_layer(condition.clamp, model.init_state(condition), "clamp")
+    if not clamp:
+        return f
+
+    def held(t: torch.Tensor, state: State) -> State:
+        return tuple(torch.zeros_like(d) if l in clamp else d for l, d in enumerate(f(t, state)))
+
+    return held
+
+
+def phase_blocks(model: Blocked, condition: Condition) -> list[Block]:
+    """The model's Gauss–Seidel blocks for ``condition``; a clamped layer's g is its clamp value."""
+    if hasattr(model, "check_condition"):
+        model.check_condition(condition)
+    blocks = model.blocks(condition)
+    clamp = by_layer(condition.clamp, model.init_state(condition), "clamp")
+    if not clamp:
+        return blocks
+
+    def held(layers: tuple[int, ...], g: LayerMap) -> LayerMap:
+        return lambda state: [clamp[l] if l in clamp else gl for l, gl in zip(layers, g(state))]
+
+    return [(layers, held(layers, g)) for layers, g in blocks]
 
 
 def euler_step(f: VectorField, t: torch.Tensor, state: State, ds: State, dt: float):
@@ -35,16 +65,16 @@ def euler_step(f: VectorField, t: torch.Tensor, state: State, ds: State, dt: flo
     return t, state, f(t, state)
 
 
-def gauss_seidel_step(maps: tuple[LayerMap, LayerMap], state: State, g_even: list[torch.Tensor], dt: float):
-    """One red-black sweep of ds/dt = g(s) − s from ``state`` whose even layers' g is
-    ``g_even``: s ← s + Δt·(g − s) on the even layers, then on the odd ones from the new
-    evens. Returns the new state and the evens' g there (the next sweep's first half,
+def gauss_seidel_step(blocks: list[Block], state: State, g_first: list[torch.Tensor], dt: float):
+    """One sweep of ds/dt = g(s) − s from ``state`` whose first block's g is ``g_first``:
+    s_B ← s_B + Δt·(g_B − s_B) block after block, each read from the newest state.
+    Returns the new state and the first block's g there (the next sweep's first half,
     computed once)."""
-    map_even, map_odd = maps
     state = list(state)
-    state[0::2] = [_lerp(s, g, dt) for s, g in zip(state[0::2], g_even)]
-    state[1::2] = [_lerp(s, g, dt) for s, g in zip(state[1::2], map_odd(state))]
-    return tuple(state), map_even(state)
+    for k, (layers, g) in enumerate(blocks):
+        for l, gl in zip(layers, g_first if k == 0 else g(state)):
+            state[l] = _lerp(state[l], gl, dt)
+    return tuple(state), blocks[0][1](state)
 
 
 def _lerp(s: torch.Tensor, g: torch.Tensor, dt: float) -> torch.Tensor:
@@ -74,7 +104,7 @@ class Euler:
     recompile for each t) and f(s), which is also the residual: checks are free."""
 
     def __init__(self, model: Dynamical, condition: Condition, compile: str, device: torch.device) -> None:
-        self.f, self.step_fn = model.dynamics(condition), maybe_compiled(euler_step, compile, device)
+        self.f, self.step_fn = phase_field(model, condition), maybe_compiled(euler_step, compile, device)
 
     def start(self, state: State) -> tuple[torch.Tensor, State]:
         t = torch.zeros((), dtype=state[0].dtype, device=state[0].device)
@@ -90,34 +120,35 @@ class Euler:
 
 
 class GaussSeidel:
-    """Red-black Gauss–Seidel: a partitioned Euler step of ds/dt = g(s) − s that updates
-    the even layers, then the odd ones from the new evens (Hopfield's asynchronous
-    updates, by parity). Same fixed points and cost per step as Euler. At Δt = 1 a
-    half-step sets a parity to g, for an energy model the exact minimum of E over those
-    layers given the others: a sweep is exact block-coordinate descent on E (as in
-    Scellier et al. 2023, "Energy-based learning algorithms for analog computing"). A
-    layered net's coupling is block-tridiagonal, so near the fixed point a sweep contracts
-    by ρ(J)², J the Jacobian of the Euler (Jacobi) step at Δt = 1 (Young 1950): about
-    half the steps. It carries the evens' g; a residual check computes the odds' g."""
+    """Block Gauss–Seidel: a partitioned Euler step of ds/dt = g(s) − s over the blocks the
+    model declares (for a layered net, the even layers then the odd ones: Hopfield's
+    asynchronous updates, by parity). Same fixed points and cost per step as Euler. At
+    Δt = 1 a half-step sets a block to g; when g is the exact minimiser of the energy over
+    the block given the rest (``LayeredHopfield``: every layer, the nudged top included),
+    a sweep is exact block-coordinate descent on F (Scellier et al. 2023, "Energy-based
+    learning algorithms for analog computing"). A layered net's coupling is
+    block-tridiagonal, so near the fixed point a sweep contracts by ρ(J)², J the Jacobian
+    of the Euler (Jacobi) step at Δt = 1 (Young 1950): about half the steps. It carries
+    the first block's g; a residual check computes the others'."""
 
-    def __init__(self, model: Bipartite, condition: Condition, compile: str, device: torch.device) -> None:
-        if not hasattr(model, "parity_maps"):   # isinstance on a Protocol costs ~20 µs a settle
-            raise TypeError(f"settle method 'gauss_seidel' needs a model in leaky form whose layers split "
-                            f"into two parities that do not couple within a parity (a parity_maps method); "
-                            f"{type(model).__name__} has none: use fast_euler")
-        self.maps = model.parity_maps(condition)
+    def __init__(self, model: Blocked, condition: Condition, compile: str, device: torch.device) -> None:
+        if not hasattr(model, "blocks"):   # isinstance on a Protocol costs ~20 µs a settle
+            raise TypeError(f"settle method 'gauss_seidel' needs a model in leaky form that declares its "
+                            f"Gauss-Seidel blocks (a blocks method); {type(model).__name__} has none: use fast_euler")
+        self.blocks = phase_blocks(model, condition)
         self.step_fn = maybe_compiled(gauss_seidel_step, compile, device)
 
     def start(self, state: State) -> list[torch.Tensor]:
-        return self.maps[0](state)
+        return self.blocks[0][1](state)
 
     def step(self, state: State, carry: list[torch.Tensor], dt: float):
-        return self.step_fn(self.maps, state, carry, dt)
+        return self.step_fn(self.blocks, state, carry, dt)
 
     def residual(self, state: State, carry: list[torch.Tensor]) -> State:
         ds = list(state)
-        ds[0::2] = [g - s for g, s in zip(carry, state[0::2])]
-        ds[1::2] = [g - s for g, s in zip(self.maps[1](state), state[1::2])]
+        for k, (layers, g) in enumerate(self.blocks):
+            for l, gl in zip(layers, carry if k == 0 else g(state)):
+                ds[l] = gl - state[l]
         return tuple(ds)
 
 

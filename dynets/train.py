@@ -85,10 +85,10 @@ def train_step(model: DynamicalModel, rule: Rule, optimizer: torch.optim.Optimiz
     xs, ys = shard(x, y)
     if len(ys):
         metrics = rule.grads(model, xs, ys)
-    else:  # a last batch smaller than the number of processes leaves some shards empty
-        metrics = {}
+    else:  # a last batch smaller than the number of processes leaves some shards empty:
+        metrics = {}   # no gradient here; average_grads counts it as zero
         for p in model.parameters():
-            p.grad = torch.zeros_like(p)
+            p.grad = None
     average_grads(model, len(ys) / len(y))
     optimizer.step()
     return metrics, len(ys)

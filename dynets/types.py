@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
+
+from .costs import Cost, SquaredError
 
 State = tuple[torch.Tensor, ...]
 """One tensor per free layer, each ``(batch, units)``. Clamped inputs live in the
@@ -17,47 +19,70 @@ LayerMap = Callable[[State], list[torch.Tensor]]
 """g(s) of some of the layers of a model in leaky form ds/dt = g(s) − s, as a function
 of the whole state."""
 
+Block = tuple[tuple[int, ...], LayerMap]
+"""A block of a Gauss–Seidel sweep: the state layers it updates, and g of those layers
+(the value a half-step at Δt = 1 sets them to), read from the whole current state."""
+
 
 @dataclass(frozen=True, eq=False)
 class Condition:
-    """What is clamped and what is added to the dynamics during one phase.
+    """Everything about one phase: what is clamped and what is added to the dynamics.
 
     Args:
-        x: ``(batch, in_features)`` input clamped on the first layer.
-        target: ``(batch, out_features)`` target for the cost C, or ``None`` (free phase).
+        x: ``(batch, in_features)`` input clamped below the first free layer, or ``None``
+            for a phase with no input (then ``batch_size`` gives the batch).
+        target: ``(batch, out_features)`` target of the cost C, or ``None``.
         beta: nudging strength β; the dynamics descend F = E + β·C. ``beta != 0`` needs a target.
+        cost: the :class:`~dynets.costs.Cost` C of the read-out (default squared error).
+        clamp: ``{layer: (batch, units) values}``: free-state layers (indices into the
+            :data:`State`) held at given values during the settle, e.g. ``{-1: target}``
+            for the output clamped to the target (CHL, PC). Negative indices count from the top.
+        noise: ``{layer: (batch, units)}`` added to the drive of those layers and held
+            fixed through the settle (perturbation rules).
+        generator: the ``torch.Generator`` that stochastic units of this phase draw from.
+        batch_size: the batch of a phase with no input.
+        constants: what the model computed once for this input batch (``model.prepare``):
+            the phases of one rule step share it. It depends on ``x`` and the weights only,
+            so :meth:`nudged` and :meth:`clamped` keep it; after changing either, prepare anew.
+
+    A model raises an error for a field it cannot honour; it never ignores one.
     """
 
-    x: torch.Tensor
+    x: torch.Tensor | None = None
     target: torch.Tensor | None = None
     beta: float = 0.0
-    _memo: dict = field(default_factory=dict, repr=False)
+    cost: Cost = field(default_factory=SquaredError)
+    clamp: Mapping[int, torch.Tensor] = field(default_factory=dict)
+    noise: Mapping[int, torch.Tensor] = field(default_factory=dict)
+    generator: torch.Generator | None = None
+    batch_size: int | None = None
+    constants: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.beta != 0.0 and self.target is None:
-            raise ValueError(f"Condition with beta={self.beta} needs a target")
-        if self.target is not None and self.target.shape[0] != self.x.shape[0]:
-            raise ValueError(
-                f"target has batch {self.target.shape[0]} but x has batch {self.x.shape[0]}"
-            )
+            raise ValueError(f"Condition with beta={self.beta} needs a target (a nudge pulls the read-out toward it)")
+        if self.x is None and self.batch_size is None:
+            raise ValueError("a Condition with no input x needs batch_size (how many samples run free)")
+        batch = self.batch
+        named = [("target", self.target)] + [(f"clamp[{k}]", v) for k, v in self.clamp.items()] + \
+                [(f"noise[{k}]", v) for k, v in self.noise.items()]
+        for name, t in named:
+            if t is not None and (t.dim() != 2 or t.shape[0] != batch):
+                raise ValueError(f"{name} has shape {tuple(t.shape)} but the phase has batch {batch}: "
+                                 f"it must be (batch, units)")
+
+    @property
+    def batch(self) -> int:
+        """The number of samples of the phase."""
+        return self.x.shape[0] if self.x is not None else int(self.batch_size)
 
     def nudged(self, beta: float, target: torch.Tensor | None = None) -> "Condition":
-        """The same clamping with nudging β (and optionally a new target); it shares the
-        memo of quantities derived from ``x`` (see :meth:`cached`)."""
-        return replace(self, beta=beta, target=self.target if target is None else target, _memo=self._memo)
+        """The same phase with nudging β (and optionally a new target); the constants are kept."""
+        return replace(self, beta=beta, target=self.target if target is None else target)
 
-    def cached(self, key: Any, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """``compute()``, memoised for the conditions of one input batch (the phases of one
-        rule step share the input drive W₀x). Only outside autograd: a tensor reused with
-        a graph would be backpropagated twice. ``key`` must name everything the value
-        depends on besides ``x`` (e.g. the weights' ``_version``)."""
-        if torch.is_grad_enabled():
-            return compute()
-        key = (key, self.x._version)
-        if key not in self._memo:
-            self._memo.clear()   # older weight versions are stale: keep one entry
-            self._memo[key] = compute()
-        return self._memo[key]
+    def clamped(self, clamp: Mapping[int, torch.Tensor]) -> "Condition":
+        """The same phase with these layers clamped (replacing any earlier clamps)."""
+        return replace(self, clamp=dict(clamp))
 
 
 @dataclass(frozen=True, eq=False)
@@ -92,6 +117,21 @@ class Equilibrium:
         if self.converged:   # every sample is: no need to count (nor to sync)
             return 1.0
         return (self.residual <= self.tolerance).float().mean().item()
+
+
+def by_layer(layers: Mapping[int, torch.Tensor], rest: State, what: str) -> dict[int, torch.Tensor]:
+    """``layers`` (a ``Condition.clamp`` or ``noise``) with indices in 0..n−1, n = len(rest)
+    (negative ones count from the top); raises for a layer that does not exist or a
+    tensor whose width is not the layer's."""
+    n, out = len(rest), {}
+    for k, v in layers.items():
+        if not -n <= k < n:
+            raise ValueError(f"{what}: layer {k} does not exist; the state has {n} free layers "
+                             f"(0..{n - 1}, or -{n}..-1)")
+        if v.shape != rest[k].shape:
+            raise ValueError(f"{what}[{k}] has shape {tuple(v.shape)}, the layer needs {tuple(rest[k].shape)}")
+        out[k % n] = v
+    return out
 
 
 class DivergedError(RuntimeError):

@@ -31,7 +31,7 @@ def test_vector_field_is_rho_of_autograd_drive(activation):
     model = net(activation)
     c = nudged_condition(model)
     s = tuple(t.requires_grad_() for t in random_state(model, 4, activation))
-    phi = model.primitive(s, c) - c.beta * model.cost(s, c.target)
+    phi = model.primitive(s, c) - c.beta * model.cost(s, c)
     u = torch.autograd.grad(phi.sum(), s)
     expected = tuple(model.act.rho(ui) - si for ui, si in zip(u, s))
     for got, want in zip(model.vector_field(torch.tensor(0.0), s, c), expected):

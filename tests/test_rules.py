@@ -56,7 +56,7 @@ def test_ep_error_shrinks_at_the_theoretical_rate(exact, variant, order):
 
 def loss_at_equilibrium(model, x, y):
     eq = TIGHT(model, Condition(x))
-    return model.cost(eq.state, model.target(y)).mean().item()
+    return model.cost(eq.state, Condition(x, model.target(y))).mean().item()
 
 
 def test_implicit_gradient_matches_finite_differences(exact):
@@ -99,7 +99,7 @@ def test_parameter_gradient_is_the_hebbian_outer_product(activation):
     for l in range(len(model.layers)):
         by_hand += [-layers[l + 1].T @ layers[l] / len(x), -layers[l + 1].mean(0)]
     autograd = EnergyModel.param_grads(model, eq.state, c)
-    for closed, want, auto in zip(model.param_grads(eq.state, c), by_hand, autograd, strict=True):
+    for closed, want, auto in zip(model.param_grads(eq.state, c).values(), by_hand, autograd.values(), strict=True):
         torch.testing.assert_close(closed, want, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(auto, want, rtol=1e-12, atol=1e-12)
 
@@ -149,23 +149,64 @@ def test_reduced_precision_keeps_ep_aligned(precision, method, dt):
 
 
 def test_closed_form_phase_difference_matches_autograd():
+    """The closed-form Hebbian difference against autograd of F at each state (not the
+    generic path, which calls the closed-form param_grads)."""
     model, x, y = problem("hard_sigmoid")
     c = Condition(x, model.target(y))
     a, b = TIGHT(model, c.nudged(0.3)).state, TIGHT(model, c.nudged(-0.3)).state
+
+    def autograd_of_F(state):
+        names, params = zip(*model.named_parameters())
+        return dict(zip(names, torch.autograd.grad(model.total_energy(state, c).mean(), params)))
+
+    ga, gb = autograd_of_F(a), autograd_of_F(b)
     for scale in (1.0, -1.7):
-        for closed, auto in zip(model.param_grad_difference(a, b, c, scale),
-                                EnergyModel.param_grad_difference(model, a, b, c, scale), strict=True):
-            torch.testing.assert_close(closed, auto, rtol=1e-10, atol=1e-12)
+        closed = model.param_grad_difference(a, b, c, scale)
+        assert closed.keys() == ga.keys()
+        for name in ga:
+            torch.testing.assert_close(closed[name], scale * (ga[name] - gb[name]), rtol=1e-10, atol=1e-12)
 
 
-def test_memoised_input_drive_follows_weight_updates():
-    """Phases of one batch share W₀x; after an optimizer step the same condition must
-    settle exactly like a fresh one (a stale drive would not)."""
+def test_reused_condition_reads_the_current_weights():
+    """An unprepared condition reused after the weights change (an optimizer step,
+    a ``p.data`` edit that does not bump ``_version``, weights swapped in with
+    ``functional_call``) settles exactly like a fresh one: no hidden cache."""
     model, x, y = problem("hard_sigmoid")
     c = Condition(x, model.target(y))
     TIGHT(model, c)
     EquilibriumPropagation(0.1, "centered", TIGHT).grads(model, x, y)
     torch.optim.SGD(model.parameters(), lr=0.5).step()
-    reused, fresh = TIGHT(model, c.nudged(0.2)), TIGHT(model, Condition(x, model.target(y), 0.2))
-    for r, f in zip(reused.state, fresh.state):
-        torch.testing.assert_close(r, f, rtol=0, atol=0)
+    torch.testing.assert_close(TIGHT(model, c.nudged(0.2)).state, TIGHT(model, Condition(x, model.target(y), 0.2)).state,
+                               rtol=0, atol=0)
+    model.layers[0].weight.data.mul_(1.5)
+    torch.testing.assert_close(TIGHT(model, c).state, TIGHT(model, Condition(x)).state, rtol=0, atol=0)
+    swapped = {n: p.detach() * 0.5 for n, p in model.named_parameters()}
+    halved = LayeredHopfield(model.sizes).double()
+    halved.load_state_dict(swapped)
+
+    class Settled(torch.nn.Module):   # functional_call swaps the weights in for one forward
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def forward(self, condition):
+            return TIGHT(self.net, condition).state
+
+    got = torch.func.functional_call(Settled(), {f"net.{n}": p for n, p in swapped.items()}, (c,))
+    torch.testing.assert_close(got, TIGHT(halved, Condition(x)).state, rtol=0, atol=0)
+
+
+def test_negative_phase_of_a_net_with_no_hidden_layer():
+    """LayeredHopfield([20, 5]): the −β phase settled on the condition shared (prepared)
+    with the +β phase equals a settle on a fresh condition (the input drive of a one-layer
+    net is also its top drive: a memo holding β·y gave the −β phase the +β drive)."""
+    torch.manual_seed(0)
+    model = LayeredHopfield([20, 5]).double()
+    x, y = torch.rand(8, 20, dtype=torch.float64), torch.randint(0, 5, (8,))
+    shared = model.prepare(Condition(x, model.target(y)))
+    TIGHT(model, shared.nudged(0.5))
+    for method in ("fast_euler", "euler", "gauss_seidel"):
+        opts = SettleOptions(method=method, step_size=1.0 if method == "gauss_seidel" else 0.5, atol=1e-11, max_time=500)
+        got = opts(model, shared.nudged(-0.5)).state
+        want = opts(model, Condition(x, model.target(y), -0.5)).state
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)

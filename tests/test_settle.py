@@ -137,7 +137,10 @@ def test_adaptive_stop_is_close_to_the_fewest_steps(sizes, scale, atol, method, 
     for condition, init in ((c, None), (c.nudged(0.5), free.state), (c.nudged(-0.5), free.state)):
         fewest, ours = every(model, condition, init), sparse(model, condition, init)
         assert fewest.converged and ours.converged
-        assert fewest.steps <= ours.steps <= 1.2 * fewest.steps
+        # A phase that leaves its basin (rising residual) and ends on the box's corners
+        # (residual exactly 0) has no decay rate to predict: at most check_every late.
+        finite = fewest.residual.max().item() == 0.0
+        assert fewest.steps <= ours.steps <= (fewest.steps + 20 if finite else 1.2 * fewest.steps)
 
 
 # Gauss–Seidel follows another path than the flow; a strongly coupled (scale 2) net has
@@ -266,7 +269,7 @@ def test_gauss_seidel_reports_the_true_residual_when_it_stops_short(beta, dt):
 
 def test_gauss_seidel_needs_a_layered_model():
     A, b = stable_matrix(3, 0), torch.randn(2, 3, dtype=torch.float64)
-    with pytest.raises(TypeError, match="parity_maps.*fast_euler"):
+    with pytest.raises(TypeError, match="blocks.*fast_euler"):
         settle(Linear([A], [b]), Condition(torch.zeros(2, 1)), method="gauss_seidel")
 
 

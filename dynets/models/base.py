@@ -6,38 +6,58 @@ from abc import ABC, abstractmethod
 import torch
 from torch import nn
 
-from ..types import Condition, State, VectorField
+from ..types import Condition, State, VectorField, by_layer
 
 
 class DynamicalModel(nn.Module, ABC):
     """A network whose state follows ds/dt = f(s; condition).
 
-    Subclasses implement :meth:`dynamics`, which may precompute what is constant
-    during a settle (e.g. the input drive W₀x) and returns the vector field.
+    Subclasses implement :meth:`dynamics` (the vector field of a phase) and
+    :meth:`init_state`. What is constant for an input batch (e.g. the input drive W₀x)
+    may be computed once by :meth:`prepare` and shared by the phases of a rule step.
+    Clamps (``condition.clamp``) are applied by :func:`dynets.settle` for every model.
     """
 
     in_features: int
     out_features: int
+    needs_input: bool = True   # False for models that can run with no input (dreams)
 
     @abstractmethod
     def dynamics(self, condition: Condition) -> VectorField:
-        """The vector field ``f(t, state) -> ds/dt`` for this condition."""
+        """The vector field ``f(t, state) -> ds/dt`` for this condition (clamps aside)."""
 
     @abstractmethod
     def init_state(self, condition: Condition) -> State:
         """The rest state settles start from (zeros of the right shapes)."""
 
+    def prepare(self, condition: Condition) -> Condition:
+        """``condition`` with this batch's constants computed (``Condition.constants``);
+        by default nothing is worth sharing."""
+        return condition
+
+    def check_condition(self, condition: Condition) -> None:
+        """Raise if this model cannot honour ``condition``."""
+        if condition.x is None:
+            if self.needs_input:
+                raise ValueError(f"{type(self).__name__} needs an input x in every phase (its first layer is "
+                                 "clamped to it); a free-running phase with no input needs a generative model")
+        else:
+            self.check_input(condition.x)
+
     def vector_field(self, t: torch.Tensor, state: State, condition: Condition) -> State:
-        """ds/dt at ``state`` under ``condition``."""
-        return self.dynamics(condition)(t, state)
+        """ds/dt at ``state`` under ``condition`` (clamped layers: 0)."""
+        from ..steppers import phase_field   # steppers depends on the model interface, not the reverse
+        return phase_field(self, condition)(t, state)
 
     def output(self, state: State) -> torch.Tensor:
         """``(batch, out_features)`` read-out: the last layer."""
         return state[-1]
 
-    def cost(self, state: State, target: torch.Tensor) -> torch.Tensor:
-        """``(batch,)`` C = ½‖output − target‖²."""
-        return 0.5 * (self.output(state) - target).pow(2).sum(1)
+    def cost(self, state: State, condition: Condition) -> torch.Tensor:
+        """``(batch,)`` the phase's cost C(read-out, target)."""
+        if condition.target is None:
+            raise ValueError("the cost needs a target in the condition")
+        return condition.cost.value(self.output(state), condition.target)
 
     def target(self, y: torch.Tensor) -> torch.Tensor:
         """One-hot ``(batch, out_features)`` target of integer labels ``y``."""
@@ -60,11 +80,20 @@ class DynamicalModel(nn.Module, ABC):
                 f"(batch, {self.in_features}) (input layer size {self.in_features})"
             )
 
+    def named_grads(self, grads) -> dict[str, torch.Tensor]:
+        """``{name: grad}`` of grads given in ``named_parameters()`` order."""
+        names = [name for name, _ in self.named_parameters()]
+        return dict(zip(names, grads, strict=True))
+
 
 class EnergyModel(DynamicalModel):
     """A model whose fixed points are the stationary points of an energy E.
 
-    The nudged total energy is F = E + β·C with the cost C(s, target) of :meth:`cost`.
+    The nudged total energy is F = E + β·C, C the condition's cost of the read-out.
+    A subclass that defines only :meth:`energy` and :meth:`init_state` settles by the
+    gradient flow ds/dt = −∂F/∂s + noise, taken by autograd: under ``torch.no_grad``
+    (settles) it returns plain tensors, under autograd (the reference rules) it is
+    differentiable with respect to the state and the parameters.
     """
 
     @abstractmethod
@@ -75,18 +104,37 @@ class EnergyModel(DynamicalModel):
         """``(batch,)`` F = E + β·C."""
         total = self.energy(state, condition)
         if condition.beta != 0.0:
-            total = total + condition.beta * self.cost(state, condition.target)
+            total = total + condition.beta * self.cost(state, condition)
         return total
 
-    def param_grads(self, state: State, condition: Condition) -> tuple[torch.Tensor, ...]:
-        """∂F/∂θ at a (detached) state, batch mean, in ``parameters()`` order: one
-        backward through F, none through the settle. Models override it in closed form."""
+    def dynamics(self, condition: Condition) -> VectorField:
+        """ds/dt = −∂F/∂s (+ the condition's noise), by autograd of :meth:`total_energy`."""
+        self.check_condition(condition)
+        noise = by_layer(condition.noise, self.init_state(condition), "noise")
+
+        def f(t: torch.Tensor, state: State) -> State:
+            differentiable = torch.is_grad_enabled()
+            with torch.enable_grad():
+                s = tuple(v if differentiable and v.requires_grad else v.detach().requires_grad_() for v in state)
+                force = torch.autograd.grad(self.total_energy(s, condition).sum(), s, create_graph=differentiable)
+            return tuple(-g + noise[l] if l in noise else -g for l, g in enumerate(force))
+
+        return f
+
+    def param_grads(self, state: State, condition: Condition) -> dict[str, torch.Tensor]:
+        """``{name: ∂F/∂θ}`` at a (detached) state, batch mean: one backward through F,
+        none through the settle. Models may override it in closed form."""
+        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
         with torch.enable_grad():
             total = self.total_energy(state, condition).mean()
-            return torch.autograd.grad(total, list(self.parameters()))
+            grads = torch.autograd.grad(total, [p for _, p in named], allow_unused=True, materialize_grads=True)
+        return {n: g for (n, _), g in zip(named, grads)}
 
     def param_grad_difference(self, a: State, b: State, condition: Condition,
-                              scale: float = 1.0) -> tuple[torch.Tensor, ...]:
-        """scale·[∂F/∂θ(a) − ∂F/∂θ(b)] for two states under the same input x (C, the only
-        β-dependent part of F, does not depend on θ). Models may override it in closed form."""
-        return tuple((ga - gb) * scale for ga, gb in zip(self.param_grads(a, condition), self.param_grads(b, condition)))
+                              scale: float = 1.0) -> dict[str, torch.Tensor]:
+        """``{name: scale·[∂F/∂θ(a) − ∂F/∂θ(b)]}`` for two states under the same input x
+        (C, the only β-dependent part of F, does not depend on θ). Models may override it
+        in closed form."""
+        ga, gb = self.param_grads(a, condition), self.param_grads(b, condition)
+        return {n: (ga[n] - gb[n]) * scale for n in ga}
+

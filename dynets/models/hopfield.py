@@ -2,36 +2,66 @@
 of Laborieux et al. (2021)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
 from torch import nn
 
-from ..types import Condition, LayerMap, State, VectorField
+from ..costs import SquaredError
+from ..types import Block, Condition, State, VectorField, by_layer
 from .base import EnergyModel
 
 
 @dataclass(frozen=True)
 class Activation:
     """ρ and G with G' = ρ⁻¹, so that s = ρ(u) is the stationary point of G(s) − u·s;
-    ``rho_`` is ρ in place (a settle step applies ρ to fresh drives: one allocation less)."""
+    ``rho_`` is ρ in place (a settle step applies ρ to fresh drives: one allocation less);
+    ``prox(c, k)`` is argmin_s G(s) + ½k·s² − c·s, the nudged top layer's exact update."""
 
     rho: Callable[[torch.Tensor], torch.Tensor]
     G: Callable[[torch.Tensor], torch.Tensor]
     rho_: Callable[[torch.Tensor], torch.Tensor]
+    prox: Callable[[torch.Tensor, float], torch.Tensor]
 
 
 def _entropy(s: torch.Tensor) -> torch.Tensor:
     return torch.xlogy(s, s) + torch.xlogy(1 - s, 1 - s)
 
 
+def _box_prox(c: torch.Tensor, k: float) -> torch.Tensor:
+    """argmin over [0, 1] of ½(1 + k)s² − c·s: clip(c/(1 + k)) where it is convex; for
+    1 + k ≤ 0 it is concave and the minimum is at the end where it is lower."""
+    if 1.0 + k > 0.0:
+        return (c / (1.0 + k)).clamp_(0.0, 1.0)
+    return (c > 0.5 * (1.0 + k)).to(c.dtype)
+
+
+def _newton_prox(rho: Callable, drho: Callable, slope: float) -> Callable:
+    """prox of a smooth ρ with max ρ' = ``slope``: ρ(u) where u + k·ρ(u) = c, by Newton in u.
+    The map is increasing when 1 + k·slope > 0, and a Newton step then cuts the error by
+    a factor ≤ |k|·slope/(1 + min(k, 0)·slope) at worst, quadratically near the root;
+    ``steps`` steps from u = c. Where the block is not convex (1 + k·slope ≤ 0) it returns
+    ``None``: the caller keeps the plain update ρ(c − k·s)."""
+    def prox(c: torch.Tensor, k: float, steps: int = 12) -> torch.Tensor | None:
+        if 1.0 + k * slope <= 0.0:
+            return None
+        u = c.clone()
+        for _ in range(steps):
+            r = rho(u)
+            u = u - (u + k * r - c) / (1.0 + k * drho(r))
+        return rho(u)
+    return prox
+
+
 ACTIVATIONS = {
     # G = ½s² on the box [0, 1]: the fixed point clip(u) is the box-constrained minimum.
-    "hard_sigmoid": Activation(lambda u: u.clamp(0.0, 1.0), lambda s: 0.5 * s * s, lambda u: u.clamp_(0.0, 1.0)),
-    "sigmoid": Activation(torch.sigmoid, _entropy, torch.sigmoid_),
+    "hard_sigmoid": Activation(lambda u: u.clamp(0.0, 1.0), lambda s: 0.5 * s * s, lambda u: u.clamp_(0.0, 1.0),
+                               _box_prox),
+    "sigmoid": Activation(torch.sigmoid, _entropy, torch.sigmoid_,
+                          _newton_prox(torch.sigmoid, lambda r: r * (1 - r), 0.25)),
     "tanh": Activation(torch.tanh, lambda s: 0.5 * (torch.xlogy(1 + s, 1 + s) + torch.xlogy(1 - s, 1 - s)),
-                       torch.tanh_),
+                       torch.tanh_, _newton_prox(torch.tanh, lambda r: 1 - r * r, 1.0)),
 }
 
 
@@ -76,36 +106,47 @@ class LayeredHopfield(EnergyModel):
         x = condition.x
         return tuple(x.new_zeros(x.shape[0], n) for n in self.sizes[1:])
 
+    def prepare(self, condition: Condition) -> Condition:
+        """``condition`` with the input drive W₀x (the one large matmul of a step, and
+        constant during a settle) computed once, for every phase of this batch."""
+        self.check_condition(condition)
+        with torch.no_grad():
+            return replace(condition, constants=condition.x @ self.layers[0].weight.t())
+
     def drives(self, state: State, condition: Condition) -> list[torch.Tensor]:
-        """u_l = ∂Φ_β/∂s_l for each free layer (what ρ is applied to)."""
+        """u_l = ∂Φ_β/∂s_l (+ noise) for each free layer (what ρ is applied to)."""
         return self._drive_fn(condition)(state, range(len(state)))
 
-    def _drive_fn(self, condition: Condition) -> Callable[[State, range], list[torch.Tensor]]:
-        """``u(s, layers)``: the drives of ``layers`` with everything constant during a
-        settle computed once: the input drive W₀x + b₀ (the one large matmul), β·y folded
-        into the top bias, and transposed weights made contiguous (a transposed view makes
-        the bottom-up matmul 2x slower on CPU). Plain tensor ops: on small layers, op
-        overhead is the cost of a step."""
-        self.check_input(condition.x)
+    def _drive_fn(self, condition: Condition) -> Callable[..., list[torch.Tensor]]:
+        """``u(s, layers, self_term=True)``: the drives of ``layers``, with what is constant
+        during a settle computed once: the input drive W₀x (from ``prepare``, outside
+        autograd), the biases with the phase's noise and, for the squared error, β·y
+        folded in, and transposed weights made contiguous (a transposed view makes the
+        bottom-up matmul 2x slower on CPU). ``self_term=False`` leaves out the top layer's
+        −β·s_L, for its exact update. Plain tensor ops: on small layers, op overhead is
+        the cost of a step."""
+        self.check_condition(condition)
         weights = [layer.weight for layer in self.layers]
-        up = [weights[0].t()] + [w.t().contiguous() for w in weights[1:]]   # W₀ is used once
+        up = [None] + [w.t().contiguous() for w in weights[1:]]
         biases = [layer.bias for layer in self.layers]
-        beta, top = condition.beta, len(weights) - 1
-        if beta != 0.0:
-            biases[top] = biases[top] + beta * condition.target   # Φ_β = Φ − β·½‖s_L − y‖²
-        w0, b0 = weights[0], biases[0]
-        key = (id(self), w0._version, b0._version, torch.is_autocast_enabled(condition.x.device.type))
-        first = condition.cached(key, lambda: torch.addmm(b0, condition.x, up[0]))
+        for l, xi in by_layer(condition.noise, self.init_state(condition), "noise").items():
+            biases[l] = biases[l] + xi
+        beta, top, cost, y = condition.beta, len(weights) - 1, condition.cost, condition.target
+        square = isinstance(cost, SquaredError)
+        if beta != 0.0 and square:
+            biases[top] = biases[top] + beta * y   # Φ_β = Φ − β·½‖s_L − y‖²
+        shared = condition.constants is not None and not torch.is_grad_enabled()
+        first = (condition.constants if shared else condition.x @ weights[0].t()) + biases[0]
 
-        def u(state: State, layers: range) -> list[torch.Tensor]:
+        def u(state: State, layers: range, self_term: bool = True) -> list[torch.Tensor]:
             """Fresh tensors (never ``first`` itself), so that callers may work in place."""
             out = []
             for l in layers:
                 ul = first if l == 0 else torch.addmm(biases[l], state[l - 1], up[l])
                 if l < top:
                     ul = torch.addmm(ul, state[l + 1], weights[l + 1])   # top-down, same W: symmetric
-                elif beta != 0.0:
-                    ul = ul.add(state[l], alpha=-beta)
+                elif beta != 0.0 and self_term:
+                    ul = ul.add(state[l], alpha=-beta) if square else ul - beta * cost.grad(state[l], y)
                 elif l == 0:
                     ul = ul.clone()   # a one-layer net
                 out.append(ul)
@@ -121,20 +162,33 @@ class LayeredHopfield(EnergyModel):
 
         return f
 
-    def parity_maps(self, condition: Condition) -> tuple[LayerMap, LayerMap]:
-        """g = ρ(∂Φ_β/∂s) (ds/dt = g(s) − s) of the even layers (``state[0::2]``) and of
-        the odd ones (``state[1::2]``): layer l couples only to l ± 1, so each parity's g
-        reads only the other parity (and, at the top, the β self-term). Used by
-        ``settle(method="gauss_seidel")``."""
-        u, rho_ = self._drive_fn(condition), self.act.rho_
+    def blocks(self, condition: Condition) -> list[Block]:
+        """Gauss–Seidel blocks: the even layers (``state[0::2]``), then the odd ones. Layer l
+        couples only to l ± 1, so each block's g reads only the other block. g is the exact
+        minimiser of F over the block given the rest: ρ(∂Φ/∂s_l) for a hidden layer and,
+        for a top layer nudged with the squared error, the minimiser of G(s) + ½β·s² − c·s
+        (c its drive without the −β·s self term; hard sigmoid: clip(c/(1 + β))), which the
+        plain update ρ(c − β·s) reaches only at rate β per sweep, and for β ≥ 1 not at all."""
+        u, act, top, beta = self._drive_fn(condition), self.act, len(self.layers) - 1, condition.beta
+        exact = beta != 0.0 and isinstance(condition.cost, SquaredError)
 
-        def parity(first: int) -> LayerMap:
-            return lambda state: [rho_(ul) for ul in u(state, range(first, len(state), 2))]
+        def block(first: int) -> Block:
+            layers = range(first, len(self.layers), 2)
 
-        return parity(0), parity(1)
+            def g(state: State) -> list[torch.Tensor]:
+                drives = u(state, layers, self_term=not exact)
+                if not (exact and top in layers):
+                    return [act.rho_(ul) for ul in drives]
+                c = drives.pop()   # the top layer comes last
+                solved = act.prox(c, beta)   # None where the block is not convex (smooth ρ)
+                return [act.rho_(ul) for ul in drives] + [act.rho_(c.add_(state[top], alpha=-beta)) if solved is None else solved]
+
+            return tuple(layers), g
+
+        return [block(0), block(1)]
 
     def param_grad_difference(self, a: State, b: State, condition: Condition,
-                              scale: float = 1.0) -> tuple[torch.Tensor, ...]:
+                              scale: float = 1.0) -> dict[str, torch.Tensor]:
         """scale·[∂F/∂θ(a) − ∂F/∂θ(b)] for two states under the same input: the first
         layer's term −⟨(a₁ − b₁) xᵀ⟩ is one matmul instead of two, and the scale is folded
         into the small factors, not applied to the weight-sized results (a pass over W₀
@@ -145,15 +199,15 @@ class LayeredHopfield(EnergyModel):
         for l in range(1, len(a)):
             hebb = torch.addmm(b[l].T @ b[l - 1], a[l].T, a[l - 1], beta=-scale, alpha=scale)
             grads += [hebb, (a[l] - b[l]).sum(0).mul_(scale)]
-        return tuple(grads)
+        return self.named_grads(grads)
 
-    def param_grads(self, state: State, condition: Condition) -> tuple[torch.Tensor, ...]:
+    def param_grads(self, state: State, condition: Condition) -> dict[str, torch.Tensor]:
         """∂F/∂θ, batch mean, in closed form: ∂F/∂W_l = −⟨s_{l+1} s_lᵀ⟩, ∂F/∂b_l = −⟨s_{l+1}⟩
         (the Hebbian terms of EP). C does not depend on θ."""
         below = (condition.x,) + tuple(state[:-1])
         scale = -1.0 / condition.x.shape[0]
         # In-place scaling: on a 512x784 weight a separate div and neg cost more than the matmul.
-        return tuple(g for s, b in zip(state, below) for g in ((s.T @ b).mul_(scale), s.sum(0).mul_(scale)))
+        return self.named_grads([g for s, b in zip(state, below) for g in ((s.T @ b).mul_(scale), s.sum(0).mul_(scale))])
 
     def primitive(self, state: State, condition: Condition) -> torch.Tensor:
         """``(batch,)`` Φ(s; x) = Σ_l s_{l+1}ᵀ (W_l s_l + b_l)."""
@@ -161,4 +215,8 @@ class LayeredHopfield(EnergyModel):
         return sum((s * layer(b)).sum(1) for s, layer, b in zip(state, self.layers, below))
 
     def energy(self, state: State, condition: Condition) -> torch.Tensor:
-        return sum(self.act.G(s).sum(1) for s in state) - self.primitive(state, condition)
+        """E = Σ G(s) − Φ(s) − Σ_l noise_lᵀ s_l (the noise is a drive: a linear term)."""
+        e = sum(self.act.G(s).sum(1) for s in state) - self.primitive(state, condition)
+        for l, xi in by_layer(condition.noise, state, "noise").items():
+            e = e - (xi * state[l]).sum(1)
+        return e

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from ..costs import Cost
 from ..models.base import EnergyModel
 from ..settle import SettleOptions
 from .base import Rule, write_grads
@@ -25,11 +26,14 @@ class EquilibriumPropagation(Rule):
         variant: ``centered``, ``positive`` or ``negative``.
         settle: free-phase settle options.
         nudged_settle: nudged-phase options (default: ``settle``).
+        cost: the cost C of the nudge (default squared error).
     """
 
+    models = (EnergyModel,)
+
     def __init__(self, beta: float = 0.5, variant: str = "centered", settle: SettleOptions | None = None,
-                 nudged_settle: SettleOptions | None = None) -> None:
-        super().__init__(settle)
+                 nudged_settle: SettleOptions | None = None, cost: Cost | None = None) -> None:
+        super().__init__(settle, cost)
         if variant not in VARIANTS:
             raise ValueError(f"unknown EP variant {variant!r}; valid: {', '.join(VARIANTS)}")
         if not beta > 0:

@@ -4,8 +4,9 @@ from __future__ import annotations
 import torch
 
 from ..models.base import DynamicalModel
+from ..costs import Cost
 from ..settle import SettleOptions, residual_norm
-from ..types import Condition
+from ..steppers import phase_field
 from .base import Rule, write_grads
 
 
@@ -27,8 +28,8 @@ class ImplicitDifferentiation(Rule):
     """
 
     def __init__(self, settle: SettleOptions | None = None, adjoint_step: float = 0.5,
-                 adjoint_tol: float = 1e-6, adjoint_max_steps: int = 2000) -> None:
-        super().__init__(settle)
+                 adjoint_tol: float = 1e-6, adjoint_max_steps: int = 2000, cost: Cost | None = None) -> None:
+        super().__init__(settle, cost)
         self.adjoint_step, self.adjoint_tol, self.adjoint_max_steps = adjoint_step, adjoint_tol, adjoint_max_steps
 
     def grads(self, model: DynamicalModel, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
@@ -36,12 +37,13 @@ class ImplicitDifferentiation(Rule):
         params = list(model.parameters())
         with torch.enable_grad():
             s = tuple(t.detach().requires_grad_() for t in free.state)
-            f = model.dynamics(condition)(torch.tensor(free.t), s)
-            loss = model.cost(s, condition.target).mean()
+            # Under autograd the model recomputes its batch constants with their graph.
+            f = phase_field(model, condition)(torch.tensor(free.t), s)
+            loss = model.cost(s, condition).mean()
             g = torch.autograd.grad(loss, s, allow_unused=True, materialize_grads=True)
             w, done, steps = self._adjoint(f, s, g)
             grads = torch.autograd.grad(f, params, grad_outputs=w)
-        write_grads(model, grads)
+        write_grads(model, model.named_grads(grads))
         metrics.update(adjoint_steps=steps, adjoint_converged=float(done))
         return metrics
 
@@ -68,21 +70,21 @@ class BackpropThroughTime(Rule):
         step_size: Δt of each Euler step.
     """
 
-    def __init__(self, steps: int = 40, step_size: float = 0.5) -> None:
-        super().__init__(SettleOptions(method="fast_euler", step_size=step_size, max_time=steps * step_size))
+    def __init__(self, steps: int = 40, step_size: float = 0.5, cost: Cost | None = None) -> None:
+        super().__init__(SettleOptions(method="fast_euler", step_size=step_size, max_time=steps * step_size), cost)
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         self.steps, self.step_size = steps, step_size
 
     def grads(self, model: DynamicalModel, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        condition = Condition(x, model.target(y))
+        condition = self.condition(model, x, y)
         with torch.enable_grad():
-            f = model.dynamics(condition)
+            f = phase_field(model, condition)
             s = model.init_state(condition)
             for k in range(self.steps):
                 s = tuple(si + self.step_size * di for si, di in zip(s, f(torch.tensor(k * self.step_size), s)))
-            loss = model.cost(s, condition.target).mean()
-            write_grads(model, torch.autograd.grad(loss, list(model.parameters())))
+            loss = model.cost(s, condition).mean()
+            write_grads(model, model.named_grads(torch.autograd.grad(loss, list(model.parameters()))))
             residual = residual_norm(f(torch.tensor(self.steps * self.step_size), s))
         return {"loss": loss.item(), "accuracy": (model.output(s).argmax(1) == y).float().mean().item(),
                 "steps_free": self.steps, "converged": (residual <= self.settle.atol).float().mean().item()}

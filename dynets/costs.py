@@ -1,0 +1,58 @@
+"""Costs C(output, target) of a read-out: a value per sample and its gradient.
+
+A model adds −β·∂C/∂output to the drive of its read-out layer in a nudged phase; no
+model hard-codes a cost. ``Condition(cost=...)`` picks one (default :class:`SquaredError`).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+
+class Cost(ABC):
+    """C(o, y) per sample, and ∂C/∂o."""
+
+    @abstractmethod
+    def value(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``(batch,)`` C of each sample; ``output`` and ``target`` are ``(batch, units)``."""
+
+    @abstractmethod
+    def grad(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``(batch, units)`` ∂C/∂output."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class SquaredError(Cost):
+    """C = ½‖o − y‖², ∂C/∂o = o − y."""
+
+    def value(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (output - target).pow(2).sum(1)
+
+    def grad(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return output - target
+
+
+class CrossEntropy(Cost):
+    """Cross-entropy of a softmax read-out, C = −Σ_i y_i log softmax(o)_i, ∂C/∂o = softmax(o) − y
+    (for targets that sum to 1, such as one-hot labels)."""
+
+    def value(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return -(target * torch.log_softmax(output, 1)).sum(1)
+
+    def grad(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(output, 1) - target
+
+
+COSTS = {"squared_error": SquaredError, "cross_entropy": CrossEntropy}
+
+
+def cost_named(name: str | Cost) -> Cost:
+    """A cost from its name (``squared_error``, ``cross_entropy``), or the cost itself."""
+    if isinstance(name, Cost):
+        return name
+    if name not in COSTS:
+        raise ValueError(f"unknown cost {name!r}; valid: {', '.join(COSTS)}")
+    return COSTS[name]()
