@@ -133,7 +133,7 @@ def test_random_points_cover_every_value_and_stay_in_range():
 
 @pytest.mark.parametrize("bad,message", [
     ({"rule.betta": {"values": [0.1]}}, "betta"),                     # a key train.yaml lacks
-    ({"rule": {"values": ["ep", "chl"]}}, "rule/chl"),                # a config option that does not exist
+    ({"rule": {"values": ["ep", "hebb"]}}, "rule/hebb"),              # a config option that does not exist
     ({"rule.variant": {"values": ["sideways"]}}, "unknown EP variant"),  # a value the rule rejects
     ({"optimizer.lr": {"values": ["5e-4"]}}, "optimizer.lr"),         # a number YAML read as a string
 ])
