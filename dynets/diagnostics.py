@@ -9,11 +9,22 @@ from .models.base import DynamicalModel
 from .rules.base import Rule
 
 
-def _compare(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+def _compare(a: torch.Tensor, b: torch.Tensor) -> dict[str, float | bool]:
+    """Cosine, angle and norm ratio ‖a‖/‖b‖ of two updates, and whether the angle is ``defined``.
+
+    An angle needs two nonzero finite vectors. Otherwise (a zero reference: the exact
+    gradient through saturated hard-sigmoid units is exactly zero; a zero or non-finite
+    update) ``cosine`` and ``angle_deg`` are NaN and ``defined`` is False, never a
+    perfect score. ``norm_ratio`` follows IEEE division: 0 for a zero update against a
+    nonzero reference, inf for the converse, NaN when both are zero.
+    """
     a, b = a.flatten().double(), b.flatten().double()
-    cos = (a @ b / (a.norm() * b.norm())).item()
-    return {"cosine": cos, "angle_deg": math.degrees(math.acos(max(-1.0, min(1.0, cos)))),
-            "norm_ratio": (a.norm() / b.norm()).item()}
+    na, nb, dot = torch.stack([a.norm(), b.norm(), a @ b]).tolist()   # one sync
+    ratio = na / nb if nb else (math.inf if na else math.nan)
+    if not (0 < na < math.inf and 0 < nb < math.inf):
+        return {"cosine": math.nan, "angle_deg": math.nan, "norm_ratio": ratio, "defined": False}
+    cos = max(-1.0, min(1.0, dot / (na * nb)))   # rounding can step just outside [-1, 1]
+    return {"cosine": cos, "angle_deg": math.degrees(math.acos(cos)), "norm_ratio": ratio, "defined": True}
 
 
 def _updates(model: DynamicalModel, rule: Rule, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -21,10 +32,16 @@ def _updates(model: DynamicalModel, rule: Rule, x: torch.Tensor, y: torch.Tensor
     return {name: p.grad.detach().clone() for name, p in model.named_parameters()}
 
 
-def alignment(model: DynamicalModel, rule: Rule, reference: Rule, x: torch.Tensor, y: torch.Tensor) -> dict[str, dict[str, float]]:
-    """Per parameter (and ``"all"`` of them together): cosine similarity, angle in
-    degrees and norm ratio ‖rule‖/‖reference‖ between ``rule``'s update and
-    ``reference``'s gradient on the same batch. The model's ``p.grad`` are left as they were."""
+def alignment(model: DynamicalModel, rule: Rule, reference: Rule, x: torch.Tensor,
+              y: torch.Tensor) -> dict[str, dict[str, float | bool]]:
+    """How ``rule``'s update lines up with ``reference``'s gradient on the same batch.
+
+    Per parameter name, and for ``"all"`` parameters as one vector: ``cosine`` of the
+    angle between the update a and the reference b, ``angle_deg`` (in [0, 180]),
+    ``norm_ratio`` ‖a‖/‖b‖, and ``defined``: whether a and b are both nonzero and finite.
+    Where they are not, cosine and angle are NaN (see :func:`_compare`): a rule is never
+    reported aligned with a zero gradient. The model's ``p.grad`` are left as they were.
+    """
     saved = {name: p.grad for name, p in model.named_parameters()}
     try:
         ours, ref = _updates(model, rule, x, y), _updates(model, reference, x, y)
