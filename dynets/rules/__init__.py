@@ -1,7 +1,8 @@
 """Rules: turn the equilibria of the phases they need into ``p.grad``."""
 from .base import Rule, write_grads
+from .chl import ContrastiveHebbian
 from .ep import EquilibriumPropagation
 from .reference import BackpropThroughTime, ImplicitDifferentiation
 
-__all__ = ["Rule", "EquilibriumPropagation", "ImplicitDifferentiation", "BackpropThroughTime",
+__all__ = ["Rule", "ContrastiveHebbian", "EquilibriumPropagation", "ImplicitDifferentiation", "BackpropThroughTime",
            "write_grads"]
