@@ -166,14 +166,27 @@ def test_fast_path_and_torchdiffeq_give_the_same_equilibrium_and_ep_update(metho
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method,dt", FAST_METHODS)
-def test_compiled_chunks_match_eager(method, dt):
-    """The compiled step (inductor; forced on CPU here) reaches the same state in the
-    same steps as eager, for phases of different β."""
+def test_compiled_chunks_match_eager(method, dt, monkeypatch):
+    """The compiled step (inductor; forced on CPU here) is really compiled (dynamo
+    captures graphs for it, and none for the eager settle) and reaches the same state in
+    the same steps as eager, for phases of different β."""
+    from torch._dynamo.utils import counters
+
+    from dynets import steppers
+
+    # Compile afresh: a step compiled earlier in this process would capture no new graph.
+    monkeypatch.setattr(steppers, "_COMPILED", {})
+    torch._dynamo.reset()
+    counters.clear()
     model, c = hopfield_problem([64, 48, 10], 1.5, batch=32)
     eager = SettleOptions(method=method, step_size=dt, atol=1e-5, max_time=200, compile="off")
     compiled = SettleOptions(method=method, step_size=dt, atol=1e-5, max_time=200, compile="on")
-    for condition in (c, c.nudged(0.5), c.nudged(-0.5)):
-        a, b = eager(model, condition), compiled(model, condition)
+    conditions = (c, c.nudged(0.5), c.nudged(-0.5))
+    eagers = [eager(model, condition) for condition in conditions]
+    assert counters["stats"]["unique_graphs"] == 0
+    compileds = [compiled(model, condition) for condition in conditions]
+    assert counters["stats"]["unique_graphs"] > 0
+    for a, b in zip(eagers, compileds):
         assert a.converged and a.steps == b.steps
         for sa, sb in zip(a.state, b.state):
             torch.testing.assert_close(sa, sb, rtol=1e-5, atol=1e-6)
