@@ -11,17 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from dynets import SettleOptions, checkpoint
+from dynets.app import resume_from
 from dynets.data import Dataset, Split
 from dynets.models import LayeredHopfield
 from dynets.rules import EquilibriumPropagation
 from dynets.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-from train import resume_from  # noqa: E402
 
 # Small and fast, and long enough (6 epochs) that a kill after the first checkpoint is mid-run.
 RUN = ["model.hidden=[32]", "settle=fast", "logger=none", "trainer.epochs=6"]
@@ -89,10 +87,10 @@ def test_resume_with_another_model_names_the_difference(runs, tmp_path):
 
 def test_resume_without_a_checkpoint(tmp_path, caplog):
     with pytest.raises(FileNotFoundError, match="no checkpoint.pt there"):   # resume=<dir> names a run
-        resume_from(OmegaConf.create({"resume": str(tmp_path)}), tmp_path, {})
+        resume_from({"resume": str(tmp_path)}, tmp_path)
     (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n')   # an epoch killed before its checkpoint
     with caplog.at_level(logging.WARNING, logger="dynets"):      # resume=true: a requeued job starts
-        assert resume_from(OmegaConf.create({"resume": True}), tmp_path, {}) is None
+        assert resume_from({"resume": True}, tmp_path) is None
     assert "starting at epoch 1" in caplog.text
     assert (tmp_path / "metrics.jsonl").read_text() == ""
 

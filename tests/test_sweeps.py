@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 # The agent's own rendering of a run's parameters into command-line arguments.
 from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
+from dynets.app import build, instantiate
+from dynets.collect import natural_key
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-sys.path.insert(0, str(ROOT / "scripts"))
-from train import build  # noqa: E402
 
 SWEEPS = sorted((CONFIGS / "sweep").glob("*.yaml"))
 SWEEP_KEYS = {"program", "method", "metric", "parameters", "command", "early_terminate", "name", "description",
@@ -81,8 +81,9 @@ def check_run(overrides: list[str], point: dict) -> None:
         assert landed == value, f"{key}={value} composed as {landed}"
     with open_dict(cfg):
         del cfg["hydra"]
-    build(cfg)
-    for node in cfg.logger.values():
+    config = OmegaConf.to_container(cfg, resolve=True)
+    build(config)
+    for node in config["logger"].values():
         instantiate(node)
 
 
@@ -156,7 +157,6 @@ def test_a_bad_sweep_header_fails_the_check(bad, message):
 
 
 def test_collect_orders_runs_by_number():
-    from collect import natural_key
     paths = [Path("m/10"), Path("m/2"), Path("m/1/b"), Path("m/1/a")]
     assert sorted(paths, key=natural_key) == [Path("m/1/a"), Path("m/1/b"), Path("m/2"), Path("m/10")]
 

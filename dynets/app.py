@@ -1,0 +1,198 @@
+"""The training app behind ``scripts/train.py``, without hydra.
+
+A run is described by its composed config as plain data (nested dicts and lists, as
+``OmegaConf.to_container(cfg, resolve=True)`` gives; the layout of ``configs/train.yaml``):
+:func:`build` turns it into data, model, rule and optimizer, :func:`resume_from` finds and
+checks the checkpoint a resumed run continues from, :func:`train` runs it in a run directory
+and :func:`main` wraps that for torch.distributed. Library classes get plain arguments only.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import checkpoint, diagnostics, distributed, plots
+from .data import Dataset
+from .logging import JsonLinesLogger, flatten
+from .rules import ImplicitDifferentiation
+from .train import fit, layer_param_groups
+from .types import Condition
+
+log = logging.getLogger("dynets")
+# Config keys that may change when a run is resumed, without a warning.
+RESUMABLE_CHANGES = ("resume", "trainer.epochs", "logger")
+# Config keys that must not change when a run is resumed: the checkpoint's weights need its model.
+FIXED_ON_RESUME = {"model": "a different model"}
+PROBE = 64   # validation samples of the alignment probe and the settling plot
+
+
+def instantiate(node: Any) -> Any:
+    """Build what a config node describes, innermost nodes first.
+
+    A mapping with ``_target_`` (a dotted import path) becomes ``target(**fields)``, or
+    ``functools.partial(target, **fields)`` with ``_partial_: true``; a mapping without
+    it, a dict of its built fields; a list, the list of its built items; anything else
+    is returned as it is. (The part of ``hydra.utils.instantiate`` that configs/ uses.)
+
+    Raises:
+        ImportError: ``_target_`` names nothing importable; the message names it.
+    """
+    if isinstance(node, list):
+        return [instantiate(item) for item in node]
+    if not isinstance(node, Mapping):
+        return node
+    fields = {key: instantiate(value) for key, value in node.items() if key not in ("_target_", "_partial_")}
+    if "_target_" not in node:
+        return fields
+    target = _locate(node["_target_"])
+    return functools.partial(target, **fields) if node.get("_partial_", False) else target(**fields)
+
+
+def _locate(path: str) -> Any:
+    """The object at the dotted import path ``path`` (``module.attribute``)."""
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ImportError(f"_target_: {path!r} cannot be imported ({err}); check its spelling in the config") from err
+
+
+def build_model(node: Mapping[str, Any], data: Dataset) -> torch.nn.Module:
+    """The model config names its hidden sizes; the ends come from the data."""
+    node = dict(node)
+    hidden = node.pop("hidden")
+    return instantiate({**node, "sizes": [data.n_features, *hidden, data.n_classes]})
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when there is a GPU, else CPU; under torchrun, each process its own GPU."""
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
+def build(config: Mapping[str, Any]):
+    """Data, model, rule and optimizer of a composed config (seeded before the model), on
+    ``trainer.device``.
+
+    Raises:
+        TypeError: the rule cannot train the model (before any training); the message
+            names the models it can train.
+    """
+    torch.manual_seed(config["seed"])
+    device = resolve_device(config["trainer"]["device"])
+    data = instantiate(config["data"]).to(device)
+    model = build_model(config["model"], data).to(device)
+    rule = instantiate(config["rule"])
+    rule.check_model(model)
+    groups = layer_param_groups(model, config["optimizer"]["lr"], config["trainer"]["layer_lrs"])
+    optimizer = instantiate(config["optimizer"])(groups)
+    return data, model, rule, optimizer
+
+
+def differences(old: dict, new: dict) -> list[tuple[str, object, object]]:
+    """``(dotted key, old value, new value)`` for every leaf where two nested dicts differ."""
+    old, new = flatten(old), flatten(new)
+    pairs = ((k, old.get(k, "<absent>"), new.get(k, "<absent>")) for k in sorted(set(old) | set(new)))
+    return [(k, a, b) for k, a, b in pairs if a != b]
+
+
+def check_config(saved: dict, config: dict, source: str) -> None:
+    """A resumed run must keep what FIXED_ON_RESUME names (else an error listing the
+    differences); other changes, except those in RESUMABLE_CHANGES, are allowed with a warning."""
+    diffs = [d for d in differences(saved, config) if not d[0].startswith(RESUMABLE_CHANGES)]
+    for group, what in FIXED_ON_RESUME.items():
+        fixed = [d for d in diffs if d[0].startswith(f"{group}.")]
+        if fixed:
+            raise checkpoint.CheckpointError(f"resume: {source} was trained with {what} ({_text(fixed)}). Pass "
+                                             f"that run's {group} overrides again, or start a new run")
+    if diffs:
+        log.warning("resume: the config differs from the one %s was trained with: %s", source, _text(diffs))
+
+
+def _text(diffs: list[tuple[str, object, object]]) -> str:
+    return "; ".join(f"{key}: {old} -> {new}" for key, old, new in diffs)
+
+
+def resume_from(config: Mapping[str, Any], run_dir: Path) -> dict | None:
+    """The checkpoint to continue from, ``None`` for a fresh run; cuts metrics.jsonl after its epoch.
+
+    ``resume: true`` on a directory without a checkpoint starts the run (so that a job can be
+    requeued with the same command); ``resume: <dir>`` names a run, and must find its checkpoint.
+    """
+    resume = config["resume"]
+    if not resume:
+        return None
+    state = checkpoint.load(run_dir)
+    if state is not None:
+        check_config(state["config"], dict(config), str(run_dir / checkpoint.CHECKPOINT))
+        log.info("resuming %s after epoch %d", run_dir, state["epoch"])
+    elif isinstance(resume, str):
+        raise FileNotFoundError(f"resume={resume}: no {checkpoint.CHECKPOINT} there to continue from "
+                                "(to start a new run, leave out resume=)")
+    else:
+        log.warning("resume: %s holds no checkpoint, starting at epoch 1 (to continue a run, pass "
+                    "hydra.run.dir=<its directory> resume=true, or resume=<its directory>)", run_dir)
+    if distributed.is_main():
+        checkpoint.truncate_metrics(run_dir / "metrics.jsonl", 0 if state is None else state["epoch"])
+    return state
+
+
+def train(config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Build the run of ``config``, train it in ``run_dir`` (resuming if asked), write its
+    plots; return :func:`dynets.train.fit`'s summary."""
+    data, model, rule, optimizer = build(config)
+    state = resume_from(config, run_dir)
+    trainer, loggers = config["trainer"], []
+    if distributed.is_main():
+        loggers = [instantiate(node) for node in config["logger"].values()]
+        loggers.append(JsonLinesLogger(run_dir / "metrics.jsonl"))
+    for logger in loggers:
+        logger.start(dict(config), run_dir)
+    x_probe, y_probe = data.val.x[:PROBE], data.val.y[:PROBE]
+    probes = [alignment_probe(rule, x_probe, y_probe)] if trainer["alignment"] else []
+    summary = fit(model, rule, data, optimizer, epochs=trainer["epochs"], batch_size=trainer["batch_size"],
+                  seed=config["seed"], loggers=loggers, run_dir=run_dir, resume_from=state, config=dict(config),
+                  probes=probes)
+    if distributed.is_main():
+        write_plots(run_dir, model, Condition(x_probe, model.target(y_probe)), rule.settle)
+    for logger in loggers:   # after the plots: the wandb logger uploads the PNGs it finds
+        logger.finish(summary)
+    return summary
+
+
+def main(config: Mapping[str, Any], run_dir: str | os.PathLike) -> dict[str, Any]:
+    """:func:`train` as one process of a torchrun job (or alone); rank 0 speaks for all."""
+    distributed.init_from_env()   # a no-op on one process
+    if not distributed.is_main():
+        log.setLevel(logging.ERROR)
+    try:
+        return train(config, Path(run_dir))
+    finally:
+        distributed.close()
+
+
+def alignment_probe(rule, x: torch.Tensor, y: torch.Tensor):
+    """Per-epoch cosine of the rule's update with the exact equilibrium gradient on a fixed
+    validation batch, as ``align_cos/<parameter>`` metrics (the key plots read)."""
+    reference = ImplicitDifferentiation(rule.settle)
+    return lambda model: plots.alignment_metrics(diagnostics.alignment(model, rule, reference, x, y))
+
+
+def write_plots(run_dir: Path, model, probe: Condition, settle_options) -> None:
+    """The run's PNGs; a failed plot is a warning, never the loss of a finished run."""
+    try:
+        paths = plots.plot_run(run_dir, model, probe, settle_options)
+        log.info("plots: %s", ", ".join(p.name for p in paths.values()))
+    except Exception as err:  # noqa: BLE001 - any plotting failure must not sink the run
+        log.warning("plots failed: %s", err)

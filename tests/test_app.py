@@ -1,0 +1,61 @@
+"""The app without hydra: configs as plain data become objects; a run that cannot work fails
+before training; a resumed run keeps what its checkpoint needs."""
+import functools
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from dynets import SettleOptions
+from dynets.app import build, instantiate
+from dynets.models.base import DynamicalModel
+from dynets.rules import EquilibriumPropagation
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def composed(*overrides: str) -> dict:
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        return OmegaConf.to_container(compose("train", overrides=list(overrides)), resolve=True)
+
+
+def test_instantiate_builds_nested_targets_and_partials():
+    rule = instantiate({"_target_": "dynets.rules.EquilibriumPropagation", "beta": 0.25,
+                        "settle": {"_target_": "dynets.SettleOptions", "method": "fast_euler", "atol": 1e-4}})
+    assert isinstance(rule, EquilibriumPropagation) and rule.beta == 0.25
+    assert rule.settle == SettleOptions(method="fast_euler", atol=1e-4)
+    make = instantiate({"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.5, "momentum": 0.9})
+    assert isinstance(make, functools.partial)
+    optimizer = make([torch.nn.Parameter(torch.zeros(2))])
+    assert (optimizer.defaults["lr"], optimizer.defaults["momentum"]) == (0.5, 0.9)
+    assert instantiate({"a": [1, {"b": 2}]}) == {"a": [1, {"b": 2}]}   # plain data stays plain
+    with pytest.raises(ImportError, match="'dynets.rules.Nope' cannot be imported"):
+        instantiate({"_target_": "dynets.rules.Nope"})
+
+
+class Leaky(DynamicalModel):
+    """ds/dt = −s + Wx: a dynamical model with no energy, which EP cannot train."""
+
+    def __init__(self, sizes: list[int]) -> None:
+        super().__init__()
+        self.sizes, self.in_features, self.out_features = sizes, sizes[0], sizes[-1]
+        self.layers = torch.nn.ModuleList([torch.nn.Linear(sizes[0], sizes[-1])])
+
+    def dynamics(self, condition):
+        return lambda t, state: (self.layers[0](condition.x) - state[0],)
+
+    def init_state(self, condition):
+        return (condition.x.new_zeros(len(condition.x), self.out_features),)
+
+
+def test_build_refuses_a_rule_that_cannot_train_the_model():
+    config = composed()
+    config["model"] = {"_target_": f"{__name__}.Leaky", "hidden": []}
+    with pytest.raises(TypeError, match="EquilibriumPropagation cannot train Leaky: it needs a model of class "
+                                        "EnergyModel"):
+        build(config)
+    config["rule"] = composed("rule=implicit")["rule"]   # the exact gradient needs no energy
+    data, model, rule, optimizer = build(config)
+    assert isinstance(model, Leaky) and model.sizes == [data.n_features, data.n_classes]
