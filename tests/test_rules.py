@@ -1,6 +1,8 @@
 """Rules against the exact gradient: EP's β-expansion, implicit differentiation vs finite
 differences and vs backprop through a long unroll, hand-computed Hebbian terms."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -210,3 +212,78 @@ def test_negative_phase_of_a_net_with_no_hidden_layer():
         got = opts(model, shared.nudged(-0.5)).state
         want = opts(model, Condition(x, model.target(y), -0.5)).state
         torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+class Quadratic(EnergyModel):
+    """E(s) = ½a‖s‖² − bᵀs, two units, x ignored. Free equilibrium s⁰ = b/a; nudged by
+    β·½‖s − y‖², ds/dt = −(a + β)(s − s^β) with s^β = (b + βy)/(a + β), so an Euler step of
+    Δt multiplies the distance to s^β, and the residual, by 1 − Δt(a + β)."""
+
+    in_features, out_features = 1, 2
+
+    def __init__(self, a, b):
+        super().__init__()
+        self.a, self.b = a, torch.nn.Parameter(torch.tensor(b, dtype=torch.float64))
+
+    def init_state(self, condition):
+        return (torch.zeros(condition.batch, 2, dtype=torch.float64),)
+
+    def energy(self, state, condition):
+        return 0.5 * self.a * state[0].pow(2).sum(1) - state[0] @ self.b
+
+
+def euler_steps_to(start, rate, dt, atol):
+    """The fewest Euler steps after which a residual rate·‖start_b‖ that shrinks by
+    1 − Δt·rate per step is ≤ atol for every sample b."""
+    r0 = rate * start.norm(dim=1)
+    return max(0, math.ceil(max(math.log(atol / r) / math.log(1 - dt * rate) for r in r0.tolist())))
+
+
+def test_nudged_phases_start_from_the_free_equilibrium():
+    """EP's nudged phases start at s⁰ (warm start), a distance β‖y − s⁰‖/(a + β) from s^β,
+    not at rest (‖s^β‖ away): the steps each takes are those computed by hand from s⁰."""
+    a, beta, dt, atol = 1.0, 0.01, 0.5, 1e-8
+    model, y = Quadratic(a, [0.3, 0.6]), torch.tensor([0, 1, 1])
+    x, target = torch.zeros(3, 1, dtype=torch.float64), model.target(y)
+    free = SettleOptions(method="fast_euler", step_size=dt, atol=1e-14, max_time=500)
+    nudged = SettleOptions(method="fast_euler", step_size=dt, atol=atol, max_time=500, check_every=1)
+    metrics = EquilibriumPropagation(beta, "centered", free, nudged).grads(model, x, y)
+    s0 = model.b.detach() / a
+    for sign, b in (("+", beta), ("-", -beta)):
+        s_beta = (s0 + b * target) / (a + b)
+        from_free, from_rest = (euler_steps_to(start - s_beta, a + b, dt, atol) for start in (s0, 0 * s_beta))
+        assert from_free < from_rest   # the test tells the two apart
+        assert metrics[f"steps_nudged_{sign}"] == from_free
+
+
+def test_adjoint_converged_is_false_at_the_step_cap(exact):
+    """The adjoint relaxation that needs N steps reports adjoint_converged 1.0 with a cap
+    of N, and 0.0 (its gradient visibly off the exact one) with a cap of N − 1."""
+    model, x, y, g = exact
+
+    def run(cap):
+        rule = ImplicitDifferentiation(TIGHT, adjoint_tol=1e-8, adjoint_max_steps=cap)
+        return rule.grads(model, x, y), torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    enough, _ = run(100000)
+    n = enough["adjoint_steps"]
+    assert enough["adjoint_converged"] == 1.0 and 1 < n < 100000
+    at_cap, _ = run(n)
+    assert (at_cap["adjoint_converged"], at_cap["adjoint_steps"]) == (1.0, n)
+    short, grad = run(n // 4)
+    assert (short["adjoint_converged"], short["adjoint_steps"]) == (0.0, n // 4)
+    assert (grad - g).norm() > 1e-6 * g.norm()
+    assert run(n - 1)[0]["adjoint_converged"] == 0.0
+
+
+def test_ep_converged_counts_the_nudged_phases():
+    """A free phase that converges and nudged phases cut short after one step: EP's
+    ``converged`` is the least converged fraction of the three phases, here the nudged ones'."""
+    model, x, y = problem("hard_sigmoid")
+    one_step = SettleOptions(method="fast_euler", atol=1e-12, max_time=0.5)
+    metrics = EquilibriumPropagation(0.1, "centered", TIGHT, one_step).grads(model, x, y)
+    c = Condition(x, model.target(y))
+    free = TIGHT(model, c)
+    fractions = [one_step(model, c.nudged(b), init=free.state).converged_fraction for b in (0.1, -0.1)]
+    assert free.converged and min(fractions) < 1.0
+    assert metrics["converged"] == min(fractions)
