@@ -28,8 +28,10 @@ from .types import Condition
 log = logging.getLogger("dynets")
 # Config keys that may change when a run is resumed, without a warning.
 RESUMABLE_CHANGES = ("resume", "trainer.epochs", "logger")
-# Config keys that must not change when a run is resumed: the checkpoint's weights need its model.
-FIXED_ON_RESUME = {"model": "a different model"}
+# Config groups that must not change when a run is resumed: the checkpoint's weights need
+# its model, and other data (another split seed or fraction) moves samples between train,
+# validation and test.
+FIXED_ON_RESUME = {"model": "a different model", "data": "different data"}
 PROBE = 64   # validation samples of the alignment probe and the settling plot
 
 
@@ -111,11 +113,12 @@ def check_config(saved: dict, config: dict, source: str) -> None:
     """A resumed run must keep what FIXED_ON_RESUME names (else an error listing the
     differences); other changes, except those in RESUMABLE_CHANGES, are allowed with a warning."""
     diffs = [d for d in differences(saved, config) if not d[0].startswith(RESUMABLE_CHANGES)]
-    for group, what in FIXED_ON_RESUME.items():
-        fixed = [d for d in diffs if d[0].startswith(f"{group}.")]
-        if fixed:
-            raise checkpoint.CheckpointError(f"resume: {source} was trained with {what} ({_text(fixed)}). Pass "
-                                             f"that run's {group} overrides again, or start a new run")
+    fixed = {group: [d for d in diffs if d[0].startswith(f"{group}.")] for group in FIXED_ON_RESUME}
+    changed = [group for group in FIXED_ON_RESUME if fixed[group]]
+    if changed:
+        what = " and ".join(f"{FIXED_ON_RESUME[group]} ({_text(fixed[group])})" for group in changed)
+        raise checkpoint.CheckpointError(f"resume: {source} was trained with {what}. Pass that run's "
+                                         f"{' and '.join(changed)} overrides again, or start a new run")
     if diffs:
         log.warning("resume: the config differs from the one %s was trained with: %s", source, _text(diffs))
 

@@ -1,6 +1,8 @@
 """The app without hydra: configs as plain data become objects; a run that cannot work fails
 before training; a resumed run keeps what its checkpoint needs."""
 import functools
+import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from dynets import SettleOptions
-from dynets.app import build, instantiate
+from dynets.app import build, check_config, instantiate
+from dynets.checkpoint import CheckpointError
 from dynets.models.base import DynamicalModel
 from dynets.rules import EquilibriumPropagation
 
@@ -59,3 +62,25 @@ def test_build_refuses_a_rule_that_cannot_train_the_model():
     config["rule"] = composed("rule=implicit")["rule"]   # the exact gradient needs no energy
     data, model, rule, optimizer = build(config)
     assert isinstance(model, Leaky) and model.sizes == [data.n_features, data.n_classes]
+
+
+@pytest.mark.parametrize("override,difference", [
+    ("data.seed=1", "data.seed: 0 -> 1"),
+    ("data.val_fraction=0.2", "data.val_fraction: 0.1 -> 0.2"),
+    ("data=npz", "data._target_: dynets.data.digits -> dynets.data.npz"),
+    ("model.hidden=[16]", "model.hidden: [256] -> [16]"),
+    ("model.hidden=[16] data.seed=1", "a different model (model.hidden: [256] -> [16]) and different data "
+                                      "(data.seed: 0 -> 1). Pass that run's model and data overrides again"),
+])
+def test_resume_refuses_another_split_or_model_and_lists_the_differences(override, difference):
+    saved = composed()
+    changed = composed(*override.split(), *(["data.path=x.npz"] if override == "data=npz" else []))
+    with pytest.raises(CheckpointError, match="run/checkpoint.pt was trained with .*" + re.escape(difference)):
+        check_config(saved, changed, "run/checkpoint.pt")
+
+
+def test_resume_allows_other_changes_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="dynets"):
+        check_config(composed(), composed("seed=3", "trainer.epochs=30", "logger=none"), "run/checkpoint.pt")
+    assert "differs from the one run/checkpoint.pt was trained with: seed: 0 -> 3" in caplog.text
+    assert "epochs" not in caplog.text and "logger" not in caplog.text   # expected on resume: no warning
