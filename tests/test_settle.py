@@ -54,6 +54,30 @@ def test_waits_for_the_slowest_sample():
     assert eq.converged and eq.steps == slowest
 
 
+@pytest.mark.parametrize("method", ["fast_euler", "euler"])
+def test_relative_tolerance_scales_with_each_samples_state(method):
+    """ds/dt = −k_b (s − c_b) from 0: after n Euler steps s_b = c_b(1 − qᵇⁿ) and the residual
+    is k_b c_b qᵇⁿ, q_b = 1 − k_b Δt. The stop rule k_b c_b q_bⁿ ≤ atol + rtol·c_b(1 − q_bⁿ)
+    holds from q_bⁿ ≤ (atol + rtol·c_b)/((k_b + rtol)c_b): the settle stops at the first n
+    where it holds for every sample, each with the tolerance of its own state."""
+    k = torch.tensor([[2.0], [0.2], [1.0]], dtype=torch.float64)
+    c = torch.tensor([[100.0], [0.01], [3.0]], dtype=torch.float64)
+    model = Linear([], [])
+    model.init_state = lambda condition: (torch.zeros(3, 1, dtype=torch.float64),)
+    model.dynamics = lambda condition: (lambda t, s: (-k * (s[0] - c),))
+    dt, atol, rtol = 0.25, 1e-6, 1e-3
+
+    def by_hand(rtol):
+        q, kb, cb = 1 - k[:, 0] * dt, k[:, 0], c[:, 0]
+        return max(math.ceil(n) for n in (torch.log((atol + rtol * cb) / ((kb + rtol) * cb)) / torch.log(q)).tolist())
+
+    assert by_hand(rtol) < by_hand(0.0)   # the relative part matters here
+    eq = settle(model, Condition(torch.zeros(3, 1)), method=method, step_size=dt, atol=atol, rtol=rtol,
+                max_time=1000, check_every=1)
+    assert eq.converged and eq.steps == by_hand(rtol)
+    torch.testing.assert_close(eq.tolerance, atol + rtol * eq.state[0].abs()[:, 0], rtol=1e-12, atol=0)
+
+
 def test_fast_path_matches_torchdiffeq():
     A, b = stable_matrix(5, 2), torch.randn(3, 5, dtype=torch.float64)
     model, c = Linear([A], [b]), Condition(torch.zeros(3, 1))
