@@ -2,7 +2,8 @@
 from .base import Rule, write_grads
 from .chl import ContrastiveHebbian
 from .ep import EquilibriumPropagation
+from .pc import PredictiveCodingRule
 from .reference import BackpropThroughTime, ImplicitDifferentiation
 
-__all__ = ["Rule", "ContrastiveHebbian", "EquilibriumPropagation", "ImplicitDifferentiation", "BackpropThroughTime",
+__all__ = ["Rule", "ContrastiveHebbian", "EquilibriumPropagation", "PredictiveCodingRule", "ImplicitDifferentiation", "BackpropThroughTime",
            "write_grads"]

@@ -1,0 +1,235 @@
+"""Predictive coding networks (Rao & Ballard 1999; Whittington & Bogacz 2017): value
+nodes that settle by descending the sum of their squared prediction errors."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..types import Block, Condition, State, VectorField, by_layer
+from .base import EnergyModel
+
+
+@dataclass(frozen=True)
+class Activation:
+    """f and its derivative ``df(s, f(s))`` (given f(s) too, so tanh and sigmoid reuse it)."""
+
+    f: Callable[[torch.Tensor], torch.Tensor]
+    df: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+PC_ACTIVATIONS = {
+    "tanh": Activation(torch.tanh, lambda s, fs: 1 - fs * fs),
+    "sigmoid": Activation(torch.sigmoid, lambda s, fs: fs * (1 - fs)),
+    "relu": Activation(torch.relu, lambda s, fs: (s > 0).to(s.dtype)),
+    "linear": Activation(lambda s: s, lambda s, fs: torch.ones_like(s)),
+}
+ARRANGEMENTS = ("discriminative", "generative")
+
+
+class PredictiveCoding(EnergyModel):
+    r"""Predictive coding network: value nodes v_l, predictions μ_l, errors ε_l = v_l − μ_l,
+
+        E(v) = Σ_l ½‖ε_l‖² − Σ_l ξ_lᵀ v_l,   F = E + β·C(read-out, y),   dv/dt = −∂F/∂v
+
+    (ξ_l: the condition's drive noise, a linear term). Only the free layers move; the
+    clamped ones hold (the data x, and any ``Condition.clamp``).
+
+    ``discriminative`` (Whittington & Bogacz 2017): sizes ``[in, h1, ..., out]``, v_0 = x
+    clamped, state ``(v_1, ..., v_L)``, predictions flow up:
+    μ_1 = W_1 x + b_1 (no activation on the input), μ_l = W_l f(v_{l−1}) + b_l; the read-out
+    is v_L. The free equilibrium (β = 0) is the feedforward pass of
+    out = W_L f(… f(W_1 x + b_1) …) + b_L with every error zero, so :meth:`init_state` starts
+    there and a free settle has nothing to do. A nudge of β moves the errors to
+    ε_l ≈ −β·∂C/∂μ_l, backprop's layer errors (the update then tends to the gradient as β → 0).
+    Clamping v_L to the target does not give backprop's errors (see the rule).
+
+    ``generative`` (Rao & Ballard 1999): sizes ``[data, h1, ..., top]``, predictions flow
+    down: μ_l = W_l f(v_{l+1}) + b_l for l < L, and the top has a prior μ_L = ``prior``.
+    With an input x the bottom is clamped to it and the state is ``(v_1, ..., v_L)``; with
+    none (``Condition(batch_size=B)``, dreams) the bottom is free too and the state is
+    ``(v_0, ..., v_L)`` (so for clamps and noise, count layers from the top: index −1 is
+    always the top). :meth:`init_state` starts at the prior's top-down pass (the free
+    equilibrium when there is no input). The read-out is the top layer.
+
+    Args:
+        sizes: layer sizes, bottom (the input or the data) first.
+        activation: ``tanh``, ``sigmoid``, ``relu`` or ``linear``.
+        arrangement: ``discriminative`` or ``generative``.
+
+    Parameters: ``layers.k`` (an ``nn.Linear``) makes the k-th prediction: of layer k+1
+    from layer k (discriminative), of layer k from layer k+1 (generative); ``prior``
+    (generative only).
+    """
+
+    def __init__(self, sizes: list[int], activation: str = "tanh", arrangement: str = "discriminative") -> None:
+        super().__init__()
+        if len(sizes) < 2 or any(int(n) < 1 for n in sizes):
+            raise ValueError(f"sizes must list >= 2 positive layer sizes, got {list(sizes)}")
+        if activation not in PC_ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; valid: {', '.join(PC_ACTIVATIONS)}")
+        if arrangement not in ARRANGEMENTS:
+            raise ValueError(f"unknown arrangement {arrangement!r}; valid: {', '.join(ARRANGEMENTS)}")
+        self.sizes, self.activation, self.arrangement = [int(n) for n in sizes], activation, arrangement
+        self.act = PC_ACTIVATIONS[activation]
+        self.in_features, self.out_features = self.sizes[0], self.sizes[-1]
+        self.generative = arrangement == "generative"
+        self.needs_input = not self.generative
+        L = len(self.sizes) - 1
+        # Edges (to, from, f applied to the source), in value-layer indices; layers[k] is edge k.
+        if self.generative:
+            self.edges = [(k, k + 1, True) for k in range(L)]
+            self.layers = nn.ModuleList(nn.Linear(self.sizes[k + 1], self.sizes[k]) for k in range(L))
+            self.prior = nn.Parameter(torch.zeros(self.sizes[-1]))
+        else:
+            self.edges = [(k + 1, k, k > 0) for k in range(L)]
+            self.layers = nn.ModuleList(nn.Linear(self.sizes[k], self.sizes[k + 1]) for k in range(L))
+
+    def _offset(self, condition: Condition) -> int:
+        """Value index of state layer 0: 1 when the bottom is clamped to x, else 0."""
+        return 0 if condition.x is None else 1
+
+    def _shapes(self, condition: Condition) -> State:
+        """Uninitialised tensors of the state's shapes (for checking clamps and noise)."""
+        ref = condition.x if condition.x is not None else self.layers[0].weight
+        return tuple(ref.new_empty(condition.batch, n) for n in self.sizes[self._offset(condition):])
+
+    def _values(self, state: State, condition: Condition) -> list[torch.Tensor]:
+        return ([condition.x] if condition.x is not None else []) + list(state)
+
+    def prepare(self, condition: Condition) -> Condition:
+        """Discriminative: ``condition`` with μ_1 = W_1 x + b_1 (constant during a settle,
+        and the one large matmul of a step) computed once for every phase of the batch."""
+        self.check_condition(condition)
+        if self.generative:
+            return condition
+        with torch.no_grad():
+            return replace(condition, constants=self.layers[0](condition.x))
+
+    def _predictor(self, condition: Condition) -> Callable[[list[torch.Tensor], int], torch.Tensor]:
+        """``mu(v, k)``: the prediction of edge k from the values v; the prepared μ_1 is used
+        outside autograd only (under autograd it is recomputed, with its graph)."""
+        shared = condition.constants if not torch.is_grad_enabled() else None
+        f = self.act.f
+
+        def mu(v: list[torch.Tensor], k: int) -> torch.Tensor:
+            to, frm, nonlinear = self.edges[k]
+            if k == 0 and shared is not None and not self.generative:
+                return shared
+            return self.layers[k](f(v[frm]) if nonlinear else v[frm])
+
+        return mu
+
+    def _errors(self, v: list[torch.Tensor], mu: Callable) -> dict[int, torch.Tensor]:
+        """{value index: ε} of every predicted layer."""
+        eps = {to: v[to] - mu(v, k) for k, (to, _, _) in enumerate(self.edges)}
+        if self.generative:
+            eps[len(v) - 1] = v[-1] - self.prior
+        return eps
+
+    def errors(self, state: State, condition: Condition) -> list[torch.Tensor]:
+        """The prediction errors ε_l, bottom first: discriminative ``[ε_1, ..., ε_L]``,
+        generative ``[ε_0, ..., ε_L]`` (ε_0 = x − μ_0 when the data is clamped)."""
+        eps = self._errors(self._values(state, condition), self._predictor(condition))
+        return [eps[l] for l in sorted(eps)]
+
+    def reconstruction(self, state: State, condition: Condition) -> torch.Tensor:
+        """Generative: ``(batch,)`` ½‖x − μ_0‖², the error of the data's prediction."""
+        if not self.generative or condition.x is None:
+            raise ValueError("reconstruction needs the generative arrangement and data x in the condition")
+        return 0.5 * self.errors(state, condition)[0].pow(2).sum(1)
+
+    def energy(self, state: State, condition: Condition) -> torch.Tensor:
+        """``(batch,)`` E = Σ ½‖ε_l‖² − Σ ξ_lᵀ v_l."""
+        e = sum(0.5 * eps.pow(2).sum(1) for eps in self.errors(state, condition))
+        for l, xi in by_layer(condition.noise, state, "noise").items():
+            e = e - (xi * state[l]).sum(1)
+        return e
+
+    def init_state(self, condition: Condition) -> State:
+        """Discriminative: the feedforward pass (the free equilibrium). Generative: the
+        prior's top-down pass v_L = prior, v_l = μ_l (the free equilibrium with no data)."""
+        mu, L, off = self._predictor(condition), len(self.sizes) - 1, self._offset(condition)
+        if self.generative:
+            v = [None] * L + [self.prior.expand(condition.batch, -1).clone()]
+            for k in reversed(range(off, L)):
+                v[k] = mu(v, k)
+        else:
+            v = [condition.x]
+            for k in range(L):
+                v.append(mu(v, k))
+        # Copies: the prepared μ_1 must not become a state tensor that a caller may edit.
+        return tuple(s if torch.is_grad_enabled() else s.detach().clone() for s in v[off:])
+
+    def _force(self, condition: Condition) -> Callable[[State, range], list[torch.Tensor]]:
+        """``force(state, layers)``: −∂F/∂s_l + ξ_l for the given state layers,
+        −∂E/∂v_l = −ε_l + Σ_{edges k from l} f'(v_l)⊙(ε_{to(k)} W_k), with the top's −β·∂C/∂v_L.
+        Only the errors those layers touch are computed (a Gauss–Seidel half-sweep needs half)."""
+        mu, off, df, f = self._predictor(condition), self._offset(condition), self.act.df, self.act.f
+        noise = by_layer(condition.noise, self._shapes(condition), "noise")
+        out_edges = {frm: (k, to, nonlinear) for k, (to, frm, nonlinear) in enumerate(self.edges)}
+        beta, cost, y = condition.beta, condition.cost, condition.target
+
+        def force(state: State, layers: range) -> list[torch.Tensor]:
+            v, top = self._values(state, condition), len(state) - 1
+            eps: dict[int, torch.Tensor] = {}
+
+            def err(j: int) -> torch.Tensor:
+                if j not in eps:
+                    eps[j] = v[j] - (self.prior if j == len(v) - 1 and self.generative else mu(v, self._edge_to(j)))
+                return eps[j]
+
+            out = []
+            for l in layers:
+                j = l + off
+                d = -err(j)
+                if j in out_edges:
+                    k, to, nonlinear = out_edges[j]
+                    back = err(to) @ self.layers[k].weight
+                    d = d + (back * df(v[j], f(v[j])) if nonlinear else back)
+                if l == top and beta != 0.0:
+                    d = d - beta * cost.grad(state[l], y)
+                out.append(d + noise[l] if l in noise else d)
+            return out
+
+        return force
+
+    def _edge_to(self, j: int) -> int:
+        """The edge whose prediction targets value layer j."""
+        return j if self.generative else j - 1
+
+    def dynamics(self, condition: Condition) -> VectorField:
+        """ds/dt = −∂F/∂s + ξ, analytic (plain tensor ops: differentiable for the reference rules)."""
+        self.check_condition(condition)
+        force = self._force(condition)
+        return lambda t, state: tuple(force(state, range(len(state))))
+
+    def blocks(self, condition: Condition) -> list[Block]:
+        """Gauss–Seidel blocks: the even state layers, then the odd ones. ∂F/∂s_l involves
+        only s_{l−1}, s_l, s_{l+1}, so layers of one parity are uncoupled given the other.
+        A block's g = s_B − ∂F/∂s_B + ξ_B, so a half-sweep s_B ← s_B + Δt·(g_B − s_B) is a
+        gradient step of size Δt on F over the block (same fixed points as the flow)."""
+        self.check_condition(condition)
+        force, n = self._force(condition), len(self._shapes(condition))
+
+        def block(first: int) -> Block:
+            layers = range(first, n, 2)
+            return tuple(layers), lambda state: [state[l] + d for l, d in zip(layers, force(state, layers))]
+
+        return [block(0), block(1)]
+
+    def param_grads(self, state: State, condition: Condition) -> dict[str, torch.Tensor]:
+        """∂F/∂θ, batch mean, in closed form (the PC update with its sign flipped):
+        ∂F/∂W_k = −⟨ε_{to} f(v_{from})ᵀ⟩, ∂F/∂b_k = −⟨ε_{to}⟩, ∂F/∂prior = −⟨ε_L⟩."""
+        v, scale = self._values(state, condition), -1.0 / condition.batch
+        eps = self._errors(v, self._predictor(condition))
+        grads = {}
+        for k, (to, frm, nonlinear) in enumerate(self.edges):
+            source = self.act.f(v[frm]) if nonlinear else v[frm]
+            grads[f"layers.{k}.weight"] = (eps[to].T @ source).mul_(scale)
+            grads[f"layers.{k}.bias"] = eps[to].sum(0).mul_(scale)
+        if self.generative:
+            grads["prior"] = eps[len(v) - 1].sum(0).mul_(scale)
+        return grads
