@@ -3,22 +3,31 @@
 A run directory holds ``checkpoint.pt`` (the last complete epoch) and ``checkpoint_prev.pt``
 (the one before it). Both are plain containers of tensors, numbers and strings, so they load
 with ``torch.load(path, weights_only=True)``.
+
+A resumed run draws the random numbers the uninterrupted run would have drawn: a checkpoint
+holds the state of torch's global CPU generator, of the CUDA one (once CUDA is in use), of
+the batch order, and of every ``torch.Generator`` the rule owns as an attribute
+(:func:`generators`): a stochastic rule that draws from e.g. ``self.generator`` is resumed
+exactly with nothing more to write.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .distributed import gather, rank_and_size
+
 log = logging.getLogger("dynets")
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint_prev.pt"
-FORMAT = 1  # raised when the layout of a checkpoint changes
+FORMAT = 2  # raised when the layout of a checkpoint changes
 
 
 class CheckpointError(RuntimeError):
@@ -59,8 +68,11 @@ def read(path: str | os.PathLike) -> dict[str, Any]:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise CheckpointError(f"cannot read checkpoint {path}: it is truncated or corrupt "
                               f"({type(err).__name__}: {reason})") from err
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a dynets checkpoint of format {FORMAT}")
+    if not isinstance(state, dict) or "format" not in state:
+        raise CheckpointError(f"{path} is not a dynets checkpoint")
+    if state["format"] != FORMAT:
+        raise CheckpointError(f"{path} has checkpoint format {state['format']} and this dynets reads format "
+                              f"{FORMAT}: resume it with the dynets version that wrote it, or start a new run")
     return state
 
 
@@ -108,6 +120,46 @@ def check_model(saved: dict[str, Any], model: torch.nn.Module, source: str) -> N
     if diffs:
         raise CheckpointError(f"{source} was written by a different model ({'; '.join(diffs)}; checkpoint vs now). "
                               "Resume with the model of that run, or start a new run")
+
+
+def generators(owner: object) -> dict[str, torch.Generator]:
+    """The random streams ``owner`` (a rule) owns: its attributes that are ``torch.Generator``s,
+    by attribute name. These are saved in every checkpoint and restored on resume."""
+    return {name: g for name, g in sorted(vars(owner).items()) if isinstance(g, torch.Generator)}
+
+
+def rng_state(streams: Mapping[str, torch.Generator]) -> dict[str, Any]:
+    """The state of every random stream of the run, each a list over processes in rank order:
+    torch's global CPU generator (``torch``), the current CUDA device's (``cuda``, once CUDA is
+    initialized: a run that has not touched CUDA drew nothing from it), and ``streams``
+    (``generators``, by name)."""
+    state = {"torch": gather(torch.get_rng_state()),
+             "generators": {name: gather(g.get_state()) for name, g in streams.items()}}
+    if torch.cuda.is_initialized():
+        state["cuda"] = gather(torch.cuda.get_rng_state())
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any], streams: Mapping[str, torch.Generator], source: str) -> None:
+    """Restore what :func:`rng_state` saved, each process its rank's states. Warns, naming
+    ``source``, when the draws cannot repeat the original run's: another number of processes
+    (each then takes rank 0's states), or a stream in only one of the checkpoint and ``streams``
+    (it starts afresh). A CUDA state is restored where CUDA is available."""
+    rank, size = rank_and_size()
+    if len(state["torch"]) != size:
+        log.warning("%s was saved by %d processes and resumes on %d: random draws of the rules (if any) "
+                    "will not repeat the original run's", source, len(state["torch"]), size)
+    mine = lambda states: states[rank] if len(states) == size else states[0]
+    torch.set_rng_state(mine(state["torch"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(mine(state["cuda"]))
+    saved = state["generators"]
+    unmatched = sorted(set(saved) ^ set(streams))
+    if unmatched:
+        log.warning("%s: the random streams %s are in only one of the checkpoint and the run; they start "
+                    "afresh, so their draws will not repeat the original run's", source, ", ".join(unmatched))
+    for name in set(saved) & set(streams):
+        streams[name].set_state(mine(saved[name]))
 
 
 def truncate_metrics(path: str | os.PathLike, last_epoch: int) -> int:

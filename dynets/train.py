@@ -19,8 +19,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import checkpoint
 from .data import Dataset, Split
-from .distributed import (all_sum, average_grads, broadcast_parameters, gather, is_main, rank_and_size,
-                          shard)
+from .distributed import all_sum, average_grads, broadcast_parameters, is_main, rank_and_size, shard
 from .logging import Logger
 from .models.base import DynamicalModel
 from .rules.base import Rule
@@ -125,11 +124,16 @@ class History:
             self.best_model = {k: v.clone() for k, v in model.state_dict().items()}
 
 
+def _streams(rule, generator: torch.Generator) -> dict[str, torch.Generator]:
+    """The run's own random streams: the batch order and the rule's generators."""
+    return {"batch_order": generator, **{f"rule.{name}": g for name, g in checkpoint.generators(rule).items()}}
+
+
 def _state(model, rule, optimizer, generator: torch.Generator, history: History, config) -> dict[str, Any]:
-    """Everything a resumed run needs to continue exactly (the torch RNG state of every process)."""
+    """Everything a resumed run needs to continue exactly (the random streams of every process)."""
     return {"epoch": history.epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "rule": rule.state_dict() if hasattr(rule, "state_dict") else None,
-            "rng": {"torch": gather(torch.get_rng_state()), "batch_order": generator.get_state()},
+            "rng": checkpoint.rng_state(_streams(rule, generator)),
             "history": dict(vars(history)), "model_signature": checkpoint.model_signature(model),
             "config": config}
 
@@ -141,12 +145,7 @@ def _restore(state: Mapping[str, Any], source: str, model, rule, optimizer, gene
     optimizer.load_state_dict(state["optimizer"])
     if state["rule"] is not None:
         rule.load_state_dict(state["rule"])
-    generator.set_state(state["rng"]["batch_order"])
-    rngs, (rank, size) = state["rng"]["torch"], rank_and_size()
-    if len(rngs) != size:
-        log.warning("%s was saved by %d processes and resumes on %d: random draws of the rules (if any) "
-                    "will not repeat the original run's", source, len(rngs), size)
-    torch.set_rng_state(rngs[rank] if len(rngs) == size else rngs[0])
+    checkpoint.set_rng_state(state["rng"], _streams(rule, generator), source)
     return History(**state["history"])
 
 
@@ -191,9 +190,12 @@ def fit(model: DynamicalModel, rule: Rule, data: Dataset, optimizer: torch.optim
             :mod:`dynets.checkpoint`) and ``summary.json`` at the end, by rank 0. Under
             torch.distributed pass it (or ``None``) on every process.
         resume_from: a run directory, a checkpoint file or a checkpoint loaded with
-            :func:`dynets.checkpoint.load`: continue after its epoch. With the same seed, data
-            and process count the run ends exactly as one never interrupted (on CPU). Loggers
-            get only the epochs after it (see :func:`dynets.checkpoint.truncate_metrics`).
+            :func:`dynets.checkpoint.load`: continue after its epoch. Every random stream
+            continues where it was: torch's CPU and CUDA generators, the batch order and each
+            ``torch.Generator`` attribute of the rule (e.g. ``rule.generator``; see
+            :func:`dynets.checkpoint.generators`). With the same seed, data and process count
+            the run ends exactly as one never interrupted (on CPU). Loggers get only the epochs
+            after it (see :func:`dynets.checkpoint.truncate_metrics`).
         config: plain data saved in every checkpoint (e.g. the composed config), for checks on resume.
         probes: functions of the model called after each epoch's training, whose metrics
             join the epoch's (e.g. alignment with the true gradient on a probe batch).

@@ -1,5 +1,6 @@
 """Checkpoints and resume: a killed run continues to exactly the end of an uninterrupted one;
 checkpoints load without pickled code; a bad checkpoint or another model fails clearly."""
+import functools
 import json
 import logging
 import shutil
@@ -17,6 +18,7 @@ from dynets.app import resume_from
 from dynets.data import Dataset, Split
 from dynets.models import LayeredHopfield
 from dynets.rules import EquilibriumPropagation
+from dynets.rules.base import Rule
 from dynets.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,13 +106,16 @@ def tiny_data(n=96, features=6, classes=3):
     return Dataset("tiny", split(0, 64), split(64, 80), split(80, 96), features, classes)
 
 
-def tiny_run(run_dir=None, epochs=3, init_seed=0, **kwargs):
+TINY_SETTLE = SettleOptions(method="fast_euler", atol=1e-6, max_time=20)
+
+
+def tiny_run(run_dir=None, epochs=3, init_seed=0, rule=None, device="cpu", **kwargs):
     torch.manual_seed(init_seed)
-    model = LayeredHopfield([6, 8, 3]).double()
-    rule = EquilibriumPropagation(0.5, settle=SettleOptions(method="fast_euler", atol=1e-6, max_time=20))
+    model = LayeredHopfield([6, 8, 3]).double().to(device)
+    rule = rule or EquilibriumPropagation(0.5, settle=TINY_SETTLE)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
-    summary = fit(model, rule, tiny_data(), optimizer, epochs=epochs, batch_size=10, seed=3, run_dir=run_dir,
-                  **kwargs)
+    summary = fit(model, rule, tiny_data().to(device), optimizer, epochs=epochs, batch_size=10, seed=3,
+                  run_dir=run_dir, **kwargs)
     summary.pop("wall_time_s")
     return summary, model
 
@@ -125,6 +130,36 @@ def test_fit_resumed_from_a_checkpoint_equals_the_uninterrupted_fit(tmp_path):
         assert torch.equal(a, b)
 
 
+class RandomBeta(Rule):
+    """EP with β drawn for every batch: a stochastic rule. It draws from its own generator,
+    or with ``device="cuda"`` from torch's global CUDA generator."""
+
+    def __init__(self, seed: int, device: str = "cpu") -> None:
+        super().__init__(TINY_SETTLE)
+        self.device = device
+        if device == "cpu":
+            self.generator = torch.Generator().manual_seed(seed)
+
+    def grads(self, model, x, y):
+        u = torch.rand((), generator=self.generator) if self.device == "cpu" else torch.rand((), device=self.device)
+        return EquilibriumPropagation(0.1 + u.item(), settle=self.settle).grads(model, x, y)
+
+
+CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+def test_stochastic_rule_resumes_to_the_uninterrupted_result(tmp_path, device):
+    run = functools.partial(tiny_run, epochs=4, device=device)
+    run(tmp_path, epochs=2, rule=RandomBeta(4, device))
+    # A rule built anew, as a restarted process builds it: its draws must come from the checkpoint.
+    resumed, model = run(tmp_path, init_seed=9, resume_from=tmp_path, rule=RandomBeta(4, device))
+    whole, reference = run(rule=RandomBeta(4, device))
+    assert resumed == whole
+    for a, b in zip(model.parameters(), reference.parameters()):
+        assert torch.equal(a, b)
+
+
 def test_checkpoint_loads_weights_only_and_holds_the_run_state(tmp_path):
     summary, model = tiny_run(tmp_path, epochs=3, config={"model": {"hidden": [8]}})
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
@@ -133,7 +168,7 @@ def test_checkpoint_loads_weights_only_and_holds_the_run_state(tmp_path):
     order = torch.Generator().manual_seed(3)
     for _ in range(3):
         torch.randperm(64, generator=order)
-    assert torch.equal(state["rng"]["batch_order"], order.get_state())
+    assert torch.equal(state["rng"]["generators"]["batch_order"][0], order.get_state())
     best = state["history"]
     assert (best["best_epoch"], best["best_val"]) == (summary["best_epoch"], summary["val_accuracy"])
     for name, p in model.named_parameters():   # fit ends with the best epoch's weights
