@@ -236,13 +236,20 @@ def fashion_mnist(path: str | None = None, *, val_fraction: float = 0.1, seed: i
 
 
 def mnist(path: str | None = None, *, val_fraction: float = 0.1, seed: int = 0) -> Dataset:
-    """MNIST (LeCun et al. 1998) from IDX files in ``path``, as :func:`fashion_mnist`. There is no default path."""
-    how = ("Download train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and "
-           "t10k-labels-idx1-ubyte.gz (e.g. from https://ossci-datasets.s3.amazonaws.com/mnist/) and set "
-           "`data.path=/dir/with/idx/files`.")
+    """MNIST (LeCun et al. 1998) from the four IDX files in ``path``, as :func:`fashion_mnist`.
+
+    There is no default location: no Debian or Ubuntu package ships MNIST (only
+    Fashion-MNIST, ``dataset-fashion-mnist``), so a missing ``path`` is a ValueError
+    saying where the files come from; a folder without them is a FileNotFoundError.
+    """
+    need = "a folder with " + ", ".join(f"{stem}.gz" for stems in _IDX_FILES.values() for stem in stems)
+    where = ("download them from https://ossci-datasets.s3.amazonaws.com/mnist/ (the mirror torchvision uses; the "
+             "original site http://yann.lecun.com/exdb/mnist/ has refused downloads at times), or let "
+             "torchvision.datasets.MNIST(root, download=True) put them in root/MNIST/raw. No Debian or Ubuntu "
+             "package ships MNIST (dataset-fashion-mnist is Fashion-MNIST: data=fashion_mnist)")
     if path is None:
-        raise FileNotFoundError(f"mnist has no default location. {how}")
-    return _idx_dataset("mnist", path, how, val_fraction, seed)
+        raise ValueError(f"data=mnist needs data.path=<{need}> (gzipped or not); {where}.")
+    return _idx_dataset("mnist", path, f"data.path must be {need} (gzipped or not); {where}.", val_fraction, seed)
 
 
 def npz(path: str, *, x_key: str = "X", y_key: str = "y",

@@ -97,11 +97,29 @@ def test_mnist_layout_from_written_files(tmp_path):
     assert same_multiset(rows_with_labels(ds.train, ds.val), expected)
 
 
-def test_mnist_without_path_says_how_to_get_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="data.path="):
+MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+
+
+def test_mnist_without_path_says_which_key_and_where_the_files_come_from(tmp_path):
+    with pytest.raises(ValueError, match=r"data=mnist needs data\.path=") as err:
         data.mnist()
-    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
+    assert all(name in str(err.value) for name in MNIST_FILES + ["https://", "torchvision.datasets.MNIST"])
+    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte.*https://"):
         data.mnist(str(tmp_path))
+
+
+def test_mnist_config_without_a_path_fails_with_the_loaders_message():
+    """``data=mnist`` composes (path null, not omegaconf's missing value) and instantiating
+    it raises the loader's ValueError, not "Missing mandatory value: data.path"."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "configs"), version_base=None):
+        cfg = compose("train", overrides=["data=mnist"])
+    assert cfg.data.path is None
+    with pytest.raises(Exception, match=r"data\.path=") as err:
+        instantiate(cfg.data)
+    assert isinstance(err.value, ValueError) or isinstance(err.value.__cause__, ValueError)
 
 
 def test_digits_is_a_partition_of_sklearn_digits():
