@@ -25,6 +25,18 @@ from the same weights and batch, and aborts if not: the comparison is only fair 
 compute the same thing. Timings are medians over --repeats steps after --warmup steps,
 the methods taking turns. It also prints steps-to-converge vs width. The last lines of
 output are one JSON object per configuration.
+
+Predictive coding (``--family pc``; ``all`` runs both): one PredictiveCodingRule step
+(nudged, β = 0.1) on a tanh net with a linear read-out: the value nodes start at the
+feedforward pass (the free equilibrium), then PC_T = 20 Euler steps of Δt = 0.5 of the
+nudged phase, the closed-form update, fused Adam. Same check of p.grad first.
+
+  dynets               PredictiveCodingRule, analytic vector field, fast_euler, 20 steps
+  dynets_torchdiffeq   the same through torchdiffeq's euler
+  dynets_gauss_seidel  Gauss-Seidel sweeps at dt 1, stopped at the reference's residual
+  autograd_reference   textbook PC: ∂F/∂s by autograd at every step (every prediction,
+                       W_1 x included, recomputed), then ∂F/∂θ by autograd
+  backprop             one backprop step of the same feedforward net (tanh, linear out)
 """
 from __future__ import annotations
 
@@ -38,8 +50,8 @@ import time
 import torch
 from torch import nn
 
-from dynets.models import LayeredHopfield
-from dynets.rules import EquilibriumPropagation
+from dynets.models import LayeredHopfield, PredictiveCoding
+from dynets.rules import EquilibriumPropagation, PredictiveCodingRule
 from dynets import Condition
 from dynets.settle import SettleOptions, residual_norm
 
@@ -277,6 +289,123 @@ def stop_overshoot(device) -> dict:
     return worst
 
 
+PC_T, PC_DT, PC_BETA = 20, 0.5, 0.1
+
+
+def pc_rule(method: str, step_size: float = PC_DT, atol: float = 0.0, compile: str = "off") -> PredictiveCodingRule:
+    """PC with a fixed budget of PC_T steps (atol = 0), or stopped at ``atol``. The free
+    phase starts at its equilibrium (the feedforward pass) and takes no step."""
+    budget = PC_T * step_size if atol == 0.0 else 200.0
+    opts = SettleOptions(method=method, step_size=step_size, atol=atol, max_time=budget, check_every=PC_T,
+                         compile=compile)
+    return PredictiveCodingRule(PC_BETA, "nudged", opts)
+
+
+class ReferencePC:
+    """Textbook predictive coding (Whittington & Bogacz 2017): value nodes start at the
+    feedforward pass; every Euler step of the nudged phase takes ∂F/∂s by autograd of
+    F = Σ ½‖s_l − μ_l‖² + β·½‖s_L − y‖², recomputing every prediction; the update is
+    ∂F/∂θ by autograd at the end, / (β·batch)."""
+
+    def __init__(self, layers: nn.ModuleList) -> None:
+        self.layers = layers
+
+    def energy(self, x, states, y):
+        below = [x, *[torch.tanh(s) for s in states[:-1]]]
+        errors = sum(0.5 * (s - layer(b)).pow(2).sum() for s, layer, b in zip(states, self.layers, below))
+        return errors + PC_BETA * 0.5 * (states[-1] - y).pow(2).sum()
+
+    def settle(self, x, y):
+        with torch.no_grad():
+            states = [self.layers[0](x)]
+            for layer in self.layers[1:]:
+                states.append(layer(torch.tanh(states[-1])))
+        for _ in range(PC_T):
+            states = [s.detach().requires_grad_() for s in states]
+            grads = torch.autograd.grad(self.energy(x, states, y), states)
+            states = [s - PC_DT * g for s, g in zip(states, grads)]
+        return tuple(s.detach() for s in states)
+
+    def grads(self, x, y):
+        states = self.settle(x, y)
+        for p in self.layers.parameters():
+            p.grad = None
+        (self.energy(x, states, y) / (PC_BETA * x.shape[0])).backward()
+
+
+def check_same_pc_grads(model, reference, x, labels, tol):
+    """Abort unless the textbook PC and dynets (both solvers) write the same p.grad."""
+    reference.grads(x, model.target(labels))
+    want = [p.grad.clone() for p in reference.layers.parameters()]
+    for method in ("fast_euler", "euler"):
+        pc_rule(method).grads(model, x, labels)
+        for (name, p), w in zip(model.named_parameters(), want, strict=True):
+            err = (p.grad - w).abs().max().item() / w.abs().max().item()
+            if not err <= tol:
+                raise SystemExit(f"ABORT: dynets PC ({method}) and the autograd reference disagree on "
+                                 f"{name}.grad: max |diff| / max |grad| = {err:.2e} > {tol:g}")
+
+
+def bench_pc(sizes, batch, device, args) -> dict:
+    """Time one predictive coding step of every implementation; return the figures."""
+    gen = torch.Generator().manual_seed(args.seed)
+    x = torch.rand(batch, sizes[0], generator=gen).to(device)
+    labels = torch.randint(sizes[-1], (batch,), generator=gen).to(device)
+    torch.manual_seed(args.seed)
+    model = PredictiveCoding(sizes, "tanh").to(device)
+    reference = ReferencePC(copy.deepcopy(model.layers))
+    check_same_pc_grads(model, reference, x, labels, args.tol)
+    onehot = model.target(labels)
+    nudged = model.prepare(Condition(x, onehot, PC_BETA))
+    r_ref = residual_norm(model.vector_field(None, reference.settle(x, onehot), nudged)).max().item()
+    mlp = nn.Sequential(*[m for a, b in zip(sizes, sizes[1:]) for m in (nn.Linear(a, b), nn.Tanh())][:-1]).to(device)
+
+    def rule_step(rule, net):
+        opt = torch.optim.Adam(net.parameters(), lr=LR, fused=True)
+        return lambda: (rule.grads(net, x, labels), opt.step())
+
+    def reference_step():
+        opt = torch.optim.Adam(reference.layers.parameters(), lr=LR, fused=True)
+        return lambda: (reference.grads(x, onehot), opt.step())
+
+    def backprop_step():
+        opt = torch.optim.Adam(mlp.parameters(), lr=LR, fused=True)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            (0.5 * (mlp(x) - onehot).pow(2).sum(1).mean()).backward()
+            opt.step()
+        return step
+
+    gauss_seidel = pc_rule("gauss_seidel", 1.0, atol=r_ref)
+    steps = {"dynets": rule_step(pc_rule("fast_euler"), model),
+             "dynets_torchdiffeq": rule_step(pc_rule("euler"), copy.deepcopy(model)),
+             "dynets_gauss_seidel": rule_step(gauss_seidel, copy.deepcopy(model)),
+             "autograd_reference": reference_step(), "backprop": backprop_step()}
+    if device.type == "cuda":
+        steps["dynets_compiled"] = rule_step(pc_rule("fast_euler", compile="on"), copy.deepcopy(model))
+    ms, peak = median_ms(steps, device, args.warmup, args.repeats)
+    sweeps = gauss_seidel.grads(copy.deepcopy(model), x, labels)["steps_nudged_+"]
+    config = f"PC {'-'.join(map(str, sizes))}/b{batch}/T{PC_T}"
+    print(f"\n{config} on {device} ({torch.get_num_threads()} threads), median of {args.repeats}")
+    print(f"reference leaves residual {r_ref:.2e}; Gauss-Seidel reaches it in {sweeps} sweeps")
+    width = max(map(len, ms))
+    print(f"{'method':<{width}} {'ms/step':>9} {'x dynets':>9} {'peak MB':>9}")
+    for name, t in ms.items():
+        print(f"{name:<{width}} {t:9.2f} {t / ms['dynets']:9.2f} {peak.get(name, float('nan')):9.1f}")
+    best = min((name for name in ms if name.startswith("dynets")), key=ms.get)
+    return {
+        "device": str(device), "threads": torch.get_num_threads(), "config": config,
+        **{f"ms_{name}": t for name, t in ms.items()},
+        "speedup_vs_autograd": ms["autograd_reference"] / ms["dynets"],
+        "ratio_vs_backprop": ms["dynets"] / ms["backprop"],
+        "dynets_best": best, "speedup_best_vs_autograd": ms["autograd_reference"] / ms[best],
+        "ratio_best_vs_backprop": ms[best] / ms["backprop"],
+        "reference_residual": r_ref, "gauss_seidel_sweeps": sweeps,
+        **{f"peak_mb_{name}": mb for name, mb in peak.items()},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -288,6 +417,8 @@ def main() -> None:
     parser.add_argument("--tol", type=float, default=1e-3,
                         help="max |grad diff| relative to max |grad| allowed in the check (fp32 rounding can flip a unit at the clip in deep nets)")
     parser.add_argument("--widths", default="128,256,512,1024,2048", help="for steps vs width; '' skips it")
+    parser.add_argument("--family", choices=("all", "ep", "pc"), default="all",
+                        help="which rules to time: EP (with the width and stop studies), PC, or both")
     parser.add_argument("--stops", action="store_true",
                         help="also measure the adaptive stop against the fewest steps (~1 min on CPU)")
     args = parser.parse_args()
@@ -296,10 +427,12 @@ def main() -> None:
     results = []
     for item in configs:
         sizes, batch = item.split(":")
-        results.append(bench_config([int(n) for n in sizes.split(",")], int(batch), device, args))
-    if args.widths:
+        for family, bench in (("ep", bench_config), ("pc", bench_pc)):
+            if args.family in ("all", family):
+                results.append(bench([int(n) for n in sizes.split(",")], int(batch), device, args))
+    if args.widths and args.family != "pc":
         steps_vs_width(device, [int(w) for w in args.widths.split(",")], 128, 1e-4)
-    if args.stops:
+    if args.stops and args.family != "pc":
         results.append({"device": str(device), "config": "adaptive_stop_vs_fewest_steps", **stop_overshoot(device)})
     print()
     for result in results:   # the last lines: one JSON object per configuration
