@@ -1,6 +1,7 @@
 """The training loop. It knows nothing of hydra: every argument is a plain object."""
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -52,9 +53,20 @@ def _bar(iterable: Iterable, **kwargs) -> Iterable:
     return tqdm(iterable, disable=_quiet(), dynamic_ncols=True, **kwargs)
 
 
+Evaluation = Callable[[DynamicalModel, Split], dict[str, float]]
+"""What :func:`fit` measures the model with: ``evaluation(model, split)`` returns named metrics of
+the model on the split (e.g. accuracy, reconstruction error, log-likelihood); one that needs no
+labels ignores ``split.y``. Under torch.distributed it is called on every process and must
+return the same numbers on each."""
+
+GOALS = ("maximize", "minimize")
+
+
 @torch.no_grad()
-def evaluate(model: DynamicalModel, split: Split, settle: SettleOptions, batch_size: int = 512) -> dict[str, float]:
-    """Accuracy of the free-phase read-out on ``split``; mean settle steps; converged fraction.
+def free_phase_metrics(model: DynamicalModel, split: Split, settle: SettleOptions,
+                       batch_size: int = 512) -> dict[str, float]:
+    """The default :data:`Evaluation`: ``accuracy`` of the free-phase read-out (argmax against
+    the labels) on ``split``; mean settle ``steps``; ``converged`` fraction.
 
     Under torch.distributed each process settles its shard of ``split`` and the sums are
     reduced, so every process returns the same numbers.
@@ -109,19 +121,35 @@ def _train_epoch(model, rule, optimizer, split: Split, batch_size: int, generato
 class History:
     """What :func:`fit` carries from epoch to epoch besides the model and optimizer."""
 
+    select: str = "val_accuracy"   # the validation metric that selects the best epoch
+    goal: str = "maximize"         # its direction, one of GOALS
     epoch: int = 0                 # last complete epoch
-    best_epoch: int = 0            # the epoch of the best validation accuracy so far
-    best_val: float = -1.0
+    best_epoch: int = 0            # the epoch of the best ``select`` so far (the first of equals)
+    best_value: float | None = None
     best_model: dict | None = None  # model.state_dict() at best_epoch
-    settle_steps: float = 0.0      # sum over epochs of the mean free-phase settle steps in training
+    settle_steps: float = 0.0      # sum over epochs of the mean free-phase settle steps in training,
+    settle_epochs: int = 0         # over this many epochs (those whose rule reports train_steps_free)
     wall_time_s: float = 0.0       # training time up to the end of ``epoch``
 
     def record(self, epoch: int, metrics: dict[str, float], model: torch.nn.Module) -> None:
+        """Count ``epoch``; keep ``model``'s weights if its ``select`` metric is the best so far."""
         self.epoch = epoch
-        self.settle_steps += metrics["train_steps_free"]
-        if metrics["val_accuracy"] > self.best_val:
-            self.best_epoch, self.best_val = epoch, metrics["val_accuracy"]
+        if "train_steps_free" in metrics:
+            self.settle_steps += metrics["train_steps_free"]
+            self.settle_epochs += 1
+        if self.select not in metrics:
+            found = ", ".join(k for k in metrics if k.startswith("val_"))
+            raise ValueError(f"select={self.select!r} is not among the validation metrics of the evaluation "
+                             f"({found}); select one of them")
+        if self._improves(metrics[self.select]):
+            self.best_epoch, self.best_value = epoch, metrics[self.select]
             self.best_model = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def _improves(self, value: float) -> bool:
+        """Whether ``value`` beats the best so far; NaN beats nothing but the absence of a value."""
+        if self.best_value is None or math.isnan(self.best_value):
+            return self.best_value is None or not math.isnan(value)
+        return value > self.best_value if self.goal == "maximize" else value < self.best_value
 
 
 def _streams(rule, generator: torch.Generator) -> dict[str, torch.Generator]:
@@ -149,6 +177,13 @@ def _restore(state: Mapping[str, Any], source: str, model, rule, optimizer, gene
     return History(**state["history"])
 
 
+def _check_selection(history: History, select: str, goal: str, source: str) -> None:
+    """Raise if a run resumed from ``source`` would select its epoch otherwise than it did."""
+    if (history.select, history.goal) != (select, goal):
+        raise ValueError(f"{source} selected the best epoch by {history.goal} {history.select}, and this run by "
+                         f"{goal} {select}: pass select={history.select!r}, goal={history.goal!r}, or start a new run")
+
+
 def _checkpoint_of(resume_from: str | os.PathLike | Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
     """A checkpoint and a name for messages, from a loaded checkpoint, a file or a run directory."""
     if isinstance(resume_from, Mapping):
@@ -160,30 +195,41 @@ def _checkpoint_of(resume_from: str | os.PathLike | Mapping[str, Any]) -> tuple[
     return state, str(path)
 
 
-def _summary(model, data: Dataset, settle: SettleOptions, history: History, epochs: int, wall_time_s: float):
-    """Accuracies of the best epoch's model (loaded into ``model``) on every split, and the run's totals."""
+def _summary(model, data: Dataset, evaluate: Evaluation, history: History, epochs: int, wall_time_s: float):
+    """The selected metric of the best epoch's model (loaded into ``model``) on every split, and
+    the run's totals."""
     model.load_state_dict(history.best_model)
-    summary = {f"{name}_accuracy": evaluate(model, getattr(data, name), settle)["accuracy"]
-               for name in ("train", "val", "test")}
-    summary.update(best_epoch=history.best_epoch, epochs=epochs, mean_settle_steps=history.settle_steps / epochs,
-                   wall_time_s=wall_time_s)
+    name = history.select.removeprefix("val_")
+    summary = {f"{part}_{name}": evaluate(model, getattr(data, part))[name] for part in ("train", "val", "test")}
+    summary.update(best_epoch=history.best_epoch, epochs=epochs)
+    if history.settle_epochs:
+        summary.update(mean_settle_steps=history.settle_steps / history.settle_epochs)
+    summary.update(wall_time_s=wall_time_s)
     return summary
 
 
 def fit(model: DynamicalModel, rule: Rule, data: Dataset, optimizer: torch.optim.Optimizer, *,
-        epochs: int, batch_size: int, seed: int = 0, eval_settle: SettleOptions | None = None,
+        epochs: int, batch_size: int, seed: int = 0, evaluate: Evaluation | None = None,
+        select: str = "val_accuracy", goal: str = "maximize", eval_settle: SettleOptions | None = None,
         loggers: Sequence[Logger] = (), run_dir: str | os.PathLike | None = None,
         resume_from: str | os.PathLike | Mapping[str, Any] | None = None,
         config: Mapping[str, Any] | None = None,
         probes: Sequence[Callable[[DynamicalModel], dict[str, float]]] = ()) -> dict[str, Any]:
     """Train ``model`` with ``rule`` for ``epochs`` epochs; select the epoch with the best
-    validation accuracy (never test); load its weights into ``model``; return the summary.
+    validation metric ``select`` (never test); load its weights into ``model``; return the summary.
 
     Args:
         epochs: total epochs of the run, counting those before ``resume_from``.
         batch_size: rows per optimizer step (split among processes under torch.distributed).
         seed: seed of the batch order (the model's init is the caller's).
-        eval_settle: settle options of evaluation; default the rule's free-phase options.
+        evaluate: the :data:`Evaluation` run on the validation split after every epoch, its
+            metrics logged as ``val_<name>``; default :func:`free_phase_metrics` (accuracy of
+            the free-phase read-out) settled with ``eval_settle``.
+        select: the validation metric ``val_<name>`` of ``evaluate`` that selects the best
+            epoch, e.g. ``val_accuracy`` or ``val_reconstruction_error``.
+        goal: ``maximize`` or ``minimize`` ``select``. A resumed run keeps its checkpoint's
+            ``select`` and ``goal`` (another one is an error).
+        eval_settle: settle options of the default evaluation; default the rule's free-phase options.
         loggers: each gets every epoch's metrics (rank 0 only); starting them and passing
             them the summary (``finish``) is the caller's, who may add plots in between.
         run_dir: where ``checkpoint.pt`` is written atomically every epoch (see
@@ -200,26 +246,34 @@ def fit(model: DynamicalModel, rule: Rule, data: Dataset, optimizer: torch.optim
         probes: functions of the model called after each epoch's training, whose metrics
             join the epoch's (e.g. alignment with the true gradient on a probe batch).
 
+    Metrics a rule or an evaluation does not produce are absent from the epoch's metrics.
     A progress bar over epochs and batches shows when stderr is a terminal. The summary
-    holds ``train/val/test_accuracy`` (of the selected epoch), ``best_epoch``, ``epochs``,
-    ``mean_settle_steps`` (free phase, training) and ``wall_time_s`` (summed over resumes).
+    holds ``train/val/test_<name>`` (the selected metric, of the selected epoch), ``best_epoch``,
+    ``epochs``, ``mean_settle_steps`` (free phase, training; if the rule reports it) and
+    ``wall_time_s`` (summed over resumes).
     """
     processes = rank_and_size()[1]
     if epochs < 1 or batch_size < processes:
         raise ValueError(f"need epochs >= 1 and batch_size >= the number of processes ({processes}), "
                          f"got {epochs} and {batch_size}")
-    eval_settle, loggers = eval_settle or rule.settle, loggers if is_main() else ()
+    if not select.startswith("val_") or goal not in GOALS:
+        raise ValueError(f"select names a validation metric (val_<name>) and goal is one of {', '.join(GOALS)}; "
+                         f"got select={select!r}, goal={goal!r}")
+    evaluate = evaluate or functools.partial(free_phase_metrics, settle=eval_settle or rule.settle)
+    loggers = loggers if is_main() else ()
     generator = torch.Generator().manual_seed(seed)
     broadcast_parameters(model)
-    history = History()
+    history = History(select, goal)
     if resume_from is not None:
-        history = _restore(*_checkpoint_of(resume_from), model, rule, optimizer, generator)
+        state, source = _checkpoint_of(resume_from)
+        history = _restore(state, source, model, rule, optimizer, generator)
+        _check_selection(history, select, goal, source)
     if history.epoch > epochs:
         raise ValueError(f"the checkpoint is at epoch {history.epoch}, beyond epochs={epochs}")
     start, base_time = time.perf_counter(), history.wall_time_s
     with nullcontext() if _quiet() else logging_redirect_tqdm():
         for epoch in _bar(range(history.epoch + 1, epochs + 1), initial=history.epoch, total=epochs, desc="epochs"):
-            metrics = _epoch(model, rule, optimizer, data, batch_size, generator, eval_settle, probes)
+            metrics = _epoch(model, rule, optimizer, data, batch_size, generator, evaluate, probes)
             history.record(epoch, metrics, model)
             history.wall_time_s = base_time + time.perf_counter() - start
             _report(epoch, metrics, loggers)
@@ -227,27 +281,27 @@ def fit(model: DynamicalModel, rule: Rule, data: Dataset, optimizer: torch.optim
                 state = _state(model, rule, optimizer, generator, history, config)
                 if is_main():
                     checkpoint.save(state, run_dir)
-    summary = _summary(model, data, eval_settle, history, epochs, base_time + time.perf_counter() - start)
+    summary = _summary(model, data, evaluate, history, epochs, base_time + time.perf_counter() - start)
     if run_dir is not None and is_main():
         (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
 def _epoch(model, rule, optimizer, data: Dataset, batch_size: int, generator: torch.Generator,
-           eval_settle: SettleOptions, probes: Sequence[Callable]) -> dict[str, float]:
-    """Train one epoch; its metrics with the probes', the validation accuracy and the epoch's time."""
+           evaluate: Evaluation, probes: Sequence[Callable]) -> dict[str, float]:
+    """Train one epoch; its metrics with the probes', the validation metrics and the epoch's time."""
     t0 = time.perf_counter()
     metrics = _train_epoch(model, rule, optimizer, data.train, batch_size, generator)
     for probe in probes:
         metrics.update(probe(model))
-    metrics.update(val_accuracy=evaluate(model, data.val, eval_settle)["accuracy"],
-                   epoch_time_s=time.perf_counter() - t0)
+    metrics.update({f"val_{name}": value for name, value in evaluate(model, data.val).items()})
+    metrics.update(epoch_time_s=time.perf_counter() - t0)
     return metrics
 
 
 def _report(epoch: int, metrics: dict[str, float], loggers: Sequence[Logger]) -> None:
     """Send an epoch's metrics to the loggers; warn (once, on rank 0) about unconverged settles."""
-    if metrics["train_converged"] < 1.0 and is_main():
+    if metrics.get("train_converged", 1.0) < 1.0 and is_main():
         # Two significant digits of the shortfall: "100.0% reached" hid the few that did not.
         log.warning("epoch %d: %.2g%% of the samples did not reach the settle tolerance in some phase; "
                     "raise settle.max_time or loosen settle.atol", epoch, 100 * (1 - metrics["train_converged"]))

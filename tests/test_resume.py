@@ -130,6 +130,13 @@ def test_fit_resumed_from_a_checkpoint_equals_the_uninterrupted_fit(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_resume_keeps_the_selection_of_its_checkpoint(tmp_path):
+    tiny_run(tmp_path, epochs=1)
+    with pytest.raises(ValueError, match="selected the best epoch by maximize val_accuracy, and this run by "
+                                         "minimize val_steps"):
+        tiny_run(tmp_path, epochs=2, resume_from=tmp_path, select="val_steps", goal="minimize")
+
+
 class RandomBeta(Rule):
     """EP with β drawn for every batch: a stochastic rule. It draws from its own generator,
     or with ``device="cuda"`` from torch's global CUDA generator."""
@@ -170,7 +177,7 @@ def test_checkpoint_loads_weights_only_and_holds_the_run_state(tmp_path):
         torch.randperm(64, generator=order)
     assert torch.equal(state["rng"]["generators"]["batch_order"][0], order.get_state())
     best = state["history"]
-    assert (best["best_epoch"], best["best_val"]) == (summary["best_epoch"], summary["val_accuracy"])
+    assert (best["best_epoch"], best["best_value"]) == (summary["best_epoch"], summary["val_accuracy"])
     for name, p in model.named_parameters():   # fit ends with the best epoch's weights
         assert torch.equal(best["best_model"][name], p)
     assert checkpoint.read(tmp_path / checkpoint.PREVIOUS)["epoch"] == 2   # the one before is kept

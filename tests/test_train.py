@@ -1,4 +1,5 @@
 """The whole path on real data: a short run learns, is reproducible and leaves its records."""
+import dataclasses
 import io
 import json
 import sys
@@ -11,7 +12,9 @@ from dynets import SettleOptions
 from dynets.logging import JsonLinesLogger
 from dynets.models import LayeredHopfield
 from dynets.rules import EquilibriumPropagation
-from dynets.train import fit, layer_param_groups
+from dynets.rules.base import Rule
+from dynets.data import Split
+from dynets.train import fit, free_phase_metrics, layer_param_groups
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +73,96 @@ def test_progress_bars_show_only_on_a_terminal(digits, monkeypatch, stream, show
     fit(model, rule, small, torch.optim.SGD(model.parameters(), lr=0.1), epochs=2, batch_size=16)
     text = sys.stderr.getvalue()
     assert ("epochs" in text and "2/2" in text and "batches" in text) == shown
+
+
+class Recorder:
+    """A logger that keeps every epoch's metrics."""
+
+    def __init__(self):
+        self.epochs = []
+
+    def start(self, config, run_dir):
+        pass
+
+    def log(self, metrics, step):
+        self.epochs.append(metrics)
+
+    def finish(self, summary):
+        pass
+
+
+FAST = SettleOptions(method="fast_euler", atol=1e-3, max_time=40)
+
+
+def small_run(data, seed, lr, epochs=6, **kwargs):
+    """A short EP run of a 64-16-10 network on ``data``; its summary and every epoch's metrics."""
+    torch.manual_seed(seed)
+    model = LayeredHopfield([64, 16, 10])
+    recorder = Recorder()
+    summary = fit(model, EquilibriumPropagation(0.5, settle=FAST), data, torch.optim.Adam(model.parameters(), lr=lr),
+                  epochs=epochs, batch_size=16, seed=seed, loggers=[recorder], **kwargs)
+    return summary, recorder.epochs
+
+
+def first_best(values, pick=max):
+    return values.index(pick(values)) + 1
+
+
+def test_selection_by_a_metric_to_minimize(digits):
+    def cost_and_accuracy(model, split):   # an evaluation other than fit's default
+        condition = dynets.Condition(split.x, model.target(split.y))
+        state = FAST(model, condition).state
+        return {"cost": model.cost(state, condition).mean().item(),
+                "accuracy": (model.output(state).argmax(1) == split.y).double().mean().item()}
+
+    small = dynets.data.from_arrays(digits.train.x[:300], digits.train.y[:300], val_fraction=0.2)
+    summary, epochs = small_run(small, seed=2, lr=0.03, evaluate=cost_and_accuracy, select="val_cost",
+                                goal="minimize")
+    cost, accuracy = [e["val_cost"] for e in epochs], [e["val_accuracy"] for e in epochs]
+    best = first_best(cost, min)
+    assert best not in (len(epochs), first_best(accuracy), first_best(cost, max))   # a run that tells them apart
+    assert summary["best_epoch"] == best
+    assert summary["val_cost"] == min(cost)   # evaluated again on the weights fit ends with
+    assert set(summary) >= {"train_cost", "test_cost"} and "val_accuracy" not in summary
+
+
+def test_the_best_epoch_follows_validation_when_test_disagrees(digits):
+    """Test labels shifted by one: the better the model on validation, the worse on test."""
+    small = dynets.data.from_arrays(digits.train.x[:300], digits.train.y[:300], val_fraction=0.2)
+    shifted = dataclasses.replace(small, test=Split(small.val.x, (small.val.y + 1) % 10))
+    test_accuracy = lambda model: {"test_accuracy": free_phase_metrics(model, shifted.test, FAST)["accuracy"]}
+    summary, epochs = small_run(shifted, seed=3, lr=0.01, probes=[test_accuracy])
+    val, test = [e["val_accuracy"] for e in epochs], [e["test_accuracy"] for e in epochs]
+    assert first_best(val) not in (first_best(test), len(epochs))   # a run where the choice matters
+    assert summary["best_epoch"] == first_best(val) and summary["val_accuracy"] == max(val)
+    assert summary["test_accuracy"] == test[first_best(val) - 1]   # the selected epoch's test accuracy
+
+
+class Silent(Rule):
+    """EP that reports no metrics: the loop may not expect any (train_steps_free, train_converged...)."""
+
+    def grads(self, model, x, y):
+        EquilibriumPropagation(0.5, settle=self.settle).grads(model, x, y)
+        return {}
+
+
+def test_metrics_a_rule_does_not_report_are_absent(digits):
+    small = dynets.data.from_arrays(digits.train.x[:60], digits.train.y[:60])
+    model, recorder = LayeredHopfield([64, 8, 10]), Recorder()
+    summary = fit(model, Silent(FAST), small, torch.optim.SGD(model.parameters(), lr=0.1), epochs=2, batch_size=16,
+                  loggers=[recorder])
+    assert [sorted(e) for e in recorder.epochs] == 2 * [["epoch_time_s", "val_accuracy", "val_converged", "val_steps"]]
+    assert "mean_settle_steps" not in summary and summary["epochs"] == 2
+
+
+def test_selection_names_a_validation_metric_of_the_evaluation(digits):
+    small = dynets.data.from_arrays(digits.train.x[:60], digits.train.y[:60])
+    model = LayeredHopfield([64, 8, 10])
+    run = lambda **kwargs: fit(model, EquilibriumPropagation(0.5, settle=FAST), small,
+                               torch.optim.SGD(model.parameters(), lr=0.1), epochs=1, batch_size=16, **kwargs)
+    with pytest.raises(ValueError, match="select names a validation metric"):   # never test
+        run(select="test_accuracy")
+    with pytest.raises(ValueError, match="goal is one of maximize, minimize"):
+        run(goal="max")
+    with pytest.raises(ValueError, match=r"'val_loss' is not among .*\(val_accuracy, val_steps, val_converged\)"):
+        run(select="val_loss")
