@@ -3,10 +3,12 @@ checkpoints load without pickled code; a bad checkpoint or another model fails c
 import functools
 import json
 import logging
+import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,34 +29,77 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN = ["model.hidden=[32]", "settle=fast", "logger=none", "trainer.epochs=6"]
 
 
-def launch(run_dir, *overrides):
-    return subprocess.Popen([sys.executable, str(ROOT / "scripts" / "train.py"), *overrides, *RUN],
-                            cwd=run_dir.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+# A child that burns this much CPU without finishing an epoch, or gets no CPU at all for this
+# long, is stuck. Neither fires on a busy machine where the child is slow but running.
+STUCK_CPU_S, STUCK_IDLE_S = 300.0, 900.0
 
 
-def finish(proc):
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
-    return out + err
+class App:
+    """``scripts/train.py`` in a subprocess, its output going to a file (a pipe that nobody
+    reads until the end could fill up and block the child)."""
+
+    def __init__(self, run_dir: Path, *overrides: str) -> None:
+        self.run_dir, self.output = run_dir, tempfile.TemporaryFile("w+")
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "train.py"), *RUN, *overrides],
+                                     cwd=run_dir.parent, stdout=self.output, stderr=subprocess.STDOUT, text=True)
+
+    def text(self) -> str:
+        self.output.seek(0)
+        return self.output.read()
+
+    def wait(self) -> tuple[int, str]:
+        """The exit code and output, once the child exits. No wall-clock limit: it fails the
+        test only when the child is stuck (see STUCK_CPU_S), after killing it."""
+        cpu_at_epoch, last_cpu, last_change, epochs = 0.0, -1.0, time.monotonic(), -1
+        while self.proc.poll() is None:
+            cpu, done = cpu_seconds(self.proc.pid), self.epochs()
+            if done > epochs:
+                epochs, cpu_at_epoch = done, cpu
+            if cpu > last_cpu:
+                last_cpu, last_change = cpu, time.monotonic()
+            if cpu - cpu_at_epoch > STUCK_CPU_S or time.monotonic() - last_change > STUCK_IDLE_S:
+                self.proc.kill()
+                self.proc.wait()
+                pytest.fail(f"train.py is stuck after epoch {epochs} ({cpu:.0f} CPU seconds):\n{self.text()}")
+            time.sleep(0.1)
+        return self.proc.returncode, self.text()
+
+    def finish(self) -> str:
+        code, output = self.wait()
+        assert code == 0, output
+        return output
+
+    def epochs(self) -> int:
+        path = self.run_dir / "metrics.jsonl"
+        return len(path.read_text().splitlines()) if path.exists() else 0
+
+    def kill_after_first_checkpoint(self) -> None:
+        while not (self.run_dir / "checkpoint.pt").exists():
+            assert self.proc.poll() is None, self.text()
+            time.sleep(0.02)
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
 
 
-def kill_after_first_checkpoint(proc, run_dir):
-    while not (run_dir / "checkpoint.pt").exists():
-        assert proc.poll() is None, proc.communicate()[1]
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a running process (0 once it has exited), from /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()   # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """An uninterrupted run, and the same run SIGKILLed after its first checkpoint and resumed."""
     whole, killed = tmp_path_factory.mktemp("whole"), tmp_path_factory.mktemp("killed")
-    reference = launch(whole, f"hydra.run.dir={whole}")
-    kill_after_first_checkpoint(launch(killed, f"hydra.run.dir={killed}"), killed)
+    reference = App(whole, f"hydra.run.dir={whole}")
+    App(killed, f"hydra.run.dir={killed}").kill_after_first_checkpoint()
     killed_at = torch.load(killed / "checkpoint.pt", weights_only=True)["epoch"]
-    output = finish(launch(killed, f"resume={killed}"))
-    finish(reference)
+    output = App(killed, f"resume={killed}").finish()
+    reference.finish()
     return whole, killed, killed_at, output
 
 
@@ -80,11 +125,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(runs):
 def test_resume_with_another_model_names_the_difference(runs, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(runs[1], run_dir)
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), f"hydra.run.dir={run_dir}",
-                          "resume=true", *RUN, "model.hidden=[16]"], capture_output=True, text=True, cwd=tmp_path,
-                         timeout=300)
-    assert out.returncode != 0
-    assert "different model (model.hidden: [32] -> [16])" in out.stderr + out.stdout
+    code, output = App(run_dir, f"hydra.run.dir={run_dir}", "resume=true", "model.hidden=[16]").wait()
+    assert code != 0
+    assert "different model (model.hidden: [32] -> [16])" in output
 
 
 def test_resume_without_a_checkpoint(tmp_path, caplog):
