@@ -20,6 +20,19 @@ class Logger(Protocol):
     def finish(self, summary: dict[str, Any]) -> None: ...
 
 
+def percent(fraction: float) -> str:
+    """``fraction`` as a percentage with two significant digits (at least one decimal), never
+    rounded to 0% or 100% unless it is exactly that: 0.00079 -> ``0.079%``, 0.058 -> ``5.8%``,
+    0.996 -> ``99.6%``, 0.99996 -> ``99.996%``, 1 -> ``100%``."""
+    value = 100 * fraction
+    if value in (0.0, 100.0) or not math.isfinite(value):
+        return f"{value:g}%"
+    decimals = max(1, 1 - math.floor(math.log10(value)))
+    while float(text := f"{value:.{decimals}f}") in (0.0, 100.0):
+        decimals += 1
+    return f"{text}%"
+
+
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 

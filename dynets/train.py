@@ -21,7 +21,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from . import checkpoint
 from .data import Dataset, Split
 from .distributed import all_sum, average_grads, broadcast_parameters, is_main, rank_and_size, shard
-from .logging import Logger
+from .logging import Logger, percent
 from .models.base import DynamicalModel
 from .rules.base import Rule
 from .settle import SettleOptions
@@ -302,8 +302,8 @@ def _epoch(model, rule, optimizer, data: Dataset, batch_size: int, generator: to
 def _report(epoch: int, metrics: dict[str, float], loggers: Sequence[Logger]) -> None:
     """Send an epoch's metrics to the loggers; warn (once, on rank 0) about unconverged settles."""
     if metrics.get("train_converged", 1.0) < 1.0 and is_main():
-        # Two significant digits of the shortfall: "100.0% reached" hid the few that did not.
-        log.warning("epoch %d: %.2g%% of the samples did not reach the settle tolerance in some phase; "
-                    "raise settle.max_time or loosen settle.atol", epoch, 100 * (1 - metrics["train_converged"]))
+        # The shortfall, never rounded to 0% or 100%: "100.0% reached" hid the few that did not.
+        log.warning("epoch %d: %s of the samples did not reach the settle tolerance in some phase; "
+                    "raise settle.max_time or loosen settle.atol", epoch, percent(1 - metrics["train_converged"]))
     for logger in loggers:
         logger.log(metrics, epoch)

@@ -11,7 +11,8 @@ import pytest
 import wandb
 from wandb.proto import wandb_internal_pb2
 
-from dynets.logging import JsonLinesLogger, WandbLogger, flatten
+from dynets.logging import JsonLinesLogger, WandbLogger, flatten, percent
+from dynets.train import _report
 
 CONFIG = {"seed": 3, "rule": {"_target_": "dynets.rules.EquilibriumPropagation", "beta": 0.25, "variant": "centered"},
           "model": {"hidden": [16, 8]}}
@@ -186,3 +187,15 @@ def test_missing_wandb_says_what_to_do(monkeypatch):
 def test_unknown_mode_lists_the_valid_ones():
     with pytest.raises(ValueError, match="valid: offline, online, disabled"):
         WandbLogger(mode="onilne")
+
+
+@pytest.mark.parametrize("fraction,text", [(0.00079, "0.079%"), (0.058, "5.8%"), (0.996, "99.6%"), (1.0, "100%"),
+                                           (0.99996, "99.996%"), (0.0, "0%")])
+def test_percent_keeps_two_digits_and_never_rounds_to_all_or_none(fraction, text):
+    assert percent(fraction) == text
+
+
+def test_unconverged_warning_gives_the_shortfall(caplog):
+    with caplog.at_level(logging.WARNING, logger="dynets"):
+        _report(3, {"train_converged": 1 - 0.996}, [])
+    assert "epoch 3: 99.6% of the samples did not reach the settle tolerance" in caplog.text
