@@ -28,8 +28,9 @@ def _compare(a: torch.Tensor, b: torch.Tensor) -> dict[str, float | bool]:
 
 
 def _updates(model: DynamicalModel, rule: Rule, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The gradients ``rule`` writes, by name; the parameters it does not train are absent."""
     rule.grads(model, x, y)
-    return {name: p.grad.detach().clone() for name, p in model.named_parameters()}
+    return {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
 def alignment(model: DynamicalModel, rule: Rule, reference: Rule, x: torch.Tensor,
@@ -40,7 +41,9 @@ def alignment(model: DynamicalModel, rule: Rule, reference: Rule, x: torch.Tenso
     angle between the update a and the reference b, ``angle_deg`` (in [0, 180]),
     ``norm_ratio`` ‖a‖/‖b‖, and ``defined``: whether a and b are both nonzero and finite.
     Where they are not, cosine and angle are NaN (see :func:`_compare`): a rule is never
-    reported aligned with a zero gradient. The model's ``p.grad`` are left as they were.
+    reported aligned with a zero gradient. Only the parameters the rule trains are
+    compared (a rule that leaves a parameter's grad None does not train it: feedback
+    weights, one pathway per phase); the model's ``p.grad`` are left as they were.
     """
     saved = {name: p.grad for name, p in model.named_parameters()}
     try:
@@ -48,7 +51,11 @@ def alignment(model: DynamicalModel, rule: Rule, reference: Rule, x: torch.Tenso
     finally:
         for name, p in model.named_parameters():
             p.grad = saved[name]
+    missing = set(ours) - set(ref)
+    if missing:
+        raise ValueError(f"the reference {type(reference).__name__} gives no gradient for {sorted(missing)}, "
+                         f"which {type(rule).__name__} trains")
     out = {name: _compare(ours[name], ref[name]) for name in ours}
     out["all"] = _compare(torch.cat([g.flatten() for g in ours.values()]),
-                          torch.cat([g.flatten() for g in ref.values()]))
+                          torch.cat([ref[name].flatten() for name in ours]))
     return out

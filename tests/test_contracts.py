@@ -164,3 +164,18 @@ def test_a_model_defined_by_its_energy_learns_digits():
             optimizer.step()
     out = model.output(rule.settle(model, Condition(data.test.x)).state)
     assert (out.argmax(1) == data.test.y).float().mean() > 0.7
+
+
+def test_noise_enters_the_generic_gradient_flow_once():
+    """The autograd flow −∂F/∂s of a model with drive noise ξ differs from the noiseless
+    one by exactly ξ (F holds the linear term −ξᵀs once, whatever the model's energy)."""
+    for model in (small()[0], Tiny([5, 6, 3]).double()):
+        x = torch.rand(4, 5, dtype=torch.float64)
+        xi = torch.randn(4, 6 if isinstance(model, Tiny) else 7, dtype=torch.float64)
+        s = model.init_state(Condition(x))
+        s = tuple(torch.rand_like(v) for v in s)
+        with torch.no_grad():
+            plain = EnergyModel.dynamics(model, Condition(x))(torch.tensor(0.0), s)
+            noisy = EnergyModel.dynamics(model, Condition(x, noise={0: xi}))(torch.tensor(0.0), s)
+        torch.testing.assert_close(noisy[0] - plain[0], xi, rtol=0, atol=1e-12)
+        torch.testing.assert_close(noisy[1:], plain[1:], rtol=0, atol=0)

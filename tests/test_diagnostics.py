@@ -94,3 +94,26 @@ def test_ep_against_the_zero_gradient_of_a_saturated_net_is_undefined():
     got = diagnostics.alignment(model, EquilibriumPropagation(20.0, "positive", tight), ref, x, y)["all"]
     assert got["defined"] is False and math.isnan(got["cosine"]) and math.isnan(got["angle_deg"])
     assert got["norm_ratio"] == math.inf
+
+
+def test_alignment_compares_only_what_the_rule_trains():
+    """A rule that trains only the first layer is compared on that layer alone: 'all'
+    equals the first layer's numbers, whatever the reference says of the others."""
+    torch.manual_seed(0)
+    model = LayeredHopfield([4, 3, 2]).double()
+    x, y = torch.rand(3, 4, dtype=torch.float64), torch.tensor([0, 1, 1])
+
+    class FirstLayerOnly(Rule):
+        def grads(self, model, x, y):
+            write_grads(model, {"layers.0.weight": torch.ones(3, 4, dtype=torch.float64)})
+            return {}
+
+    class Everything(Rule):
+        def grads(self, model, x, y):
+            write_grads(model, {n: torch.full_like(p, 2.0 if n == "layers.0.weight" else -5.0)
+                                for n, p in model.named_parameters()})
+            return {}
+
+    got = diagnostics.alignment(model, FirstLayerOnly(), Everything(), x, y)
+    assert set(got) == {"layers.0.weight", "all"}
+    assert got["all"]["cosine"] == pytest.approx(1.0) and got["all"]["norm_ratio"] == pytest.approx(0.5)

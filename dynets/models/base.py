@@ -91,7 +91,7 @@ class EnergyModel(DynamicalModel):
 
     The nudged total energy is F = E + β·C, C the condition's cost of the read-out.
     A subclass that defines only :meth:`energy` and :meth:`init_state` settles by the
-    gradient flow ds/dt = −∂F/∂s + noise, taken by autograd: under ``torch.no_grad``
+    gradient flow ds/dt = −∂F/∂s, taken by autograd: under ``torch.no_grad``
     (settles) it returns plain tensors, under autograd (the reference rules) it is
     differentiable with respect to the state and the parameters.
     """
@@ -101,23 +101,25 @@ class EnergyModel(DynamicalModel):
         """``(batch,)`` energy E(s; x) of each sample (without the cost)."""
 
     def total_energy(self, state: State, condition: Condition) -> torch.Tensor:
-        """``(batch,)`` F = E + β·C."""
+        """``(batch,)`` F = E + β·C − Σ_l ξ_lᵀ s_l: the noise ξ of the condition is a drive,
+        a linear term of the energy (so that ds/dt = −∂F/∂s carries it)."""
         total = self.energy(state, condition)
         if condition.beta != 0.0:
             total = total + condition.beta * self.cost(state, condition)
+        for l, xi in by_layer(condition.noise, state, "noise").items():
+            total = total - (xi * state[l]).sum(1)
         return total
 
     def dynamics(self, condition: Condition) -> VectorField:
-        """ds/dt = −∂F/∂s (+ the condition's noise), by autograd of :meth:`total_energy`."""
+        """ds/dt = −∂F/∂s, by autograd of :meth:`total_energy` (which holds the noise)."""
         self.check_condition(condition)
-        noise = by_layer(condition.noise, self.init_state(condition), "noise")
 
         def f(t: torch.Tensor, state: State) -> State:
             differentiable = torch.is_grad_enabled()
             with torch.enable_grad():
                 s = tuple(v if differentiable and v.requires_grad else v.detach().requires_grad_() for v in state)
                 force = torch.autograd.grad(self.total_energy(s, condition).sum(), s, create_graph=differentiable)
-            return tuple(-g + noise[l] if l in noise else -g for l, g in enumerate(force))
+            return tuple(-g for g in force)
 
         return f
 

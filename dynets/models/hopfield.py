@@ -215,8 +215,5 @@ class LayeredHopfield(EnergyModel):
         return sum((s * layer(b)).sum(1) for s, layer, b in zip(state, self.layers, below))
 
     def energy(self, state: State, condition: Condition) -> torch.Tensor:
-        """E = Σ G(s) − Φ(s) − Σ_l noise_lᵀ s_l (the noise is a drive: a linear term)."""
-        e = sum(self.act.G(s).sum(1) for s in state) - self.primitive(state, condition)
-        for l, xi in by_layer(condition.noise, state, "noise").items():
-            e = e - (xi * state[l]).sum(1)
-        return e
+        """E = Σ G(s) − Φ(s) (the noise term is added by ``total_energy``)."""
+        return sum(self.act.G(s).sum(1) for s in state) - self.primitive(state, condition)

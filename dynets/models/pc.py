@@ -145,11 +145,8 @@ class PredictiveCoding(EnergyModel):
         return 0.5 * self.errors(state, condition)[0].pow(2).sum(1)
 
     def energy(self, state: State, condition: Condition) -> torch.Tensor:
-        """``(batch,)`` E = Σ ½‖ε_l‖² − Σ ξ_lᵀ v_l."""
-        e = sum(0.5 * eps.pow(2).sum(1) for eps in self.errors(state, condition))
-        for l, xi in by_layer(condition.noise, state, "noise").items():
-            e = e - (xi * state[l]).sum(1)
-        return e
+        """``(batch,)`` E = Σ ½‖ε_l‖² (the noise term is added by ``total_energy``)."""
+        return sum(0.5 * eps.pow(2).sum(1) for eps in self.errors(state, condition))
 
     def init_state(self, condition: Condition) -> State:
         """Discriminative: the feedforward pass (the free equilibrium). Generative: the
@@ -165,6 +162,13 @@ class PredictiveCoding(EnergyModel):
                 v.append(mu(v, k))
         # Copies: the prepared μ_1 must not become a state tensor that a caller may edit.
         return tuple(s if torch.is_grad_enabled() else s.detach().clone() for s in v[off:])
+
+    def feedforward(self, condition: Condition) -> State:
+        """Discriminative: the feedforward pass v_l = μ_l(v_{l−1}), which is the free
+        equilibrium; under autograd it carries the graph (the ``Backprop`` reference)."""
+        if self.generative:
+            raise ValueError("feedforward is the free equilibrium of the discriminative arrangement only")
+        return self.init_state(condition)
 
     def _force(self, condition: Condition) -> Callable[[State, range], list[torch.Tensor]]:
         """``force(state, layers)``: −∂F/∂s_l + ξ_l for the given state layers,

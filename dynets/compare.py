@@ -1,0 +1,172 @@
+"""One table for every rule: the same data split, network sizes and epochs for each, and
+the same measurements (test accuracy over seeds, per-layer alignment with the exact
+gradient at init and at the end, time per epoch, settle steps per phase).
+
+Hydra-free: ``scripts/compare.py`` builds the :class:`Entry` objects from configs.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from . import diagnostics
+from .data import Dataset
+from .models.base import DynamicalModel
+from .rules import ImplicitDifferentiation, Rule
+from .settle import SettleOptions
+from .train import fit
+
+log_fields = ("steps_free", "steps_nudged_+", "steps_nudged_-", "steps_clamped")
+
+
+@dataclass
+class Entry:
+    """One row of the table: how to build the model (from a seed), its rule and optimizer."""
+
+    model: Callable[[], DynamicalModel]
+    rule: Callable[[], Rule]
+    optimizer: Callable[[list], torch.optim.Optimizer]
+
+
+class _Collect:
+    """A logger keeping every epoch's metrics in memory."""
+
+    def __init__(self) -> None:
+        self.epochs: list[dict[str, float]] = []
+
+    def start(self, config: dict[str, Any], run_dir: Path) -> None:
+        pass
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self.epochs.append(dict(metrics))
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        pass
+
+
+def layer_cosines(model: DynamicalModel, rule: Rule, reference: Rule, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Cosine of the rule's update with the reference gradient, per weight matrix (``W<l>``)
+    and for all parameters together (``all``); NaN where it is undefined (a zero side)."""
+    aligned = diagnostics.alignment(model, rule, reference, x, y)
+    weights = [name for name in aligned if name.endswith("weight")]
+    out = {f"W{i}": aligned[name]["cosine"] for i, name in enumerate(weights)}
+    out["all"] = aligned["all"]["cosine"]
+    return out
+
+
+def run_entry(name: str, entry: Entry, data: Dataset, *, epochs: int, batch_size: int, seed: int,
+              probe: int, reference_settle: SettleOptions) -> dict[str, Any]:
+    """Train one rule with one seed; its measurements as a flat dict."""
+    torch.manual_seed(seed)
+    model, rule = entry.model(), entry.rule()
+    optimizer = entry.optimizer(list(model.parameters()))
+    reference = ImplicitDifferentiation(reference_settle)
+    x, y = data.val.x[:probe], data.val.y[:probe]
+    at_init = layer_cosines(model, rule, reference, x, y)
+    collect = _Collect()
+    summary = fit(model, rule, data, optimizer, epochs=epochs, batch_size=batch_size, seed=seed, loggers=[collect])
+    at_end = layer_cosines(model, rule, reference, x, y)
+    row: dict[str, Any] = {"rule": name, "seed": seed, "test_accuracy": summary["test_accuracy"],
+                           "val_accuracy": summary["val_accuracy"], "best_epoch": summary["best_epoch"],
+                           "epoch_time_s": summary["wall_time_s"] / epochs}
+    row.update({f"cos_init_{k}": v for k, v in at_init.items()})
+    row.update({f"cos_end_{k}": v for k, v in at_end.items()})
+    for key in log_fields:
+        values = [m[f"train_{key}"] for m in collect.epochs if f"train_{key}" in m]
+        if values:
+            row[key] = float(np.mean(values))
+    return row
+
+
+def compare(entries: dict[str, Entry], data: Dataset, *, epochs: int, batch_size: int, seeds: list[int],
+            probe: int = 64, reference_settle: SettleOptions | None = None,
+            progress: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Every entry trained with every seed; one row per (rule, seed)."""
+    reference_settle = reference_settle or SettleOptions(method="fast_euler", atol=1e-6, max_time=400)
+    rows = []
+    for name, entry in entries.items():
+        for seed in seeds:
+            t0 = time.perf_counter()
+            rows.append(run_entry(name, entry, data, epochs=epochs, batch_size=batch_size, seed=seed,
+                                  probe=probe, reference_settle=reference_settle))
+            progress(f"{name} seed {seed}: test {rows[-1]['test_accuracy']:.4f} ({time.perf_counter() - t0:.1f} s)")
+    return rows
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per rule: mean ± std over seeds of the test accuracy; means of the rest."""
+    out = []
+    for name in dict.fromkeys(r["rule"] for r in rows):
+        mine = [r for r in rows if r["rule"] == name]
+        acc = np.array([r["test_accuracy"] for r in mine])
+        line: dict[str, Any] = {"rule": name, "seeds": len(mine), "test_mean": acc.mean(),
+                                "test_std": acc.std(ddof=1) if len(acc) > 1 else 0.0}
+        keys = [k for k in mine[0] if k not in ("rule", "seed", "test_accuracy")]
+        for k in keys:
+            values = [r[k] for r in mine if k in r]
+            line[k] = float(np.nanmean(values)) if values and not all(math.isnan(v) for v in values) else math.nan
+        out.append(line)
+    return out
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "—" if math.isnan(v) else f"{v:.3f}"
+    return str(v)
+
+
+def markdown(summary: list[dict[str, Any]]) -> str:
+    """The summary as a Markdown table: accuracy, cosines at init → end, time, steps."""
+    cos_keys = sorted({k[len("cos_init_"):] for s in summary for k in s if k.startswith("cos_init_")})
+    steps = [k for k in log_fields if any(k in s for s in summary)]
+    head = ["rule", "test acc. (mean ± std)"] + [f"cos {k} init → end" for k in cos_keys] + \
+        ["s / epoch"] + [f"steps {k[6:]}" for k in steps]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in summary:
+        cells = [s["rule"], f"{100 * s['test_mean']:.2f} ± {100 * s['test_std']:.2f} (n={s['seeds']})"]
+        cells += [f"{_fmt(s.get(f'cos_init_{k}', math.nan))} → {_fmt(s.get(f'cos_end_{k}', math.nan))}" for k in cos_keys]
+        cells += [f"{s['epoch_time_s']:.1f}"] + [_fmt(s.get(k, math.nan)) if k in s else "—" for k in steps]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write(rows: list[dict[str, Any]], out_dir: str | Path) -> dict[str, Path]:
+    """``compare.csv`` (one row per rule and seed), ``compare.md`` (the summary table) and
+    ``compare.png`` (test accuracy and final alignment per rule) in ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with (out_dir / "compare.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = summarise(rows)
+    (out_dir / "compare.md").write_text(markdown(summary))
+    return {"csv": out_dir / "compare.csv", "md": out_dir / "compare.md", "png": _plot(summary, out_dir / "compare.png")}
+
+
+def _plot(summary: list[dict[str, Any]], path: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [s["rule"] for s in summary]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    a.bar(names, [100 * s["test_mean"] for s in summary], yerr=[100 * s["test_std"] for s in summary], capsize=4)
+    a.set_ylabel("test accuracy (%)")
+    low = min(100 * s["test_mean"] for s in summary)
+    a.set_ylim(max(0.0, low - 5), 100)
+    b.bar(names, [s.get("cos_end_all", math.nan) for s in summary])
+    b.set_ylabel("cosine with the exact gradient (end)")
+    b.set_ylim(-0.1, 1.05)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

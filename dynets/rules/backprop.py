@@ -1,0 +1,34 @@
+"""Backprop through a feedforward pass: the ``bp`` row of the comparison table."""
+from __future__ import annotations
+
+import torch
+
+from ..models.base import DynamicalModel
+from .base import Rule, write_grads
+
+
+class Backprop(Rule):
+    r"""Plain backprop for a model whose free equilibrium is a feedforward pass
+    (``PredictiveCoding``, discriminative: with the output free every error is zero at
+    equilibrium, so s_l = W_l f(s_{l−1}) + b_l layer by layer): ``p.grad`` = ∂L/∂θ by
+    autograd of L = mean_b C(feedforward(x), y) (Rumelhart, Hinton & Williams 1986). No
+    settle: it is the feedforward net of the same sizes that every local rule is
+    compared with. The model must have ``feedforward(condition) -> State``.
+    """
+
+    def check_model(self, model: DynamicalModel) -> None:
+        if not hasattr(model, "feedforward"):
+            raise TypeError(f"Backprop cannot train {type(model).__name__}: it needs a model whose free "
+                            "equilibrium is a feedforward pass (a feedforward method): PredictiveCoding")
+
+    def grads(self, model: DynamicalModel, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        condition = self.condition(model, x, y)
+        named = list(model.named_parameters())
+        with torch.enable_grad():
+            state = model.feedforward(condition)
+            loss = model.cost(state, condition).mean()
+            grads = torch.autograd.grad(loss, [p for _, p in named])
+        write_grads(model, {n: g for (n, _), g in zip(named, grads)})
+        accuracy = (model.output(state).argmax(1) == y).float().mean()
+        loss, accuracy = torch.stack([loss.detach(), accuracy.to(loss.dtype)]).tolist()
+        return {"loss": loss, "accuracy": accuracy, "steps_free": 0, "converged": 1.0}

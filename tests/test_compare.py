@@ -1,0 +1,79 @@
+"""The comparison table: its bp reference against an independent MLP, its statistics, its files."""
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import dynets
+from dynets import Condition, SettleOptions
+from dynets.compare import Entry, compare, markdown, summarise, write
+from dynets.models import LayeredHopfield, PredictiveCoding
+from dynets.rules import Backprop, EquilibriumPropagation, ImplicitDifferentiation
+
+
+def test_backprop_on_pc_is_the_gradient_of_the_same_mlp():
+    """bp's p.grad equals autograd through an nn.Sequential MLP with the same weights, and
+    implicit differentiation at PC's free equilibrium gives the same gradient."""
+    torch.manual_seed(0)
+    model = PredictiveCoding([6, 8, 5, 3], "tanh").double()
+    x, y = torch.rand(7, 6, dtype=torch.float64), torch.tensor([0, 1, 2, 2, 1, 0, 1])
+    mlp = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    for dst, src in zip([mlp[0], mlp[2], mlp[4]], model.layers):
+        dst.load_state_dict(src.state_dict())
+    loss = 0.5 * (mlp(x) - nn.functional.one_hot(y, 3).double()).pow(2).sum(1).mean()
+    want = torch.autograd.grad(loss, list(mlp.parameters()))
+    Backprop().grads(model, x, y)
+    for p, w in zip(model.parameters(), want, strict=True):
+        torch.testing.assert_close(p.grad, w, rtol=1e-12, atol=1e-14)
+    ImplicitDifferentiation(SettleOptions(method="fast_euler", step_size=0.2, atol=1e-12, max_time=100),
+                            adjoint_step=0.2, adjoint_tol=1e-12, adjoint_max_steps=20000).grads(model, x, y)
+    for p, w in zip(model.parameters(), want):
+        torch.testing.assert_close(p.grad, w, rtol=1e-8, atol=1e-10)
+
+
+def test_backprop_refuses_a_model_without_a_feedforward_pass():
+    with pytest.raises(TypeError, match="PredictiveCoding"):
+        Backprop().grads(LayeredHopfield([4, 3]), torch.rand(2, 4), torch.tensor([0, 1]))
+
+
+def test_summary_statistics_and_files(tmp_path):
+    """Mean and sample std over seeds by hand; the CSV holds every row; the Markdown table
+    has one line per rule with the mean ± std in percent."""
+    rows = [{"rule": "a", "seed": s, "test_accuracy": acc, "val_accuracy": 0.5, "best_epoch": 1, "epoch_time_s": 2.0,
+             "cos_init_all": 0.1 * s, "cos_end_all": math.nan if s == 0 else 0.9, "steps_free": 3.0}
+            for s, acc in enumerate([0.90, 0.94, 0.95])]
+    rows.append({**rows[0], "rule": "b", "test_accuracy": 0.5})
+    summary = summarise(rows)
+    a = summary[0]
+    assert a["test_mean"] == pytest.approx(np.mean([0.90, 0.94, 0.95]))
+    assert a["test_std"] == pytest.approx(np.std([0.90, 0.94, 0.95], ddof=1))
+    assert a["cos_init_all"] == pytest.approx(0.1) and a["cos_end_all"] == pytest.approx(0.9)   # NaN ignored
+    assert summary[1]["test_std"] == 0.0 and summary[1]["seeds"] == 1
+    paths = write(rows, tmp_path)
+    with paths["csv"].open() as fh:
+        back = list(csv.DictReader(fh))
+    assert [float(r["test_accuracy"]) for r in back] == [r["test_accuracy"] for r in rows]
+    table = paths["md"].read_text().splitlines()
+    assert len(table) == 4 and "93.00 ± 2.65 (n=3)" in table[2] and paths["png"].stat().st_size > 0
+    assert markdown(summary) == paths["md"].read_text()
+
+
+def test_compare_trains_every_entry_on_the_same_split():
+    """Two rules, one epoch on digits: one row per rule and seed; bp's update is the exact
+    gradient of its own net (cosine 1 with implicit differentiation), EP's is not."""
+    data = dynets.data.digits()
+    settle = SettleOptions(method="gauss_seidel", step_size=1.0, atol=1e-3, max_time=100)
+    entries = {"bp": Entry(lambda: PredictiveCoding([64, 32, 10]), Backprop,
+                           lambda ps: torch.optim.Adam(ps, 1e-2)),
+               "ep": Entry(lambda: LayeredHopfield([64, 32, 10]), lambda: EquilibriumPropagation(0.5, settle=settle),
+                           lambda ps: torch.optim.Adam(ps, 1e-2))}
+    rows = compare(entries, data, epochs=1, batch_size=64, seeds=[0, 1], probe=32,
+                   reference_settle=SettleOptions(method="fast_euler", step_size=0.2, atol=1e-6, max_time=400),
+                   progress=lambda _: None)
+    assert [(r["rule"], r["seed"]) for r in rows] == [("bp", 0), ("bp", 1), ("ep", 0), ("ep", 1)]
+    assert all(r["cos_end_all"] == pytest.approx(1.0, abs=1e-4) for r in rows[:2])
+    assert all(0.3 < r["cos_end_all"] < 0.999 for r in rows[2:])
+    assert all(r["test_accuracy"] > 0.5 for r in rows), [r["test_accuracy"] for r in rows]
