@@ -25,7 +25,7 @@ from .logging import Logger, percent
 from .models.base import DynamicalModel
 from .rules.base import Rule
 from .settle import SettleOptions
-from .types import Condition
+from .types import Condition, State
 
 log = logging.getLogger("dynets")
 
@@ -60,25 +60,47 @@ labels ignores ``split.y``. Under torch.distributed it is called on every proces
 return the same numbers on each."""
 
 GOALS = ("maximize", "minimize")
+DEAD = 0.99   # the fraction of pinned hidden units from which a network is reported dead
+
+
+def pinned_fraction(model: DynamicalModel, state: State, tol: float = 0.0) -> float | None:
+    """The fraction of hidden units (every layer of ``state`` but the read-out) within ``tol`` of a
+    bound of the model's activation ρ, i.e. of ρ(−∞) or ρ(+∞) (0 or 1 for the hard sigmoid).
+    Such a unit is saturated: no small change of its input moves it, and a network with nearly
+    all of them pinned has stopped learning. With ``tol`` the settle's ``atol``, a unit that a
+    settle stopped short of its bound counts as there. ``None`` for a model with no hidden
+    layer or no activation ``model.act.rho``."""
+    rho = getattr(getattr(model, "act", None), "rho", None)   # the layered models' ρ (LayeredHopfield)
+    if rho is None or len(state) < 2:
+        return None
+    hidden = torch.cat([s.flatten() for s in state[:-1]])
+    low, high = rho(torch.tensor([-math.inf, math.inf], dtype=hidden.dtype, device=hidden.device))
+    return (((hidden - low).abs() <= tol) | ((hidden - high).abs() <= tol)).double().mean().item()
 
 
 @torch.no_grad()
 def free_phase_metrics(model: DynamicalModel, split: Split, settle: SettleOptions,
                        batch_size: int = 512) -> dict[str, float]:
     """The default :data:`Evaluation`: ``accuracy`` of the free-phase read-out (argmax against
-    the labels) on ``split``; mean settle ``steps``; ``converged`` fraction.
+    the labels) on ``split``; mean settle ``steps``; ``converged`` fraction; ``pinned``, the
+    :func:`pinned_fraction` of the hidden units within ``settle.atol`` of a bound (where the
+    model defines it).
 
     Under torch.distributed each process settles its shard of ``split`` and the sums are
     reduced, so every process returns the same numbers.
     """
     x, y = shard(split.x, split.y)
-    sums = torch.zeros(3, dtype=torch.float64)
+    sums, pinned = torch.zeros(4, dtype=torch.float64), None
     for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
         eq = settle(model, Condition(xb))
         correct = (model.output(eq.state).argmax(1) == yb).sum().item()
-        sums += torch.tensor([correct, eq.steps * len(yb), eq.converged_fraction * len(yb)], dtype=torch.float64)
-    correct, steps, converged = (s / len(split) for s in all_sum(sums).tolist())
-    return {"accuracy": correct, "steps": steps, "converged": converged}
+        pinned, n = pinned_fraction(model, eq.state, settle.atol), len(yb)
+        sums += torch.tensor([correct, eq.steps * n, eq.converged_fraction * n, (pinned or 0.0) * n],
+                             dtype=torch.float64)
+    means = dict(zip(("accuracy", "steps", "converged", "pinned"), (s / len(split) for s in all_sum(sums).tolist())))
+    if pinned is None:   # not defined for this model
+        del means["pinned"]
+    return means
 
 
 def train_step(model: DynamicalModel, rule: Rule, optimizer: torch.optim.Optimizer,
@@ -101,8 +123,16 @@ def train_step(model: DynamicalModel, rule: Rule, optimizer: torch.optim.Optimiz
         for p in model.parameters():
             p.grad = None
     average_grads(model, len(ys) / len(y))
+    if len(ys):   # the update, the same on every process now
+        metrics["update_norm"] = update_norm(model)
     optimizer.step()
     return metrics, len(ys)
+
+
+def update_norm(model: torch.nn.Module) -> float:
+    """‖p.grad‖ over all the parameters that have one: the size of the update a rule wrote."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item() if grads else 0.0
 
 
 def _train_epoch(model, rule, optimizer, split: Split, batch_size: int, generator: torch.Generator) -> dict[str, float]:
@@ -300,10 +330,19 @@ def _epoch(model, rule, optimizer, data: Dataset, batch_size: int, generator: to
 
 
 def _report(epoch: int, metrics: dict[str, float], loggers: Sequence[Logger]) -> None:
-    """Send an epoch's metrics to the loggers; warn (once, on rank 0) about unconverged settles."""
+    """Send an epoch's metrics to the loggers; warn (on rank 0) about unconverged settles and a
+    dead network (nearly all hidden units pinned, or an update of exactly zero)."""
     if metrics.get("train_converged", 1.0) < 1.0 and is_main():
         # The shortfall, never rounded to 0% or 100%: "100.0% reached" hid the few that did not.
         log.warning("epoch %d: %s of the samples did not reach the settle tolerance in some phase; "
                     "raise settle.max_time or loosen settle.atol", epoch, percent(1 - metrics["train_converged"]))
+    dead = []
+    if metrics.get("val_pinned", 0.0) >= DEAD:
+        dead.append(f"{percent(metrics['val_pinned'])} of the hidden units sit at a bound of their activation")
+    if metrics.get("train_update_norm") == 0.0:
+        dead.append("the rule's update is exactly zero")
+    if dead and is_main():
+        log.warning("epoch %d: the network is dead (%s) and will not learn: lower optimizer.lr, or the scale "
+                    "of the initial weights", epoch, "; ".join(dead))
     for logger in loggers:
         logger.log(metrics, epoch)

@@ -2,6 +2,7 @@
 import dataclasses
 import io
 import json
+import logging
 import sys
 
 import pytest
@@ -12,9 +13,9 @@ from dynets import SettleOptions
 from dynets.logging import JsonLinesLogger
 from dynets.models import LayeredHopfield
 from dynets.rules import EquilibriumPropagation
-from dynets.rules.base import Rule
+from dynets.rules.base import Rule, write_grads
 from dynets.data import Split
-from dynets.train import fit, free_phase_metrics, layer_param_groups
+from dynets.train import fit, free_phase_metrics, layer_param_groups, pinned_fraction
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +152,8 @@ def test_metrics_a_rule_does_not_report_are_absent(digits):
     model, recorder = LayeredHopfield([64, 8, 10]), Recorder()
     summary = fit(model, Silent(FAST), small, torch.optim.SGD(model.parameters(), lr=0.1), epochs=2, batch_size=16,
                   loggers=[recorder])
-    assert [sorted(e) for e in recorder.epochs] == 2 * [["epoch_time_s", "val_accuracy", "val_converged", "val_steps"]]
+    assert [sorted(e) for e in recorder.epochs] == 2 * [["epoch_time_s", "train_update_norm", "val_accuracy",
+                                                         "val_converged", "val_pinned", "val_steps"]]
     assert "mean_settle_steps" not in summary and summary["epochs"] == 2
 
 
@@ -164,5 +166,41 @@ def test_selection_names_a_validation_metric_of_the_evaluation(digits):
         run(select="test_accuracy")
     with pytest.raises(ValueError, match="goal is one of maximize, minimize"):
         run(goal="max")
-    with pytest.raises(ValueError, match=r"'val_loss' is not among .*\(val_accuracy, val_steps, val_converged\)"):
+    with pytest.raises(ValueError, match=r"'val_loss' is not among .*\(val_accuracy, val_steps, val_converged, "
+                                         r"val_pinned\)"):
         run(select="val_loss")
+
+
+def test_pinned_fraction_counts_hidden_units_at_a_bound_of_the_activation():
+    state = (torch.tensor([[0.0, 0.5, 1.0], [1.0, 1.0, 0.2]]), torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
+    assert pinned_fraction(LayeredHopfield([2, 3, 2]), state) == 4 / 6   # the read-out does not count
+    assert pinned_fraction(LayeredHopfield([2, 3, 2], activation="tanh"), state) == 3 / 6   # bounds ±1
+    assert pinned_fraction(LayeredHopfield([2, 3, 2]), (state[0] * 0.9995, state[1]), tol=1e-3) == 4 / 6
+    assert pinned_fraction(LayeredHopfield([2, 3, 2]), (state[0] * 0.998, state[1]), tol=1e-3) == 1 / 6
+    assert pinned_fraction(LayeredHopfield([2, 2]), state[1:]) is None   # no hidden layer
+
+
+class Inert(Rule):
+    """A rule whose update is exactly zero."""
+
+    def grads(self, model, x, y):
+        write_grads(model, {name: torch.zeros_like(p) for name, p in model.named_parameters()})
+        return {}
+
+
+@pytest.mark.parametrize("rule,lr,dead", [
+    (EquilibriumPropagation(0.5, settle=FAST), 50.0, "% of the hidden units sit at a bound of their activation"),
+    (Inert(FAST), 3e-3, "the rule's update is exactly zero"),
+    (EquilibriumPropagation(0.5, settle=FAST), 3e-3, None),
+])
+def test_a_dead_network_is_reported(digits, caplog, rule, lr, dead):
+    small = dynets.data.from_arrays(digits.train.x[:200], digits.train.y[:200])
+    torch.manual_seed(0)
+    model, recorder = LayeredHopfield([64, 32, 10]), Recorder()
+    with caplog.at_level(logging.WARNING, logger="dynets"):
+        fit(model, rule, small, torch.optim.Adam(model.parameters(), lr=lr), epochs=2, batch_size=16,
+            loggers=[recorder])
+    pinned = [e["val_pinned"] for e in recorder.epochs]
+    assert pinned[-1] == pinned_fraction(model, FAST(model, dynets.Condition(small.val.x)).state, FAST.atol)
+    assert ("the network is dead" in caplog.text) == (dead is not None)
+    assert dead is None or dead in caplog.text
