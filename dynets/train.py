@@ -112,8 +112,8 @@ def train_step(model: DynamicalModel, rule: Rule, optimizer: torch.optim.Optimiz
     step is the single-process step on the whole batch, up to float rounding and up to the
     settle tolerance (each shard stops settling when its own samples have settled).
 
-    Returns this process's metrics (means over its shard; empty for an empty shard) and its
-    shard size.
+    Returns this process's metrics (the rule's, means over its shard, and ``update_norm``, the
+    :func:`update_norm` of the step's update; empty for an empty shard) and its shard size.
     """
     xs, ys = shard(x, y)
     if len(ys):
