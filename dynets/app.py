@@ -188,7 +188,7 @@ def main(config: Mapping[str, Any], run_dir: str | os.PathLike) -> dict[str, Any
 def alignment_probe(rule, x: torch.Tensor, y: torch.Tensor):
     """Per-epoch cosine of the rule's update with the exact equilibrium gradient on a fixed
     validation batch, as ``align_cos/<parameter>`` metrics (the key plots read)."""
-    reference = ImplicitDifferentiation(rule.settle)
+    reference = ImplicitDifferentiation(rule.settle, cost=rule.cost)   # the gradient of the loss the rule trains
     return lambda model: plots.alignment_metrics(diagnostics.alignment(model, rule, reference, x, y))
 
 

@@ -23,7 +23,9 @@ class Rule(ABC):
         cost: the cost C of the read-out (default squared error).
 
     ``models`` names the model classes a rule can train; :meth:`check_model` raises for
-    any other.
+    any other. A stochastic rule keeps its ``torch.Generator`` as an attribute: every
+    generator attribute is saved in checkpoints and restored on resume
+    (:mod:`dynets.checkpoint`), so a seeded run resumes bit-identically.
     """
 
     models: tuple[type, ...] = (DynamicalModel,)
