@@ -35,7 +35,8 @@ def main(cfg: DictConfig) -> None:
     entries = {name: entry(node, sizes) for name, node in cfg.rules.items() if not cfg.only or name in cfg.only}
     rows = compare(entries, data, epochs=cfg.epochs, batch_size=cfg.batch_size, seeds=list(cfg.seeds),
                    probe=cfg.probe, reference_settle=instantiate(cfg.reference.settle),
-                   adjoint_step=cfg.reference.adjoint_step, progress=log.info)
+                   adjoint_step=cfg.reference.adjoint_step,
+                   adjoint_max_steps=cfg.reference.adjoint_max_steps, progress=log.info)
     paths = write(rows, HydraConfig.get().runtime.output_dir)
     log.info("sizes %s, %d epochs, batch %d, seeds %s\n%s", sizes, cfg.epochs, cfg.batch_size,
              OmegaConf.to_container(cfg.seeds), markdown(summarise(rows)))
