@@ -28,12 +28,17 @@ class Blocked(Protocol):
     def blocks(self, condition: Condition) -> list[Block]: ...
 
 
-def phase_field(model: Dynamical, condition: Condition) -> VectorField:
-    """The model's vector field for ``condition``, checked, with clamped layers held (ds/dt = 0)."""
+def _clamps(model: Dynamical, condition: Condition) -> dict[int, torch.Tensor]:
+    """The condition's clamps by layer index, after the model has checked the condition."""
     if hasattr(model, "check_condition"):
         model.check_condition(condition)
+    return by_layer(condition.clamp, model.init_state(condition), "clamp")
+
+
+def phase_field(model: Dynamical, condition: Condition) -> VectorField:
+    """The model's vector field for ``condition``, checked, with clamped layers held (ds/dt = 0)."""
+    clamp = _clamps(model, condition)
     f = model.dynamics(condition)
-    clamp = by_layer(condition.clamp, model.init_state(condition), "clamp")
     if not clamp:
         return f
 
@@ -45,10 +50,8 @@ def phase_field(model: Dynamical, condition: Condition) -> VectorField:
 
 def phase_blocks(model: Blocked, condition: Condition) -> list[Block]:
     """The model's Gauss–Seidel blocks for ``condition``; a clamped layer's g is its clamp value."""
-    if hasattr(model, "check_condition"):
-        model.check_condition(condition)
+    clamp = _clamps(model, condition)
     blocks = model.blocks(condition)
-    clamp = by_layer(condition.clamp, model.init_state(condition), "clamp")
     if not clamp:
         return blocks
 

@@ -42,10 +42,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import itertools
 import json
 import statistics
 import time
+from typing import Callable
 
 import torch
 from torch import nn
@@ -114,6 +116,25 @@ def check_same_grads(model, reference, x, labels, tol):
                                  f"{name}.grad: max |diff| / max |grad| = {err:.2e} > {tol:g}")
 
 
+def optimizer_step(params, grads) -> Callable[[], None]:
+    """A training step: ``grads()`` writes p.grad, then the fused Adam step every method shares."""
+    opt = torch.optim.Adam(params, lr=LR, fused=True)
+    return lambda: (grads(), opt.step())
+
+
+def rule_step(rule, net, *, x, labels) -> Callable[[], None]:
+    """A training step of a dynets rule on ``net``."""
+    return optimizer_step(net.parameters(), lambda: rule.grads(net, x, labels))
+
+
+def mlp_step(mlp, x, onehot) -> Callable[[], None]:
+    """A backprop step of the same-size feedforward net (squared error)."""
+    def grads():
+        mlp.zero_grad(set_to_none=True)
+        (0.5 * (mlp(x) - onehot).pow(2).sum(1).mean()).backward()
+    return optimizer_step(mlp.parameters(), grads)
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -179,22 +200,9 @@ def bench_config(sizes, batch, device, args) -> dict:
     mlp = nn.Sequential(*[m for a, b in zip(sizes, sizes[1:]) for m in (nn.Linear(a, b), nn.Hardtanh(0.0, 1.0))][:-1])
     mlp = mlp.to(device)
 
-    def ep_step(rule, net):
-        opt = torch.optim.Adam(net.parameters(), lr=LR, fused=True)
-        return lambda: (rule.grads(net, x, labels), opt.step())
-
-    def reference_step():
-        opt = torch.optim.Adam(reference.layers.parameters(), lr=LR, fused=True)
-        return lambda: (reference.grads(x, onehot), opt.step())
-
-    def backprop_step():
-        opt = torch.optim.Adam(mlp.parameters(), lr=LR, fused=True)
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            (0.5 * (mlp(x) - onehot).pow(2).sum(1).mean()).backward()
-            opt.step()
-        return step
+    ep_step = functools.partial(rule_step, x=x, labels=labels)
+    reference_step = functools.partial(optimizer_step, reference.layers.parameters(), lambda: reference.grads(x, onehot))
+    backprop_step = functools.partial(mlp_step, mlp, x, onehot)
 
     adaptive = {"dynets_adaptive": adaptive_rule("fast_euler", DT, r_free, r_nudged),
                 "dynets_adaptive_dt1": adaptive_rule("fast_euler", 1.0, r_free, r_nudged),
@@ -360,30 +368,17 @@ def bench_pc(sizes, batch, device, args) -> dict:
     r_ref = residual_norm(model.vector_field(None, reference.settle(x, onehot), nudged)).max().item()
     mlp = nn.Sequential(*[m for a, b in zip(sizes, sizes[1:]) for m in (nn.Linear(a, b), nn.Tanh())][:-1]).to(device)
 
-    def rule_step(rule, net):
-        opt = torch.optim.Adam(net.parameters(), lr=LR, fused=True)
-        return lambda: (rule.grads(net, x, labels), opt.step())
-
-    def reference_step():
-        opt = torch.optim.Adam(reference.layers.parameters(), lr=LR, fused=True)
-        return lambda: (reference.grads(x, onehot), opt.step())
-
-    def backprop_step():
-        opt = torch.optim.Adam(mlp.parameters(), lr=LR, fused=True)
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            (0.5 * (mlp(x) - onehot).pow(2).sum(1).mean()).backward()
-            opt.step()
-        return step
+    pc_step = functools.partial(rule_step, x=x, labels=labels)
+    reference_step = functools.partial(optimizer_step, reference.layers.parameters(), lambda: reference.grads(x, onehot))
+    backprop_step = functools.partial(mlp_step, mlp, x, onehot)
 
     gauss_seidel = pc_rule("gauss_seidel", 1.0, atol=r_ref)
-    steps = {"dynets": rule_step(pc_rule("fast_euler"), model),
-             "dynets_torchdiffeq": rule_step(pc_rule("euler"), copy.deepcopy(model)),
-             "dynets_gauss_seidel": rule_step(gauss_seidel, copy.deepcopy(model)),
+    steps = {"dynets": pc_step(pc_rule("fast_euler"), model),
+             "dynets_torchdiffeq": pc_step(pc_rule("euler"), copy.deepcopy(model)),
+             "dynets_gauss_seidel": pc_step(gauss_seidel, copy.deepcopy(model)),
              "autograd_reference": reference_step(), "backprop": backprop_step()}
     if device.type == "cuda":
-        steps["dynets_compiled"] = rule_step(pc_rule("fast_euler", compile="on"), copy.deepcopy(model))
+        steps["dynets_compiled"] = pc_step(pc_rule("fast_euler", compile="on"), copy.deepcopy(model))
     ms, peak = median_ms(steps, device, args.warmup, args.repeats)
     sweeps = gauss_seidel.grads(copy.deepcopy(model), x, labels)["steps_nudged_+"]
     config = f"PC {'-'.join(map(str, sizes))}/b{batch}/T{PC_T}"
