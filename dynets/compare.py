@@ -140,7 +140,7 @@ def markdown(summary: list[dict[str, Any]]) -> str:
     for s in summary:
         cells = [s["rule"], f"{100 * s['test_mean']:.2f} ± {100 * s['test_std']:.2f} (n={s['seeds']})"]
         cells += [f"{_fmt(s.get(f'cos_init_{k}', math.nan))} → {_fmt(s.get(f'cos_end_{k}', math.nan))}" for k in cos_keys]
-        cells += [f"{s['epoch_time_s']:.1f}"] + [_fmt(s.get(k, math.nan)) if k in s else "—" for k in steps]
+        cells += [f"{s['epoch_time_s']:.2f}"] + [_fmt(s.get(k, math.nan)) if k in s else "—" for k in steps]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
