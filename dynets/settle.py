@@ -42,8 +42,9 @@ class SettleOptions:
         method: a torchdiffeq solver name (fixed-grid: ``euler``, ``rk4``, ...; adaptive:
             ``dopri5``, ...) or one of dynets' own loops: ``fast_euler`` (same steps as
             ``euler``, no torchdiffeq overhead, residual taken from the step's own ds/dt)
-            and ``gauss_seidel`` (red-black partitioned Euler for layered models: same
-            fixed points and cost per step, about half the steps at ``step_size=1``).
+            and ``gauss_seidel`` (partitioned Euler over the blocks a model declares,
+            e.g. a layered net's even and odd layers: same fixed points and cost per
+            step, about half the steps at ``step_size=1``).
         step_size: Δt of fixed-grid methods; for adaptive ones, the chunk length unit.
         atol, rtol: steady-state tolerance ‖f(s_b)‖ ≤ atol + rtol·‖s_b‖.
         max_time: stop here, ``converged=False``, if not at steady state.
