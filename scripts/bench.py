@@ -183,12 +183,18 @@ def adaptive_rule(method: str, step_size: float, r_free: float, r_nudged: float,
     return EquilibriumPropagation(beta=BETA, variant="centered", settle=free, nudged_settle=nudged)
 
 
-def bench_config(sizes, batch, device, args) -> dict:
-    """Time every implementation on one network size and batch; return the figures."""
-    gen = torch.Generator().manual_seed(args.seed)
+def random_batch(sizes, batch, device, seed) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded batch of inputs in [0, 1) and labels; torch's generator seeded for the init."""
+    gen = torch.Generator().manual_seed(seed)
     x = torch.rand(batch, sizes[0], generator=gen).to(device)
     labels = torch.randint(sizes[-1], (batch,), generator=gen).to(device)
-    torch.manual_seed(args.seed)
+    torch.manual_seed(seed)
+    return x, labels
+
+
+def bench_config(sizes, batch, device, args) -> dict:
+    """Time every implementation on one network size and batch; return the figures."""
+    x, labels = random_batch(sizes, batch, device, args.seed)
     # Each method trains its own copy of the same initial weights; the check runs
     # first, while the weights are still identical.
     model = LayeredHopfield(sizes, "hard_sigmoid").to(device)
@@ -356,10 +362,7 @@ def check_same_pc_grads(model, reference, x, labels, tol):
 
 def bench_pc(sizes, batch, device, args) -> dict:
     """Time one predictive coding step of every implementation; return the figures."""
-    gen = torch.Generator().manual_seed(args.seed)
-    x = torch.rand(batch, sizes[0], generator=gen).to(device)
-    labels = torch.randint(sizes[-1], (batch,), generator=gen).to(device)
-    torch.manual_seed(args.seed)
+    x, labels = random_batch(sizes, batch, device, args.seed)
     model = PredictiveCoding(sizes, "tanh").to(device)
     reference = ReferencePC(copy.deepcopy(model.layers))
     check_same_pc_grads(model, reference, x, labels, args.tol)
