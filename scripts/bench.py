@@ -404,6 +404,28 @@ def bench_pc(sizes, batch, device, args) -> dict:
     }
 
 
+def nudged_sweeps(device, betas=(0.5, 1.0, 1.5, 2.0, -0.5, -1.0, -2.0)) -> dict:
+    """Steps of a nudged phase from the free equilibrium vs β: 64-64-10 at init, 256 digits,
+    atol 1e-4, max_time 200; Gauss–Seidel (Δt 1, exact nudged top layer) and fast_euler (Δt 0.5)."""
+    from dynets.data import digits
+
+    torch.manual_seed(0)
+    model = LayeredHopfield([64, 64, 10]).to(device)
+    data = digits().train
+    c = model.prepare(Condition(data.x[:256].to(device), model.target(data.y[:256].to(device))))
+    methods = {"gauss_seidel": 1.0, "fast_euler": 0.5}
+    out = {}
+    print("\nsteps of a nudged phase vs beta (64-64-10 at init, 256 digits, atol 1e-4, max_time 200)")
+    for method, dt in methods.items():
+        opts = SettleOptions(method=method, step_size=dt, atol=1e-4, max_time=200)
+        free = opts(model, c)
+        for beta in betas:
+            eq = opts(model, c.nudged(beta), init=free.state)
+            out[f"{method}_beta{beta:+g}"] = eq.steps if eq.converged else None
+            print(f"  method={method}  beta={beta:+g}  steps={eq.steps}  converged={eq.converged_fraction:.3f}")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -417,6 +439,8 @@ def main() -> None:
     parser.add_argument("--widths", default="128,256,512,1024,2048", help="for steps vs width; '' skips it")
     parser.add_argument("--family", choices=("all", "ep", "pc"), default="all",
                         help="which rules to time: EP (with the width and stop studies), PC, or both")
+    parser.add_argument("--betas", action="store_true",
+                        help="also count the steps of nudged phases for beta = ±0.5 ... ±2 (a few seconds)")
     parser.add_argument("--stops", action="store_true",
                         help="also measure the adaptive stop against the fewest steps (~1 min on CPU)")
     args = parser.parse_args()
@@ -430,6 +454,8 @@ def main() -> None:
                 results.append(bench([int(n) for n in sizes.split(",")], int(batch), device, args))
     if args.widths and args.family != "pc":
         steps_vs_width(device, [int(w) for w in args.widths.split(",")], 128, 1e-4)
+    if args.betas and args.family != "pc":
+        results.append({"device": str(device), "config": "nudged_steps_vs_beta", **nudged_sweeps(device)})
     if args.stops and args.family != "pc":
         results.append({"device": str(device), "config": "adaptive_stop_vs_fewest_steps", **stop_overshoot(device)})
     print()
