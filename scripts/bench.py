@@ -426,6 +426,51 @@ def nudged_sweeps(device, betas=(0.5, 1.0, 1.5, 2.0, -0.5, -1.0, -2.0)) -> dict:
     return out
 
 
+def negative_phase_curvature(device, beta: float = 0.5, slow: int = 30) -> dict:
+    """Why some −β phases crawl: the main job's net (64-256-10, centered EP β = 0.5, Adam
+    2e-3, batch 32) after 3 epochs on digits; per training sample, the Gauss–Seidel sweeps
+    of the −β phase from the free state, and the smallest eigenvalue of F_{−β}'s Hessian
+    [[I, −W₁ᵀ], [−W₁, (1 − β)I]] over the units strictly inside (0, 1) at the free state."""
+    from dynets.data import digits
+
+    torch.manual_seed(0)
+    data, model = digits(), LayeredHopfield([64, 256, 10]).to(device)
+    opts = SettleOptions(method="gauss_seidel", step_size=1.0, atol=1e-3, max_time=400)
+    rule, opt = EquilibriumPropagation(beta, settle=opts), torch.optim.Adam(model.parameters(), 2e-3)
+    order = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for x, y in data.train.batches(32, shuffle=True, generator=order):
+            rule.grads(model, x.to(device), y.to(device))
+            opt.step()
+    c = model.prepare(Condition(data.train.x.to(device), model.target(data.train.y.to(device))))
+    free = opts(model, c)
+    one = SettleOptions(method="gauss_seidel", step_size=1.0, atol=0.0, max_time=1)
+    state, sweeps = free.state, torch.full((len(data.train),), -1)
+    for k in range(400):
+        eq = one(model, c.nudged(-beta), init=state)
+        sweeps[(eq.residual.cpu() <= 1e-3) & (sweeps < 0)] = k
+        state = eq.state
+    w = model.layers[1].weight.detach().cpu()
+
+    def smallest_eigenvalue(i: int) -> float:
+        h, o = (s[i].cpu() for s in free.state)
+        ih, io = ((h > 0) & (h < 1)).nonzero().flatten(), ((o > 0) & (o < 1)).nonzero().flatten()
+        coupling = w[io][:, ih]
+        hessian = torch.eye(len(ih) + len(io))
+        hessian[len(ih):, :len(ih)], hessian[:len(ih), len(ih):] = -coupling, -coupling.T
+        hessian[len(ih):, len(ih):] -= beta * torch.eye(len(io))
+        return torch.linalg.eigvalsh(hessian).min().item()
+
+    crawl = (sweeps > slow).nonzero().flatten().tolist()
+    rest = [smallest_eigenvalue(i) for i in (sweeps <= slow).nonzero().flatten().tolist()[:200]]
+    eig = [smallest_eigenvalue(i) for i in crawl]
+    print(f"\n-beta phase after 3 epochs: {len(crawl)} of {len(sweeps)} samples need > {slow} sweeps "
+          f"(max {int(sweeps.max())}); smallest Hessian eigenvalue there: {min(eig):.3f} .. {max(eig):.3f}; "
+          f"median for 200 others: {statistics.median(rest):.3f}")
+    return {"samples_slow": len(crawl), "max_sweeps": int(sweeps.max()), "eig_slow_min": min(eig),
+            "eig_slow_max": max(eig), "eig_others_median": statistics.median(rest)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -441,6 +486,8 @@ def main() -> None:
                         help="which rules to time: EP (with the width and stop studies), PC, or both")
     parser.add_argument("--betas", action="store_true",
                         help="also count the steps of nudged phases for beta = ±0.5 ... ±2 (a few seconds)")
+    parser.add_argument("--curvature", action="store_true",
+                        help="also measure why some -beta phases crawl (the curvature of F at the free state)")
     parser.add_argument("--stops", action="store_true",
                         help="also measure the adaptive stop against the fewest steps (~1 min on CPU)")
     args = parser.parse_args()
@@ -456,6 +503,8 @@ def main() -> None:
         steps_vs_width(device, [int(w) for w in args.widths.split(",")], 128, 1e-4)
     if args.betas and args.family != "pc":
         results.append({"device": str(device), "config": "nudged_steps_vs_beta", **nudged_sweeps(device)})
+    if args.curvature and args.family != "pc":
+        results.append({"device": str(device), "config": "negative_phase_curvature", **negative_phase_curvature(device)})
     if args.stops and args.family != "pc":
         results.append({"device": str(device), "config": "adaptive_stop_vs_fewest_steps", **stop_overshoot(device)})
     print()
