@@ -2,6 +2,7 @@
 nodes that settle by descending the sum of their squared prediction errors."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -24,6 +25,9 @@ PC_ACTIVATIONS = {
     "tanh": Activation(torch.tanh, lambda s, fs: 1 - fs * fs),
     "sigmoid": Activation(torch.sigmoid, lambda s, fs: fs * (1 - fs)),
     "relu": Activation(torch.relu, lambda s, fs: (s > 0).to(s.dtype)),
+    # GELU, f(s) = s·Φ(s): relu-like but smooth, so the gradient flow does not chatter at a kink.
+    "gelu": Activation(torch.nn.functional.gelu,
+                       lambda s, fs: 0.5 * (1 + torch.erf(s * 0.5 ** 0.5)) + s * torch.exp(-0.5 * s * s) * (2 * math.pi) ** -0.5),
     "linear": Activation(lambda s: s, lambda s, fs: torch.ones_like(s)),
 }
 ARRANGEMENTS = ("discriminative", "generative")
@@ -56,7 +60,7 @@ class PredictiveCoding(EnergyModel):
 
     Args:
         sizes: layer sizes, bottom (the input or the data) first.
-        activation: ``tanh``, ``sigmoid``, ``relu`` or ``linear``.
+        activation: ``tanh``, ``sigmoid``, ``relu``, ``gelu`` or ``linear``.
         arrangement: ``discriminative`` or ``generative``.
 
     Parameters: ``layers.k`` (an ``nn.Linear``) makes the k-th prediction: of layer k+1
