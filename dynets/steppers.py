@@ -32,7 +32,8 @@ def _clamps(model: Dynamical, condition: Condition) -> dict[int, torch.Tensor]:
     """The condition's clamps by layer index, after the model has checked the condition."""
     if hasattr(model, "check_condition"):
         model.check_condition(condition)
-    return by_layer(condition.clamp, model.init_state(condition), "clamp")
+    # The rest state only gives the layers' shapes: not built for the usual unclamped phase.
+    return by_layer(condition.clamp, model.init_state(condition), "clamp") if condition.clamp else {}
 
 
 def phase_field(model: Dynamical, condition: Condition) -> VectorField:

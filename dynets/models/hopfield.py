@@ -129,8 +129,9 @@ class LayeredHopfield(EnergyModel):
         weights = [layer.weight for layer in self.layers]
         up = [None] + [w.t().contiguous() for w in weights[1:]]
         biases = [layer.bias for layer in self.layers]
-        for l, xi in by_layer(condition.noise, self.init_state(condition), "noise").items():
-            biases[l] = biases[l] + xi
+        if condition.noise:   # the rest state only gives the layers' shapes
+            for l, xi in by_layer(condition.noise, self.init_state(condition), "noise").items():
+                biases[l] = biases[l] + xi
         beta, top, cost, y = condition.beta, len(weights) - 1, condition.cost, condition.target
         square = isinstance(cost, SquaredError)
         if beta != 0.0 and square:

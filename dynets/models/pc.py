@@ -36,7 +36,7 @@ ARRANGEMENTS = ("discriminative", "generative")
 class PredictiveCoding(EnergyModel):
     r"""Predictive coding network: value nodes v_l, predictions μ_l, errors ε_l = v_l − μ_l,
 
-        E(v) = Σ_l ½‖ε_l‖² − Σ_l ξ_lᵀ v_l,   F = E + β·C(read-out, y),   dv/dt = −∂F/∂v
+        E(v) = Σ_l ½‖ε_l‖²,   F = E + β·C(read-out, y) − Σ_l ξ_lᵀ v_l,   dv/dt = −∂F/∂v
 
     (ξ_l: the condition's drive noise, a linear term). Only the free layers move; the
     clamped ones hold (the data x, and any ``Condition.clamp``).
@@ -175,7 +175,7 @@ class PredictiveCoding(EnergyModel):
         return self.init_state(condition)
 
     def _force(self, condition: Condition) -> Callable[[State, range], list[torch.Tensor]]:
-        """``force(state, layers)``: −∂F/∂s_l + ξ_l for the given state layers,
+        """``force(state, layers)``: −∂F/∂s_l (the noise ξ_l included) for the given state layers,
         −∂E/∂v_l = −ε_l + Σ_{edges k from l} f'(v_l)⊙(ε_{to(k)} W_k), with the top's −β·∂C/∂v_L.
         Only the errors those layers touch are computed (a Gauss–Seidel half-sweep needs half)."""
         mu, off, df, f = self._predictor(condition), self._offset(condition), self.act.df, self.act.f
@@ -218,7 +218,7 @@ class PredictiveCoding(EnergyModel):
         return j if self.generative else j - 1
 
     def dynamics(self, condition: Condition) -> VectorField:
-        """ds/dt = −∂F/∂s + ξ, analytic (plain tensor ops: differentiable for the reference rules)."""
+        """ds/dt = −∂F/∂s (noise included), analytic (plain tensor ops: differentiable for the reference rules)."""
         self.check_condition(condition)
         force = self._force(condition)
         return lambda t, state: tuple(force(state, range(len(state))))
@@ -226,7 +226,7 @@ class PredictiveCoding(EnergyModel):
     def blocks(self, condition: Condition) -> list[Block]:
         """Gauss–Seidel blocks: the even state layers, then the odd ones. ∂F/∂s_l involves
         only s_{l−1}, s_l, s_{l+1}, so layers of one parity are uncoupled given the other.
-        A block's g = s_B − ∂F/∂s_B + ξ_B, so a half-sweep s_B ← s_B + Δt·(g_B − s_B) is a
+        A block's g = s_B − ∂F/∂s_B, so a half-sweep s_B ← s_B + Δt·(g_B − s_B) is a
         gradient step of size Δt on F over the block (same fixed points as the flow).
 
         At Δt = 1 a half-step sets a layer to μ_l + f'(v_l)⊙(ε_{l+1} W_{l+1}) (discriminative;

@@ -23,12 +23,11 @@ class Backprop(Rule):
 
     def grads(self, model: DynamicalModel, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         condition = self.condition(model, x, y)
-        named = list(model.named_parameters())
         with torch.enable_grad():
             state = model.feedforward(condition)
             loss = model.cost(state, condition).mean()
-            grads = torch.autograd.grad(loss, [p for _, p in named])
-        write_grads(model, {n: g for (n, _), g in zip(named, grads)})
+            grads = torch.autograd.grad(loss, list(model.parameters()))
+        write_grads(model, model.named_grads(grads))
         accuracy = (model.output(state).argmax(1) == y).float().mean()
         loss, accuracy = torch.stack([loss.detach(), accuracy.to(loss.dtype)]).tolist()
         return {"loss": loss, "accuracy": accuracy, "steps_free": 0, "converged": 1.0}
