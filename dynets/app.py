@@ -67,10 +67,12 @@ def _locate(path: str) -> Any:
 
 
 def build_model(node: Mapping[str, Any], data: Dataset) -> torch.nn.Module:
-    """The model config names its hidden sizes; the ends come from the data."""
+    """The model config names its hidden sizes; the ends come from the data: the input, and
+    the labels unless the model learns without them (``supervised = False``)."""
     node = dict(node)
     hidden = node.pop("hidden")
-    return instantiate({**node, "sizes": [data.n_features, *hidden, data.n_classes]})
+    labels = [data.n_classes] if getattr(_locate(node["_target_"]), "supervised", True) else []
+    return instantiate({**node, "sizes": [data.n_features, *hidden, *labels]})
 
 
 def resolve_device(name: str) -> torch.device:

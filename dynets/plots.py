@@ -237,3 +237,17 @@ def plot_run(run_dir: str | os.PathLike, model: DynamicalModel, probe_condition:
     if image_shape is not None or math.isqrt(model.in_features) ** 2 == model.in_features:
         out["receptive_fields"] = receptive_fields(model, run_dir / "receptive_fields.png", image_shape)
     return out
+
+
+def images(x: torch.Tensor, path: str | os.PathLike, image_shape: tuple[int, int] | None = None,
+           title: str = "") -> Path:
+    """Tile the rows of ``x`` ``(n, pixels)`` (e.g. dreams or reconstructions) as grey images in
+    [0, 1] (black 0, white 1) to the PNG ``path``; ``image_shape`` defaults to :func:`square_shape`."""
+    shape = image_shape if image_shape is not None else square_shape(x.shape[1])
+    grid = receptive_field_grid(x, shape, n=len(x))
+    fig = Figure(figsize=(5, 5), layout="constrained")
+    ax = fig.subplots()
+    ax.imshow(np.nan_to_num(grid, nan=0.5), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_axis_off()
+    ax.set_title(title)
+    return _save(fig, path)

@@ -21,6 +21,7 @@ class DynamicalModel(nn.Module, ABC):
     in_features: int
     out_features: int
     needs_input: bool = True   # False for models that can run with no input (dreams)
+    supervised: bool = True    # False for models that learn without labels (no label layer)
 
     @abstractmethod
     def dynamics(self, condition: Condition) -> VectorField:
