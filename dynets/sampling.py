@@ -202,6 +202,8 @@ class Sleep:
         """Run the dream of ``condition`` (no input: ``Condition(batch_size=n, generator=g)``)."""
         if condition.x is not None:
             raise ValueError("a sleep phase has no input: pass Condition(batch_size=n, generator=g), not x")
+        if hasattr(model, "check_condition"):   # before the start state is built: a model that cannot run free says so
+            model.check_condition(condition)
         return self.run(model, condition, self.initial(model, condition, chain, data))
 
     def initial(self, model, condition: Condition, chain: State | None, data: State | None) -> State:
