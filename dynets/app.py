@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from . import checkpoint, diagnostics, distributed, plots
+from . import checkpoint, diagnostics, distributed, plots, sampling
 from .data import Dataset
 from .logging import JsonLinesLogger, flatten
 from .rules import ImplicitDifferentiation
@@ -53,11 +53,11 @@ def instantiate(node: Any) -> Any:
     fields = {key: instantiate(value) for key, value in node.items() if key not in ("_target_", "_partial_")}
     if "_target_" not in node:
         return fields
-    target = _locate(node["_target_"])
+    target = locate(node["_target_"])
     return functools.partial(target, **fields) if node.get("_partial_", False) else target(**fields)
 
 
-def _locate(path: str) -> Any:
+def locate(path: str) -> Any:
     """The object at the dotted import path ``path`` (``module.attribute``)."""
     module, _, name = path.rpartition(".")
     try:
@@ -71,7 +71,7 @@ def build_model(node: Mapping[str, Any], data: Dataset) -> torch.nn.Module:
     the labels unless the model learns without them (``supervised = False``)."""
     node = dict(node)
     hidden = node.pop("hidden")
-    labels = [data.n_classes] if getattr(_locate(node["_target_"]), "supervised", True) else []
+    labels = [data.n_classes] if getattr(locate(node["_target_"]), "supervised", True) else []
     return instantiate({**node, "sizes": [data.n_features, *hidden, *labels]})
 
 
@@ -165,15 +165,27 @@ def train(config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
     for logger in loggers:
         logger.start(dict(config), run_dir)
     x_probe, y_probe = data.val.x[:PROBE], data.val.y[:PROBE]
-    probes = [alignment_probe(rule, x_probe, y_probe)] if trainer["alignment"] else []
+    # The exact gradient the probe compares with is that of a labelled loss: none for a generative model.
+    probes = [alignment_probe(rule, x_probe, y_probe)] if trainer["alignment"] and model.supervised else []
     summary = fit(model, rule, data, optimizer, epochs=trainer["epochs"], batch_size=trainer["batch_size"],
-                  seed=config["seed"], loggers=loggers, run_dir=run_dir, resume_from=state, config=dict(config),
-                  probes=probes)
+                  seed=config["seed"], evaluate=evaluation(config.get("evaluate"), data),
+                  select=trainer.get("select", "val_accuracy"), goal=trainer.get("goal", "maximize"),
+                  loggers=loggers, run_dir=run_dir, resume_from=state, config=dict(config), probes=probes)
     if distributed.is_main():
-        write_plots(run_dir, model, Condition(x_probe, model.target(y_probe)), rule.settle)
+        write_plots(run_dir, model, Condition(x_probe, model.target(y_probe)) if model.supervised else None,
+                    rule.settle, config["seed"])
     for logger in loggers:   # after the plots: the wandb logger uploads the PNGs it finds
         logger.finish(summary)
     return summary
+
+
+def evaluation(node: Mapping[str, Any] | None, data: Dataset):
+    """The evaluation a config names (``None``: fit's default, the free phase's accuracy); a
+    likelihood evaluation gets the data's exact distribution when it is known."""
+    evaluate = instantiate(node) if node else None
+    if getattr(evaluate, "distribution", False) is None and data.distribution is not None:
+        evaluate.distribution = data.distribution
+    return evaluate
 
 
 def main(config: Mapping[str, Any], run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -194,10 +206,23 @@ def alignment_probe(rule, x: torch.Tensor, y: torch.Tensor):
     return lambda model: plots.alignment_metrics(diagnostics.alignment(model, rule, reference, x, y))
 
 
-def write_plots(run_dir: Path, model, probe: Condition, settle_options) -> None:
-    """The run's PNGs; a failed plot is a warning, never the loss of a finished run."""
+def write_plots(run_dir: Path, model, probe: Condition | None, settle_options, seed: int = 0) -> None:
+    """The run's PNGs (a generative model's: its dreams and learning curves); a failed plot is
+    a warning, never the loss of a finished run."""
     try:
-        paths = plots.plot_run(run_dir, model, probe, settle_options)
+        if probe is not None:
+            paths = plots.plot_run(run_dir, model, probe, settle_options)
+        else:
+            paths = plots.plot_generative_run(run_dir, dreams(model, PROBE, seed))
         log.info("plots: %s", ", ".join(p.name for p in paths.values()))
     except Exception as err:  # noqa: BLE001 - any plotting failure must not sink the run
         log.warning("plots failed: %s", err)
+
+
+def dreams(model, n: int, seed: int) -> torch.Tensor:
+    """``(n, visible)`` dreams of a generative model: one top-down sweep from its prior when it
+    has one (an exact sample of a directed model), else a Gibbs chain of 1000 sweeps from noise."""
+    prior = hasattr(model, "prior_state")
+    sleep = sampling.Sleep("prior" if prior else "noise", sampling.SampleOptions(sweeps=1 if prior else 1000))
+    condition = Condition(batch_size=n, generator=torch.Generator().manual_seed(seed))
+    return sleep.dream(model, condition).state[0]

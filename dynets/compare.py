@@ -1,6 +1,7 @@
 """One table for every rule: the same data split, network sizes and epochs for each, and
-the same measurements (test accuracy over seeds, per-layer alignment with the exact
-gradient at init and at the end, time per epoch, settle steps per phase).
+the same measurements (the test metric over seeds: accuracy, or a generative model's KL in
+bits; per-layer alignment with the exact gradient at init and at the end, where there is
+one; time per epoch; settle steps per phase).
 
 Hydra-free: ``scripts/compare.py`` builds the :class:`Entry` objects from configs.
 """
@@ -61,23 +62,40 @@ def layer_cosines(model: DynamicalModel, rule: Rule, reference: Rule, x: torch.T
     return out
 
 
+@dataclass(frozen=True)
+class Metric:
+    """What the table reports and selects each run's epoch by: ``val_<name>`` of the evaluation
+    (``None``: fit's default, the free phase's accuracy), toward ``goal``. A supervised table
+    also measures each rule's alignment with the exact gradient."""
+
+    name: str = "accuracy"
+    goal: str = "maximize"
+    evaluate: Callable | None = None
+
+    @property
+    def percent(self) -> bool:
+        return self.name == "accuracy"
+
+
 def run_entry(name: str, entry: Entry, data: Dataset, *, epochs: int, batch_size: int, seed: int,
               probe: int, reference_settle: SettleOptions, adjoint_step: float = 0.05,
-              adjoint_max_steps: int = 5000) -> dict[str, Any]:
+              adjoint_max_steps: int = 5000, metric: Metric = Metric()) -> dict[str, Any]:
     """Train one rule with one seed; its measurements as a flat dict. The exact gradient
-    is implicit differentiation at the free equilibrium of the rule's own cost."""
+    is implicit differentiation at the free equilibrium of the rule's own cost (supervised
+    models only: a generative model has no labelled loss to differentiate)."""
     torch.manual_seed(seed)
     model, rule = entry.model(), entry.rule()
     optimizer = entry.optimizer(list(model.parameters()))
     reference = ImplicitDifferentiation(reference_settle, adjoint_step=adjoint_step, adjoint_max_steps=adjoint_max_steps,
-                                       cost=rule.cost)
+                                       cost=rule.cost) if model.supervised else None
     x, y = data.val.x[:probe], data.val.y[:probe]
-    at_init = layer_cosines(model, rule, reference, x, y)
+    at_init = layer_cosines(model, rule, reference, x, y) if reference else {}
     collect = _Collect()
-    summary = fit(model, rule, data, optimizer, epochs=epochs, batch_size=batch_size, seed=seed, loggers=[collect])
-    at_end = layer_cosines(model, rule, reference, x, y)
-    row: dict[str, Any] = {"rule": name, "seed": seed, "test_accuracy": summary["test_accuracy"],
-                           "val_accuracy": summary["val_accuracy"], "best_epoch": summary["best_epoch"],
+    summary = fit(model, rule, data, optimizer, epochs=epochs, batch_size=batch_size, seed=seed, loggers=[collect],
+                  evaluate=metric.evaluate, select=f"val_{metric.name}", goal=metric.goal)
+    at_end = layer_cosines(model, rule, reference, x, y) if reference else {}
+    row: dict[str, Any] = {"rule": name, "seed": seed, f"test_{metric.name}": summary[f"test_{metric.name}"],
+                           f"val_{metric.name}": summary[f"val_{metric.name}"], "best_epoch": summary["best_epoch"],
                            "epoch_time_s": summary["wall_time_s"] / epochs}
     row.update({f"cos_init_{k}": v for k, v in at_init.items()})
     row.update({f"cos_end_{k}": v for k, v in at_end.items()})
@@ -90,12 +108,11 @@ def run_entry(name: str, entry: Entry, data: Dataset, *, epochs: int, batch_size
 
 def compare(entries: dict[str, Entry], data: Dataset, *, epochs: int, batch_size: int, seeds: list[int],
             probe: int = 64, reference_settle: SettleOptions | None = None, adjoint_step: float = 0.05,
-            adjoint_max_steps: int = 5000,
+            adjoint_max_steps: int = 5000, metric: Metric = Metric(),
             progress: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Every entry trained with every seed; one row per (rule, seed). ``reference_settle``,
-    ``adjoint_step`` and ``adjoint_max_steps`` set the exact gradient's free settle and
-    adjoint relaxation (PC's Hessian grows with its weights: a step of 0.2 diverged on a
-    trained digits net, 0.05 did not)."""
+    """Every entry trained with every seed; one row per (rule, seed), with ``test_<metric>``. ``reference_settle``, ``adjoint_step`` and ``adjoint_max_steps`` set the exact
+    gradient's free settle and adjoint relaxation (PC's Hessian grows with its weights: a step of
+    0.2 diverged on a trained digits net, 0.05 did not)."""
     reference_settle = reference_settle or SettleOptions(method="fast_euler", atol=1e-6, max_time=400)
     rows = []
     for name, entry in entries.items():
@@ -103,20 +120,22 @@ def compare(entries: dict[str, Entry], data: Dataset, *, epochs: int, batch_size
             t0 = time.perf_counter()
             rows.append(run_entry(name, entry, data, epochs=epochs, batch_size=batch_size, seed=seed,
                                   probe=probe, reference_settle=reference_settle, adjoint_step=adjoint_step,
-                                  adjoint_max_steps=adjoint_max_steps))
-            progress(f"{name} seed {seed}: test {rows[-1]['test_accuracy']:.4f} ({time.perf_counter() - t0:.1f} s)")
+                                  adjoint_max_steps=adjoint_max_steps, metric=metric))
+            progress(f"{name} seed {seed}: test {metric.name} {rows[-1][f'test_{metric.name}']:.4f} "
+                     f"({time.perf_counter() - t0:.1f} s)")
     return rows
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per rule: mean ± std over seeds of the test accuracy; means of the rest."""
+    """Per rule: mean ± std over seeds of the test metric (the row's ``test_<metric>``); means of the rest."""
     out = []
     for name in dict.fromkeys(r["rule"] for r in rows):
         mine = [r for r in rows if r["rule"] == name]
-        acc = np.array([r["test_accuracy"] for r in mine])
-        line: dict[str, Any] = {"rule": name, "seeds": len(mine), "test_mean": acc.mean(),
-                                "test_std": acc.std(ddof=1) if len(acc) > 1 else 0.0}
-        keys = [k for k in mine[0] if k not in ("rule", "seed", "test_accuracy")]
+        key = next(k for k in mine[0] if k.startswith("test_"))
+        test = np.array([r[key] for r in mine])
+        line: dict[str, Any] = {"rule": name, "seeds": len(mine), "test_mean": test.mean(),
+                                "test_std": test.std(ddof=1) if len(test) > 1 else 0.0}
+        keys = [k for k in mine[0] if k not in ("rule", "seed", key)]
         for k in keys:
             values = [r[k] for r in mine if k in r]
             line[k] = float(np.nanmean(values)) if values and not all(math.isnan(v) for v in values) else math.nan
@@ -130,24 +149,25 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def markdown(summary: list[dict[str, Any]]) -> str:
-    """The summary as a Markdown table: accuracy, cosines at init → end, time, steps."""
+def markdown(summary: list[dict[str, Any]], metric: Metric = Metric()) -> str:
+    """The summary as a Markdown table: the test metric, cosines at init → end, time, steps."""
     cos_keys = sorted({k[len("cos_init_"):] for s in summary for k in s if k.startswith("cos_init_")})
     steps = [k for k in log_fields if any(k in s for s in summary)]
-    head = ["rule", "test acc. (mean ± std)"] + [f"cos {k} init → end" for k in cos_keys] + \
-        ["s / epoch"] + [f"steps {k[6:]}" for k in steps]
+    head = ["rule", "test acc. (mean ± std)" if metric.percent else f"test {metric.name} (mean ± std)"] + \
+        [f"cos {k} init → end" for k in cos_keys] + ["s / epoch"] + [f"steps {k[6:]}" for k in steps]
+    scale, digits = (100, 2) if metric.percent else (1, 3)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summary:
-        cells = [s["rule"], f"{100 * s['test_mean']:.2f} ± {100 * s['test_std']:.2f} (n={s['seeds']})"]
+        cells = [s["rule"], f"{scale * s['test_mean']:.{digits}f} ± {scale * s['test_std']:.{digits}f} (n={s['seeds']})"]
         cells += [f"{_fmt(s.get(f'cos_init_{k}', math.nan))} → {_fmt(s.get(f'cos_end_{k}', math.nan))}" for k in cos_keys]
         cells += [f"{s['epoch_time_s']:.2f}"] + [_fmt(s.get(k, math.nan)) if k in s else "—" for k in steps]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def write(rows: list[dict[str, Any]], out_dir: str | Path) -> dict[str, Path]:
+def write(rows: list[dict[str, Any]], out_dir: str | Path, metric: Metric = Metric()) -> dict[str, Path]:
     """``compare.csv`` (one row per rule and seed), ``compare.md`` (the summary table) and
-    ``compare.png`` (test accuracy and final alignment per rule) in ``out_dir``."""
+    ``compare.png`` (the test metric, and the final alignment where measured, per rule) in ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     keys = list(dict.fromkeys(k for r in rows for k in r))
@@ -156,24 +176,32 @@ def write(rows: list[dict[str, Any]], out_dir: str | Path) -> dict[str, Path]:
         writer.writeheader()
         writer.writerows(rows)
     summary = summarise(rows)
-    (out_dir / "compare.md").write_text(markdown(summary))
-    return {"csv": out_dir / "compare.csv", "md": out_dir / "compare.md", "png": _plot(summary, out_dir / "compare.png")}
+    (out_dir / "compare.md").write_text(markdown(summary, metric))
+    return {"csv": out_dir / "compare.csv", "md": out_dir / "compare.md",
+            "png": _plot(summary, out_dir / "compare.png", metric)}
 
 
-def _plot(summary: list[dict[str, Any]], path: Path) -> Path:
+def _plot(summary: list[dict[str, Any]], path: Path, metric: Metric) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = [s["rule"] for s in summary]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
-    a.bar(names, [100 * s["test_mean"] for s in summary], yerr=[100 * s["test_std"] for s in summary], capsize=4)
-    a.set_ylabel("test accuracy (%)")
-    low = min(100 * s["test_mean"] for s in summary)
-    a.set_ylim(max(0.0, low - 5), 100)
-    b.bar(names, [s.get("cos_end_all", math.nan) for s in summary])
-    b.set_ylabel("cosine with the exact gradient (end)")
-    b.set_ylim(-0.1, 1.05)
+    aligned = any("cos_end_all" in s for s in summary)
+    fig, axes = plt.subplots(1, 2 if aligned else 1, figsize=(9 if aligned else 4.5, 3.5), squeeze=False)
+    a = axes[0][0]
+    scale = 100 if metric.percent else 1
+    a.bar(names, [scale * s["test_mean"] for s in summary], yerr=[scale * s["test_std"] for s in summary], capsize=4)
+    if metric.percent:
+        a.set_ylabel("test accuracy (%)")
+        a.set_ylim(max(0.0, min(100 * s["test_mean"] for s in summary) - 5), 100)
+    else:
+        a.set_ylabel(f"test {metric.name}")
+    if aligned:
+        b = axes[0][1]
+        b.bar(names, [s.get("cos_end_all", math.nan) for s in summary])
+        b.set_ylabel("cosine with the exact gradient (end)")
+        b.set_ylim(-0.1, 1.05)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

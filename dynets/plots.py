@@ -27,6 +27,7 @@ ALIGN_PREFIX = "align_cos/"
 """metrics.jsonl key prefix of alignment cosines; see :func:`alignment_metrics`."""
 
 ACCURACY_KEYS = ("train_accuracy", "val_accuracy", "test_accuracy")
+BITS_KEYS = ("val_kl_bits", "val_nll_bits")   # generative models' likelihood (dynets.likelihood)
 LOSS_KEYS = ("train_loss", "val_loss")
 
 
@@ -103,16 +104,17 @@ def metric_series(records: list[dict[str, Any]], key: str) -> tuple[np.ndarray, 
 
 
 def learning_curves(metrics_jsonl_path: str | os.PathLike, path: str | os.PathLike) -> Path:
-    """Plot accuracies (``train/val/test_accuracy``) and losses (``train/val_loss``) vs
-    epoch from ``metrics_jsonl_path`` to the PNG ``path``; keys absent from the file
+    """Plot accuracies (``train/val/test_accuracy``), losses (``train/val_loss``) and a generative
+    model's ``val_kl_bits`` / ``val_nll_bits`` vs epoch from ``metrics_jsonl_path`` to the PNG ``path``; keys absent from the file
     are left out, and so is a panel with none of its keys. Returns ``path``.
 
     Raises ValueError when the file has none of these keys."""
     records = read_metrics(metrics_jsonl_path)
     present = lambda keys: [k for k in keys if any(k in r for r in records)]
-    panels = [(keys, label) for keys, label in ((present(ACCURACY_KEYS), "accuracy"), (present(LOSS_KEYS), "loss")) if keys]
+    groups = ((ACCURACY_KEYS, "accuracy"), (LOSS_KEYS, "loss"), (BITS_KEYS, "bits"))
+    panels = [(present(keys), label) for keys, label in groups if present(keys)]
     if not panels:
-        raise ValueError(f"{metrics_jsonl_path} has none of the keys {', '.join(ACCURACY_KEYS + LOSS_KEYS)}")
+        raise ValueError(f"{metrics_jsonl_path} has none of the keys {', '.join(ACCURACY_KEYS + LOSS_KEYS + BITS_KEYS)}")
     fig = Figure(figsize=(5 * len(panels), 3.8), layout="constrained")
     for ax, (keys, label) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
         for key in keys:
@@ -251,3 +253,15 @@ def images(x: torch.Tensor, path: str | os.PathLike, image_shape: tuple[int, int
     ax.set_axis_off()
     ax.set_title(title)
     return _save(fig, path)
+
+
+def plot_generative_run(run_dir: str | os.PathLike, dreams: torch.Tensor | None = None, *,
+                        image_shape: tuple[int, int] | None = None) -> dict[str, Path]:
+    """A generative model's plots in ``run_dir``: ``dreams`` (a grid of its dreams ``(n, visible)``,
+    when given and the visible layer is an image) and ``learning_curves`` (when ``metrics.jsonl`` exists)."""
+    run_dir, out = Path(run_dir), {}
+    if dreams is not None and (image_shape is not None or math.isqrt(dreams.shape[1]) ** 2 == dreams.shape[1]):
+        out["dreams"] = images(dreams, run_dir / "dreams.png", image_shape, title="dreams")
+    if (run_dir / "metrics.jsonl").exists():
+        out["learning_curves"] = learning_curves(run_dir / "metrics.jsonl", run_dir / "learning_curves.png")
+    return out

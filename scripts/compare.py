@@ -1,6 +1,7 @@
 """The comparison table of every rule: a hydra entry point over :mod:`dynets.compare`.
 
     python scripts/compare.py [data=fashion_mnist] [hidden=[512]] [epochs=10] [only=[ep,pc]]
+    python scripts/compare.py --config-name compare_bars     # the generative rules, KL on bars
 
 Writes compare.md, compare.csv and compare.png into the hydra run directory.
 """
@@ -14,15 +15,21 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from dynets.compare import Entry, compare, markdown, summarise, write
+from dynets.app import evaluation, locate
+from dynets.compare import Entry, Metric, compare, markdown, summarise, write
 
 log = logging.getLogger("dynets")
 
 
-def entry(node: DictConfig, sizes: list[int]) -> Entry:
-    """Builders of one rule's model, rule and Adam optimizer from its config node."""
+def entry(node: DictConfig, data, hidden: list[int]) -> Entry:
+    """Builders of one rule's model, rule and optimizer (Adam unless the row names one) from its
+    config node; sizes [features, *hidden, classes] (no label layer for a generative model), the
+    row's own ``hidden`` if it has one."""
+    labels = [data.n_classes] if getattr(locate(node.model._target_), "supervised", True) else []
+    sizes = [data.n_features, *node.get("hidden", hidden), *labels]
+    make = instantiate(node.optimizer, _partial_=True) if "optimizer" in node else torch.optim.Adam
     return Entry(model=lambda: instantiate(node.model, sizes=sizes), rule=lambda: instantiate(node.rule),
-                 optimizer=lambda params: torch.optim.Adam(params, lr=node.lr))
+                 optimizer=lambda params: make(params, lr=node.lr))
 
 
 @hydra.main(version_base=None, config_path="../configs", config_name="compare")
@@ -31,15 +38,17 @@ def main(cfg: DictConfig) -> None:
     if unknown:
         raise ValueError(f"only= names rules that are not in the table: {sorted(unknown)}; valid: {', '.join(cfg.rules)}")
     data = instantiate(cfg.data)
-    sizes = [data.n_features, *cfg.hidden, data.n_classes]
-    entries = {name: entry(node, sizes) for name, node in cfg.rules.items() if not cfg.only or name in cfg.only}
+    entries = {name: entry(node, data, list(cfg.hidden)) for name, node in cfg.rules.items()
+               if not cfg.only or name in cfg.only}
+    metric = Metric(cfg.metric.name, cfg.metric.goal,
+                    evaluation(OmegaConf.to_container(cfg.evaluate, resolve=True), data) if cfg.evaluate else None)
     rows = compare(entries, data, epochs=cfg.epochs, batch_size=cfg.batch_size, seeds=list(cfg.seeds),
                    probe=cfg.probe, reference_settle=instantiate(cfg.reference.settle),
                    adjoint_step=cfg.reference.adjoint_step,
-                   adjoint_max_steps=cfg.reference.adjoint_max_steps, progress=log.info)
-    paths = write(rows, HydraConfig.get().runtime.output_dir)
-    log.info("sizes %s, %d epochs, batch %d, seeds %s\n%s", sizes, cfg.epochs, cfg.batch_size,
-             OmegaConf.to_container(cfg.seeds), markdown(summarise(rows)))
+                   adjoint_max_steps=cfg.reference.adjoint_max_steps, metric=metric, progress=log.info)
+    paths = write(rows, HydraConfig.get().runtime.output_dir, metric)
+    log.info("%s, hidden %s, %d epochs, batch %d, seeds %s\n%s", data.name, list(cfg.hidden), cfg.epochs,
+             cfg.batch_size, OmegaConf.to_container(cfg.seeds), markdown(summarise(rows), metric))
     log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
 
 

@@ -31,7 +31,8 @@ OmegaConf.register_new_resolver("resume_dir", resume_dir)
 def main(cfg: DictConfig) -> float:
     config = OmegaConf.to_container(cfg, resolve=True)
     run_dir = Path(cfg.resume) if isinstance(cfg.resume, str) else Path(HydraConfig.get().runtime.output_dir)
-    return app.main(config, run_dir)["val_accuracy"]   # what a hydra sweeper would optimise
+    # What a hydra sweeper optimises: the validation metric that selects the best epoch.
+    return app.main(config, run_dir)[config["trainer"]["select"]]
 
 
 if __name__ == "__main__":
