@@ -54,6 +54,8 @@ class RecallMonitor:
     ``recall``: the same from cues with round(``flip``·N) units flipped; the cues are drawn
     from ``torch.Generator().manual_seed(seed)`` anew at each measurement, so successive
     measurements of one pattern set use the same cues and are comparable.
+    ``overlap``: the mean overlap reached from those cues, which moves before the success
+    fractions do (at high load both fractions start at 0 and stay there for a while).
     """
 
     flip: float = 0.1
@@ -66,9 +68,9 @@ class RecallMonitor:
         g = torch.Generator(patterns.device).manual_seed(self.seed)
         cues = torch.cat([patterns, noisy_cues(patterns, self.flip, g)])
         end = self.settle(model, Condition(batch_size=len(cues)), init=model.split(cues))
-        hit = (overlaps(model.output(end.state), torch.cat([patterns, patterns])) >= self.threshold).float()
-        stable, recall = hit.view(2, -1).mean(1).tolist()
-        return {"stable": stable, "recall": recall}
+        m = overlaps(model.output(end.state), torch.cat([patterns, patterns])).view(2, -1)
+        stable, recall = (m >= self.threshold).float().mean(1).tolist()
+        return {"stable": stable, "recall": recall, "overlap": m[1].mean().item()}
 
 
 class HebbianSleep(Rule):
@@ -85,9 +87,9 @@ class HebbianSleep(Rule):
     Every ``monitor_every`` calls, before the update, the :class:`RecallMonitor` measures
     the stored patterns x (the batch passed to :meth:`grads`) and the stop rule is applied:
 
-    - ``destroying``: the stable or the recall fraction fell more than ``drop`` below its
-      best so far: a warning is logged;
-    - ``plateau``: neither rose above its best for ``patience`` measurements.
+    - ``destroying``: the stable or the recall fraction or the mean overlap fell more than
+      ``drop`` below its best so far: a warning is logged;
+    - ``plateau``: none of them rose above its best for ``patience`` measurements.
 
     Once stopped, ``stopped`` holds the reason, :meth:`grads` writes no gradient (every
     ``p.grad`` is None: an optimizer leaves W alone) and its metrics carry ``stopped = 1``.
@@ -116,7 +118,7 @@ class HebbianSleep(Rule):
         self.monitor = monitor if monitor is not None else RecallMonitor()
         self.generator = torch.Generator().manual_seed(seed)
         self.calls, self.stale, self.stopped = 0, 0, None
-        self.best = {"stable": -1.0, "recall": -1.0}
+        self.best = {"stable": -1.0, "recall": -1.0, "overlap": -1.0}
         self.last: dict[str, float] = {}
 
     def dream(self, model: AssociativeMemory) -> tuple[torch.Tensor, dict[str, float]]:
@@ -154,5 +156,5 @@ class HebbianSleep(Rule):
         self.stale = 0 if improved else self.stale + 1
         if self.patience is not None and self.stale >= self.patience:
             self.stopped = "plateau"
-            log.info("HebbianSleep stopped unlearning after %d calls: stable %.3f and recall %.3f have not improved "
-                     "in %d measurements", self.calls, now["stable"], now["recall"], self.stale)
+            log.info("HebbianSleep stopped unlearning after %d calls: stable %.3f, recall %.3f and overlap %.3f have "
+                     "not improved in %d measurements", self.calls, now["stable"], now["recall"], now["overlap"], self.stale)

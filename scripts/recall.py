@@ -1,0 +1,40 @@
+"""Recall against load for associative memories: a hydra entry point over :mod:`dynets.recall`.
+
+    python scripts/recall.py [n=200] [alphas=[0.1,0.3]] [seeds=[0]] [epsilon=5e-5]
+
+Writes recall.md, recall.csv and recall.png into the hydra run directory.
+"""
+from __future__ import annotations
+
+import logging
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from dynets.recall import dense_memory, hebbian_memory, slept_memory, study, write
+
+log = logging.getLogger("dynets")
+
+
+@hydra.main(version_base=None, config_path="../configs", config_name="recall")
+def main(cfg: DictConfig) -> None:
+    torch.set_num_threads(1)   # N = 200: one thread is as fast, and runs beside others
+    monitor = instantiate(cfg.monitor)
+    sleep = OmegaConf.to_container(cfg.sleep, resolve=True)
+    sleep.update(settle=instantiate(cfg.sleep.settle), monitor=monitor)
+    variants = {"hebbian": hebbian_memory(cfg.gain),
+                "hebbian + sleep": slept_memory(cfg.gain, cfg.epsilon, cfg.max_calls, sleep),
+                f"dense (n={cfg.dense.degree})": dense_memory(cfg.gain, cfg.dense.degree, cfg.dense.function)}
+    rows = study(cfg.n, list(cfg.alphas), list(cfg.seeds), variants, monitor, progress=log.info)
+    title = (f"N = {cfg.n}, cues with {cfg.monitor.flip:.0%} of units flipped, "
+             f"success = overlap ≥ {cfg.monitor.threshold}, {len(cfg.seeds)} seeds")
+    paths = write(rows, HydraConfig.get().runtime.output_dir, title)
+    log.info("%s\n%s", title, paths["md"].read_text())
+    log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
+
+
+if __name__ == "__main__":
+    main()
