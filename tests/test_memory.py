@@ -2,6 +2,7 @@
 torchdiffeq, Hebbian storage against the outer products by hand, unlearning that raises
 recall, the stop rule, bad input, reproducible dreams."""
 import csv
+import itertools
 import logging
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from dynets.checkpoint import generators
 from dynets.data import patterns
 from dynets.models.memory import AssociativeMemory, DenseAssociativeMemory, check_patterns, noisy_cues, overlaps
 from dynets.recall import write
+from dynets.sampling import sample
 from dynets.rules.memory import HebbianSleep, HebbianStorage, RecallMonitor, dream_outer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -265,3 +267,27 @@ def test_recall_script_writes_the_study(tmp_path):
     assert float(rows["hebbian + sleep"]["recall"]) >= 0.9 and rows["hebbian + sleep"]["stopped"] != "max_calls"
     assert float(rows["dense (n=3)"]["recall"]) == 1.0
     assert (tmp_path / "recall.png").exists() and "| 0.3 |" in (tmp_path / "recall.md").read_text()
+
+
+def test_gibbs_chains_sample_the_boltzmann_distribution_of_the_memory():
+    """Glauber sweeps over ±1 units at temperature T: the chains' histogram matches
+    exp(−E/T)/Z by enumeration of the 2⁴ states (E = −½ sᵀCs − ξ·s)."""
+    model = AssociativeMemory(4, groups=4).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[0, .8, -.5, .3], [.8, 0, .4, -.2], [-.5, .4, 0, .6], [.3, -.2, .6, 0]]))
+    chains, g = 20000, torch.Generator().manual_seed(0)
+    xi = torch.tensor([[0.3, -0.2, 0.0, 0.1]], dtype=torch.float64)
+    c = Condition(batch_size=chains, generator=g, noise={l: xi[:, l:l + 1].expand(chains, 1) for l in range(4)})
+    init = model.split(torch.randint(0, 2, (chains, 4), generator=g).double() * 2 - 1)
+    end = sample(model, c, init, method="gibbs", sweeps=30, temperature=0.7)
+    states = torch.tensor(list(itertools.product((-1.0, 1.0), repeat=4)), dtype=torch.float64)
+    energy = -0.5 * ((states @ model.coupling().detach()) * states).sum(1) - states @ xi[0]
+    exact = torch.softmax(-energy / 0.7, 0)
+    codes = ((model.output(end.state) > 0).long() * torch.tensor([8, 4, 2, 1])).sum(1)
+    empirical = torch.bincount(codes, minlength=16).double() / chains
+    assert (empirical - exact).abs().max() < 0.01
+
+
+def test_gibbs_needs_one_unit_per_group():
+    with pytest.raises(ValueError, match="groups=n"):
+        AssociativeMemory(4, groups=2).gibbs_blocks(Condition(batch_size=1))

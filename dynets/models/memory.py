@@ -171,6 +171,8 @@ class AssociativeMemory(Memory):
     :class:`dynets.rules.memory.HebbianStorage` or :func:`dynets.rules.memory.hebbian`.
     """
 
+    unit_values = (-1.0, 1.0)   # as stochastic binary units (dynets.sampling, method="gibbs")
+
     def __init__(self, n: int, gain: float = 20.0, groups: int = 1) -> None:
         super().__init__(n, gain, groups)
         self.weight = nn.Parameter(torch.zeros(self.n, self.n))
@@ -185,6 +187,23 @@ class AssociativeMemory(Memory):
     def drive_fn(self):
         c = self.coupling()
         return lambda s, cols: s @ c[:, cols]
+
+    def gibbs_blocks(self, condition: Condition) -> list[Block]:
+        """Stochastic ±1 units (Glauber dynamics of Hopfield's discrete network): the energy
+        gap of unit i, E(s_i = −1) − E(s_i = +1) = 2[(Cs)_i + ξ_i] (G(±1) is the same at both
+        values), one block per group. Units of a block must be conditionally independent
+        given the rest, so this needs one unit per group (``groups = n``)."""
+        if self.groups != self.n:
+            raise ValueError(f"Gibbs sampling updates one unit at a time: build the memory with groups=n={self.n} "
+                             f"(it has groups={self.groups}, and units of a group are coupled)")
+        self.check_condition(condition)
+        u, xi = self.drive_fn(), self._noise(condition)
+
+        def block(k: int) -> Block:
+            cols = slice(k, k + 1)
+            return (k,), lambda state: [2 * (u(self.output(state), cols) + (0 if xi is None else xi[:, cols]))]
+
+        return [block(k) for k in range(self.n)]
 
 
 RECTIFIERS = {"power": lambda m: m, "rectified": torch.relu}
