@@ -29,7 +29,7 @@ def main(cfg: DictConfig) -> None:
                 "hebbian + sleep": slept_memory(cfg.gain, cfg.epsilon, cfg.max_calls, sleep),
                 f"dense (n={cfg.dense.degree})": dense_memory(cfg.gain, cfg.dense.degree, cfg.dense.function)}
     rows = study(cfg.n, list(cfg.alphas), list(cfg.seeds), variants, monitor, progress=log.info)
-    title = (f"N = {cfg.n}, cues with {cfg.monitor.flip:.0%} of units flipped, "
+    title = (f"N = {cfg.n}, cues with {cfg.monitor.flip:.0%} of units flipped,\n"
              f"success = overlap ≥ {cfg.monitor.threshold}, {len(cfg.seeds)} seeds")
     paths = write(rows, HydraConfig.get().runtime.output_dir, title)
     log.info("%s\n%s", title, paths["md"].read_text())
