@@ -185,3 +185,28 @@ def test_the_exact_cosine_metric_is_the_alignment_with_implicit_differentiation(
     aligned = diagnostics.alignment(model, NodePerturbation(0.01, 5, settle=TIGHT, seed=4), reference, x, y)
     assert metrics["cosine_exact"] == pytest.approx(aligned["all"]["cosine"], abs=1e-9)
     assert 0 < metrics["cosine_exact"] < 1
+
+
+def test_the_gamma_law_is_the_mean_cosine_of_a_random_direction():
+    """The study's theory curve against Monte Carlo: E|z·u|/‖z‖, z ~ N(0, I_p), u a unit vector."""
+    from dynets.perturbation_scaling import single_probe_cosine
+    z = torch.randn(200000, 40, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for p in (1, 2, 7, 40):
+        mc = (z[:, :p].abs()[:, 0] / z[:, :p].norm(dim=1)).mean().item()
+        assert single_probe_cosine(p) == pytest.approx(mc, rel=5e-3), p
+    assert single_probe_cosine(2) == pytest.approx(2 / math.pi, rel=1e-12)
+
+
+@pytest.mark.slow
+def test_the_study_measures_the_one_over_sqrt_p_law_on_digits():
+    """The study's one-probe rows on digits: node perturbation's estimate of the drive
+    sensitivities has the Γ-law cosine (within 25 %), for two widths."""
+    from dynets.data import digits
+    from dynets.perturbation_scaling import cosine_rows
+    settle = SettleOptions(method="gauss_seidel", step_size=1.0, atol=1e-10, max_time=2000)
+    rows = cosine_rows(digits(), widths=[8, 64], probes=[1], samples=48, sigma=1e-3, settle=settle,
+                       reference=ImplicitDifferentiation(settle, adjoint_tol=1e-8), progress=lambda _: None)
+    drives = [r for r in rows if r["space"] == "drives"]
+    assert [r["p"] for r in drives] == [18, 74]
+    for r in drives:
+        assert r["cos_mean"] == pytest.approx(r["cos_theory"], rel=0.25), r
