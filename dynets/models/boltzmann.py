@@ -36,7 +36,7 @@ class BoltzmannMachine(DynamicalModel):
         sizes: ``[n_visible, n_hidden]``.
         init_scale: W ~ N(0, init_scale²); biases 0. Hinton's 0.01 ("A practical guide to
             training RBMs", 2010) stalls on bars: with 16 hidden units even the exact gradient
-            stopped near 3 bits, against 0.01–0.07 bits from 0.1 (Adam, 3000 steps, two seeds).
+            stopped near 3 bits, against 0.01–0.07 bits from 0.1 (Adam at 0.03, 3000 steps, three seeds).
         seed: seed of the generator W is drawn from.
     """
 
