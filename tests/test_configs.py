@@ -92,6 +92,18 @@ def test_app_writes_its_run_directory(tmp_path, npz_file):
     assert "beta: 0.2" in (tmp_path / ".hydra" / "config.yaml").read_text()
 
 
+def test_a_generative_run_is_selected_by_kl_and_writes_its_dreams(tmp_path):
+    out = run_app(tmp_path, "+experiment=bars_ws", "trainer.epochs=3", "data.n_train=2000", "logger=none")
+    assert out.returncode == 0, out.stderr
+    epochs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    kl = [e["val_kl_bits"] for e in epochs]
+    assert summary["val_kl_bits"] == pytest.approx(min(kl)) and summary["best_epoch"] == 1 + kl.index(min(kl))
+    assert summary["test_kl_bits"] < 8.12 - 2   # well below the best independent-pixel model's 8.12 bits
+    assert not any(k.startswith("align_cos") for e in epochs for k in e)   # no labelled loss to align with
+    assert (tmp_path / "dreams.png").exists() and (tmp_path / "learning_curves.png").exists()
+
+
 @pytest.mark.parametrize("override,message", [
     ("model=nope", "Available options"),
     ("settle.method=runge", "valid: euler"),

@@ -1,6 +1,10 @@
 """Models: networks that own parameters and define ds/dt."""
 from .base import DynamicalModel, EnergyModel
+from .boltzmann import BoltzmannMachine
+from .helmholtz import Helmholtz
 from .hopfield import ACTIVATIONS, LayeredHopfield
+from .memory import AssociativeMemory, DenseAssociativeMemory
 from .pc import PredictiveCoding
 
-__all__ = ["DynamicalModel", "EnergyModel", "LayeredHopfield", "ACTIVATIONS", "PredictiveCoding"]
+__all__ = ["DynamicalModel", "EnergyModel", "LayeredHopfield", "ACTIVATIONS", "PredictiveCoding", "Helmholtz",
+           "BoltzmannMachine", "AssociativeMemory", "DenseAssociativeMemory"]

@@ -1,10 +1,15 @@
 """Rules: turn the equilibria of the phases they need into ``p.grad``."""
 from .backprop import Backprop
 from .base import Rule, write_grads
+from .boltzmann import BoltzmannLearning
 from .chl import ContrastiveHebbian
 from .ep import EquilibriumPropagation
+from .memory import HebbianSleep, HebbianStorage, RecallMonitor
 from .pc import PredictiveCodingRule
+from .perturbation import NodePerturbation, WeightPerturbation
 from .reference import BackpropThroughTime, ImplicitDifferentiation
+from .wake_sleep import WakeSleep
 
 __all__ = ["Rule", "Backprop", "ContrastiveHebbian", "EquilibriumPropagation", "PredictiveCodingRule", "ImplicitDifferentiation", "BackpropThroughTime",
-           "write_grads"]
+           "WakeSleep", "BoltzmannLearning", "HebbianStorage", "HebbianSleep", "RecallMonitor", "NodePerturbation",
+           "WeightPerturbation", "write_grads"]
