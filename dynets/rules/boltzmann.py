@@ -50,7 +50,7 @@ class BoltzmannLearning(Rule):
 
     models = (BoltzmannMachine,)
 
-    def __init__(self, free: str = "pcd", k: int = 1, chains: int = 100, seed: int = 0) -> None:
+    def __init__(self, free: str = "pcd", k: int = 1, chains: int = 1000, seed: int = 0) -> None:
         super().__init__()
         if free not in STARTS:
             raise ValueError(f"unknown free phase {free!r}; valid: {', '.join(STARTS)}")
