@@ -104,6 +104,12 @@ def build(config: Mapping[str, Any]):
     return data, model, rule, optimizer
 
 
+def build_scheduler(config: Mapping[str, Any], optimizer: torch.optim.Optimizer):
+    """The learning-rate schedule a config names (``scheduler: null``: none)."""
+    node = config.get("scheduler")
+    return instantiate(node)(optimizer) if node else None
+
+
 def differences(old: dict, new: dict) -> list[tuple[str, object, object]]:
     """``(dotted key, old value, new value)`` for every leaf where two nested dicts differ."""
     old, new = flatten(old), flatten(new)
@@ -170,7 +176,8 @@ def train(config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
     summary = fit(model, rule, data, optimizer, epochs=trainer["epochs"], batch_size=trainer["batch_size"],
                   seed=config["seed"], evaluate=evaluation(config.get("evaluate"), data),
                   select=trainer.get("select", "val_accuracy"), goal=trainer.get("goal", "maximize"),
-                  loggers=loggers, run_dir=run_dir, resume_from=state, config=dict(config), probes=probes)
+                  loggers=loggers, run_dir=run_dir, resume_from=state, config=dict(config), probes=probes,
+                  scheduler=build_scheduler(config, optimizer))
     if distributed.is_main():
         write_plots(run_dir, model, Condition(x_probe, model.target(y_probe)) if model.supervised else None,
                     rule.settle, config["seed"])

@@ -187,20 +187,27 @@ def _streams(rule, generator: torch.Generator) -> dict[str, torch.Generator]:
     return {"batch_order": generator, **{f"rule.{name}": g for name, g in checkpoint.generators(rule).items()}}
 
 
-def _state(model, rule, optimizer, generator: torch.Generator, history: History, config) -> dict[str, Any]:
+def _state(model, rule, optimizer, generator: torch.Generator, history: History, config, scheduler=None) -> dict[str, Any]:
     """Everything a resumed run needs to continue exactly (the random streams of every process)."""
     return {"epoch": history.epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "rule": rule.state_dict() if hasattr(rule, "state_dict") else None,
             "rng": checkpoint.rng_state(_streams(rule, generator)),
             "history": dict(vars(history)), "model_signature": checkpoint.model_signature(model),
             "config": config}
 
 
-def _restore(state: Mapping[str, Any], source: str, model, rule, optimizer, generator: torch.Generator) -> History:
+def _restore(state: Mapping[str, Any], source: str, model, rule, optimizer, generator: torch.Generator,
+             scheduler=None) -> History:
     """Load a checkpoint's state into the run's objects; the run's :class:`History`."""
     checkpoint.check_model(state["model_signature"], model, source)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
+    if (state.get("scheduler") is None) != (scheduler is None):
+        raise checkpoint.CheckpointError(f"{source} was trained {'with' if scheduler is None else 'without'} a "
+                                         "learning-rate schedule, and this run is not: pass the same scheduler")
+    if scheduler is not None:
+        scheduler.load_state_dict(state["scheduler"])
     if state["rule"] is not None:
         rule.load_state_dict(state["rule"])
     checkpoint.set_rng_state(state["rng"], _streams(rule, generator), source)
@@ -244,7 +251,8 @@ def fit(model: DynamicalModel, rule: Rule, data: Dataset, optimizer: torch.optim
         loggers: Sequence[Logger] = (), run_dir: str | os.PathLike | None = None,
         resume_from: str | os.PathLike | Mapping[str, Any] | None = None,
         config: Mapping[str, Any] | None = None,
-        probes: Sequence[Callable[[DynamicalModel], dict[str, float]]] = ()) -> dict[str, Any]:
+        probes: Sequence[Callable[[DynamicalModel], dict[str, float]]] = (),
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> dict[str, Any]:
     """Train ``model`` with ``rule`` for ``epochs`` epochs; select the epoch with the best
     validation metric ``select`` (never test); load its weights into ``model``; return the summary.
 
@@ -275,6 +283,8 @@ def fit(model: DynamicalModel, rule: Rule, data: Dataset, optimizer: torch.optim
         config: plain data saved in every checkpoint (e.g. the composed config), for checks on resume.
         probes: functions of the model called after each epoch's training, whose metrics
             join the epoch's (e.g. alignment with the true gradient on a probe batch).
+        scheduler: a learning-rate schedule of ``optimizer``, stepped after every epoch (its
+            state is checkpointed); the epoch's first group's rate is logged as ``lr``.
 
     Metrics a rule or an evaluation does not produce are absent from the epoch's metrics.
     A progress bar over epochs and batches shows when stderr is a terminal. The summary
@@ -296,7 +306,7 @@ def fit(model: DynamicalModel, rule: Rule, data: Dataset, optimizer: torch.optim
     history = History(select, goal)
     if resume_from is not None:
         state, source = _checkpoint_of(resume_from)
-        history = _restore(state, source, model, rule, optimizer, generator)
+        history = _restore(state, source, model, rule, optimizer, generator, scheduler)
         _check_selection(history, select, goal, source)
     if history.epoch > epochs:
         raise ValueError(f"the checkpoint is at epoch {history.epoch}, beyond epochs={epochs}")
@@ -304,11 +314,14 @@ def fit(model: DynamicalModel, rule: Rule, data: Dataset, optimizer: torch.optim
     with nullcontext() if _quiet() else logging_redirect_tqdm():
         for epoch in _bar(range(history.epoch + 1, epochs + 1), initial=history.epoch, total=epochs, desc="epochs"):
             metrics = _epoch(model, rule, optimizer, data, batch_size, generator, evaluate, probes)
+            if scheduler is not None:
+                metrics["lr"] = optimizer.param_groups[0]["lr"]   # the rate this epoch trained with
+                scheduler.step()
             history.record(epoch, metrics, model)
             history.wall_time_s = base_time + time.perf_counter() - start
             _report(epoch, metrics, loggers)
             if run_dir is not None:
-                state = _state(model, rule, optimizer, generator, history, config)
+                state = _state(model, rule, optimizer, generator, history, config, scheduler)
                 if is_main():
                     checkpoint.save(state, run_dir)
     summary = _summary(model, data, evaluate, history, epochs, base_time + time.perf_counter() - start)

@@ -3,6 +3,7 @@ checkpoints load without pickled code; a bad checkpoint or another model fails c
 import functools
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -266,3 +267,35 @@ def test_truncate_metrics_keeps_the_epochs_of_the_checkpoint(tmp_path):
     path.write_text(path.read_text() + '{"epoch": 3, "lo')   # a half-written line after the kept ones
     assert checkpoint.truncate_metrics(path, 5) == 2
     assert checkpoint.truncate_metrics(tmp_path / "none.jsonl", 1) == 0 and not (tmp_path / "none.jsonl").exists()
+
+
+class Rates:
+    """A logger keeping the learning rate of every epoch."""
+
+    def __init__(self) -> None:
+        self.rates = []
+
+    def log(self, metrics, step):
+        self.rates.append(metrics["lr"])
+
+
+def test_a_learning_rate_schedule_follows_its_formula_and_resumes(tmp_path):
+    def run(run_dir=None, epochs=4, init_seed=0, **kwargs):
+        torch.manual_seed(init_seed)
+        model = LayeredHopfield([6, 8, 3]).double()
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+        schedule, rates = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=4), Rates()
+        summary = fit(model, EquilibriumPropagation(0.5, settle=TINY_SETTLE), tiny_data(), optimizer, epochs=epochs,
+                      batch_size=10, seed=3, run_dir=run_dir, scheduler=schedule, loggers=[rates], **kwargs)
+        summary.pop("wall_time_s")
+        return summary, model, rates.rates
+
+    whole, reference, rates = run()
+    # lr_e = ½·lr₀·(1 + cos(π e / T)) for epoch e = 0..T−1 (Loshchilov & Hutter 2017, eta_min = 0)
+    assert rates == pytest.approx([0.025 * (1 + math.cos(math.pi * e / 4)) for e in range(4)])
+    run(tmp_path, epochs=2)
+    resumed, model, later = run(tmp_path, init_seed=9, resume_from=tmp_path)
+    assert resumed == whole and later == rates[2:]
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), reference.parameters()))
+    with pytest.raises(checkpoint.CheckpointError, match="learning-rate schedule"):
+        tiny_run(tmp_path, epochs=4, resume_from=tmp_path)
