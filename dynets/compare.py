@@ -29,10 +29,11 @@ log_fields = ("steps_free", "steps_nudged_+", "steps_nudged_-", "steps_clamped")
 
 @dataclass
 class Entry:
-    """One row of the table: how to build the model (from a seed), its rule and optimizer."""
+    """One row of the table: how to build the model and its rule for a seed (after
+    ``torch.manual_seed(seed)``; one with a generator of its own takes the seed), and its optimizer."""
 
-    model: Callable[[], DynamicalModel]
-    rule: Callable[[], Rule]
+    model: Callable[[int], DynamicalModel]
+    rule: Callable[[int], Rule]
     optimizer: Callable[[list], torch.optim.Optimizer]
 
 
@@ -84,7 +85,7 @@ def run_entry(name: str, entry: Entry, data: Dataset, *, epochs: int, batch_size
     is implicit differentiation at the free equilibrium of the rule's own cost (supervised
     models only: a generative model has no labelled loss to differentiate)."""
     torch.manual_seed(seed)
-    model, rule = entry.model(), entry.rule()
+    model, rule = entry.model(seed), entry.rule(seed)
     optimizer = entry.optimizer(list(model.parameters()))
     reference = ImplicitDifferentiation(reference_settle, adjoint_step=adjoint_step, adjoint_max_steps=adjoint_max_steps,
                                        cost=rule.cost) if model.supervised else None

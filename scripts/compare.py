@@ -7,6 +7,7 @@ Writes compare.md, compare.csv and compare.png into the hydra run directory.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 
 import hydra
@@ -28,8 +29,14 @@ def entry(node: DictConfig, data, hidden: list[int]) -> Entry:
     labels = [data.n_classes] if getattr(locate(node.model._target_), "supervised", True) else []
     sizes = [data.n_features, *node.get("hidden", hidden), *labels]
     make = instantiate(node.optimizer, _partial_=True) if "optimizer" in node else torch.optim.Adam
-    return Entry(model=lambda: instantiate(node.model, sizes=sizes), rule=lambda: instantiate(node.rule),
+    return Entry(model=lambda seed: instantiate(node.model, sizes=sizes, **seeded(node.model, seed)),
+                 rule=lambda seed: instantiate(node.rule, **seeded(node.rule, seed)),
                  optimizer=lambda params: make(params, lr=node.lr))
+
+
+def seeded(node: DictConfig, seed: int) -> dict:
+    """``{"seed": seed}`` for a class that takes a seed (its own generator), else nothing."""
+    return {"seed": seed} if "seed" in inspect.signature(locate(node._target_)).parameters else {}
 
 
 @hydra.main(version_base=None, config_path="../configs", config_name="compare")

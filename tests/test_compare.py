@@ -66,9 +66,9 @@ def test_compare_trains_every_entry_on_the_same_split():
     gradient of its own net (cosine 1 with implicit differentiation), EP's is not."""
     data = dynets.data.digits()
     settle = SettleOptions(method="gauss_seidel", step_size=1.0, atol=1e-3, max_time=100)
-    entries = {"bp": Entry(lambda: PredictiveCoding([64, 32, 10]), Backprop,
+    entries = {"bp": Entry(lambda seed: PredictiveCoding([64, 32, 10]), lambda seed: Backprop(),
                            lambda ps: torch.optim.Adam(ps, 1e-2)),
-               "ep": Entry(lambda: LayeredHopfield([64, 32, 10]), lambda: EquilibriumPropagation(0.5, settle=settle),
+               "ep": Entry(lambda seed: LayeredHopfield([64, 32, 10]), lambda seed: EquilibriumPropagation(0.5, settle=settle),
                            lambda ps: torch.optim.Adam(ps, 1e-2))}
     rows = compare(entries, data, epochs=1, batch_size=64, seeds=[0, 1], probe=32,
                    reference_settle=SettleOptions(method="fast_euler", step_size=0.2, atol=1e-6, max_time=400),
