@@ -1,0 +1,184 @@
+"""Representations learned without labels, measured by what they make easy (hydra-free).
+
+A self-supervised method (a model and a rule, trained by :func:`dynets.train.fit` on data
+whose labels are replaced by zeros, the epoch selected by the validation reconstruction
+error) is measured on the frozen, settled representation of one layer of its state:
+
+- ``reconstruction``: mean squared error per input unit of the model's reconstruction of
+  the test inputs (:func:`reconstruct`);
+- ``linear``: multinomial logistic regression on the standardised representation, trained on
+  the train split, its weight decay selected by validation accuracy, reported on test
+  (:func:`linear_probe`);
+- ``knn``: k-nearest neighbours by cosine similarity to the train split (:func:`knn_accuracy`).
+
+Labels enter only here, after training: the probes read the train and validation labels to
+fit and select, and the test labels only in the final report (:func:`probe`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .data import Dataset, Split
+from .models.helmholtz import Helmholtz
+from .models.pc import PredictiveCoding
+from .models.readback import ReadBackHopfield
+from .settle import SettleOptions
+from .types import Condition, State
+
+METHODS_THAT_FIT = ("generative predictive coding (PredictiveCoding with arrangement='generative', "
+                    "PredictiveCodingRule with variant='unsupervised'); ReadBackHopfield with "
+                    "EquilibriumPropagation or ContrastiveHebbian; Helmholtz with WakeSleep; "
+                    "any of these inside SleepInterleaved")
+
+
+def learns_without_labels(model, rule) -> bool:
+    """Whether ``rule`` trains ``model`` without reading a label: a model with no label layer
+    (``supervised = False``), or generative predictive coding with the ``unsupervised`` rule."""
+    rule = getattr(rule, "wake", rule)   # SleepInterleaved: its wake rule decides
+    if not getattr(model, "supervised", True):
+        return True
+    return getattr(model, "arrangement", None) == "generative" and getattr(rule, "variant", None) == "unsupervised"
+
+
+def check_self_supervised(model, rule) -> None:
+    """Raise unless ``rule`` trains ``model`` without labels, naming the methods that do."""
+    if not learns_without_labels(model, rule):
+        raise ValueError(f"task=self_supervised: {type(rule).__name__} trains {type(model).__name__} from labels "
+                         f"(its read-out is a label layer, or the rule clamps or nudges it toward one). The "
+                         f"methods that learn without labels: {METHODS_THAT_FIT}")
+
+
+def unlabelled(data: Dataset) -> Dataset:
+    """``data`` with every label replaced by 0: what a self-supervised method is trained on."""
+    blank = lambda s: Split(s.x, torch.zeros_like(s.y))
+    return replace(data, train=blank(data.train), val=blank(data.val), test=blank(data.test))
+
+
+def binarised(data: Dataset, threshold: float = 0.5) -> Dataset:
+    """``data`` with inputs x > ``threshold`` as 0/1 (for models of binary units: Helmholtz)."""
+    binary = lambda s: Split((s.x > threshold).to(s.x.dtype), s.y)
+    return replace(data, train=binary(data.train), val=binary(data.val), test=binary(data.test))
+
+
+# ---- representations and reconstructions ---------------------------------------------------
+
+READBACKS: dict[type, Callable[..., torch.Tensor]] = {
+    # x̂ = μ_0, the top-down prediction of the data: x − ε_0
+    PredictiveCoding: lambda model, state, condition: condition.x - model.errors(state, condition)[0],
+    # the generative mean of the visible units given the settled rates of the first hidden layer
+    Helmholtz: lambda model, state, condition: torch.sigmoid(model.generative[0](state[0])),
+    # the read-back layer itself
+    ReadBackHopfield: lambda model, state, condition: state[-1],
+}
+
+
+@torch.no_grad()
+def settled(model, x: torch.Tensor, settle: SettleOptions, batch_size: int = 1000) -> tuple[State, torch.Tensor]:
+    """The free equilibrium of ``model`` with ``x`` ``(n, in)`` clamped, in batches: its state
+    (each layer ``(n, units)``) and the model's reconstruction of ``x`` ``(n, in)``."""
+    readback = next((READBACKS[c] for c in type(model).__mro__ if c in READBACKS), None)
+    if readback is None:
+        raise TypeError(f"no reconstruction is defined for {type(model).__name__}; "
+                        f"known: {', '.join(c.__name__ for c in READBACKS)}")
+    layers, recon = [], []
+    for xb in x.split(batch_size):
+        condition = model.prepare(Condition(xb))
+        state = settle(model, condition).state
+        layers.append(state)
+        recon.append(readback(model, state, condition))
+    return tuple(torch.cat(parts) for parts in zip(*layers)), torch.cat(recon)
+
+
+def pick_layer(model, state: State, layer: int | None) -> torch.Tensor:
+    """Layer ``layer`` of a settled state (``None``: the model's ``code_layer``, else the top);
+    a layer that does not exist is an error naming those that do."""
+    index = getattr(model, "code_layer", -1) if layer is None else layer
+    if not -len(state) <= index < len(state):
+        sizes = ", ".join(f"{l}: {s.shape[1]} units" for l, s in enumerate(state))
+        raise ValueError(f"probe layer {index} does not exist: {type(model).__name__}'s settled state has layers "
+                         f"0..{len(state) - 1} (or -{len(state)}..-1) ({sizes})")
+    return state[index]
+
+
+@dataclass
+class ReconstructionError:
+    """An evaluation for :func:`dynets.train.fit`: ``reconstruction``, the mean squared error per
+    input unit of the model's reconstruction at its free equilibrium (no label is read). Select
+    with ``select="val_reconstruction"``, ``goal="minimize"``."""
+
+    settle: SettleOptions
+    batch_size: int = 1000
+
+    def __call__(self, model, split: Split) -> dict[str, float]:
+        _, recon = settled(model, split.x, self.settle, self.batch_size)
+        return {"reconstruction": (recon - split.x).pow(2).mean().item()}
+
+
+# ---- probes ---------------------------------------------------------------------------------
+
+def standardiser(z: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """z ↦ (z − mean) / std with the statistics of ``z`` (std floored at 1e-2: a unit constant on
+    train, such as a blank pixel, must not blow up on other data)."""
+    mean, std = z.mean(0), z.std(0).clamp_min(1e-2)
+    return lambda v: (v - mean) / std
+
+
+def fit_logistic(z: torch.Tensor, y: torch.Tensor, n_classes: int, weight_decay: float,
+                 max_iter: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multinomial logistic regression: W, b minimising mean CE(zW + b, y) + ½·wd·‖W‖² by L-BFGS
+    from zero (a convex problem: the start draws no random number)."""
+    z = z.double()
+    W = z.new_zeros(z.shape[1], n_classes, requires_grad=True)
+    b = z.new_zeros(n_classes, requires_grad=True)
+    opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-7, tolerance_change=1e-10)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(z @ W + b, y) + 0.5 * weight_decay * W.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return W.detach(), b.detach()
+
+
+def linear_probe(train: Split, val: Split, n_classes: int, weight_decays: tuple[float, ...] = (1e-4, 1e-3, 1e-2),
+                 max_iter: int = 200) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The logistic regression (on standardised features) whose weight decay gives the best
+    validation accuracy; returns ``predict(z) -> labels`` with ``predict.weight_decay`` and
+    ``predict.val_accuracy``. Reads only the train and validation labels."""
+    scale = standardiser(train.x)
+    best = None
+    for wd in weight_decays:
+        W, b = fit_logistic(scale(train.x), train.y, n_classes, wd, max_iter)
+        acc = ((scale(val.x).double() @ W + b).argmax(1) == val.y).double().mean().item()
+        if best is None or acc > best[0]:
+            best = (acc, wd, W, b)
+    acc, wd, W, b = best
+    predict = lambda z: (scale(z).double() @ W + b).argmax(1)
+    predict.weight_decay, predict.val_accuracy = wd, acc
+    return predict
+
+
+def knn_predict(train: Split, z: torch.Tensor, k: int = 10, chunk: int = 1000) -> torch.Tensor:
+    """Labels of ``z`` by its ``k`` nearest train neighbours in cosine similarity (features centred
+    on the train mean), each voting with its similarity."""
+    mean = train.x.mean(0)
+    bank = F.normalize(train.x - mean, dim=1)
+    n_classes = int(train.y.max()) + 1
+    out = []
+    for q in z.split(chunk):
+        sim, idx = (F.normalize(q - mean, dim=1) @ bank.T).topk(k, dim=1)
+        votes = torch.zeros(len(q), n_classes, dtype=sim.dtype).scatter_add_(1, train.y[idx], sim)
+        out.append(votes.argmax(1))
+    return torch.cat(out)
+
+
+def accuracy(predicted: torch.Tensor, y: torch.Tensor) -> float:
+    return (predicted == y).double().mean().item()

@@ -1,0 +1,192 @@
+"""Self-supervised methods and their probes: learning without labels, sleep interleaving, the probes' mathematics."""
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf, open_dict
+from sklearn.linear_model import LogisticRegression
+
+from dynets.app import build
+from dynets.data import Split, digits
+from dynets.models.helmholtz import Helmholtz
+from dynets.models.hopfield import LayeredHopfield
+from dynets.models.pc import PredictiveCoding
+from dynets.models.readback import ReadBackHopfield
+from dynets.probe import (ReconstructionError, binarised, check_self_supervised, fit_logistic, knn_predict, pick_layer,
+                          settled, unlabelled)
+from dynets.rules.chl import ContrastiveHebbian
+from dynets.rules.ep import EquilibriumPropagation
+from dynets.rules.interleave import SleepInterleaved
+from dynets.rules.pc import PredictiveCodingRule
+from dynets.rules.wake_sleep import WakeSleep
+from dynets.selfsup import Method, Probes, train_method
+from dynets.settle import SettleOptions
+from dynets.train import fit
+
+from test_configs import CONFIGS
+
+GS = SettleOptions(method="gauss_seidel", step_size=1.0, atol=1e-3, max_time=100.0)
+PROBES = Probes(weight_decays=(1e-3,), max_iter=50, k=5)
+
+
+@pytest.fixture(scope="module")
+def small():
+    """400 digits for training, the rest of digits' splits as they are."""
+    data = digits()
+    return replace(data, train=Split(data.train.x[:400], data.train.y[:400]))
+
+
+METHODS = {
+    "pc": Method(lambda s: PredictiveCoding(s, "tanh", "generative"),
+                 lambda: PredictiveCodingRule(variant="unsupervised", settle=GS),
+                 lambda ps: torch.optim.Adam(ps, lr=1e-3)),
+    "ep": Method(ReadBackHopfield, lambda: EquilibriumPropagation(beta=0.5, settle=GS),
+                 lambda ps: torch.optim.Adam(ps, lr=1e-3)),
+    "chl": Method(ReadBackHopfield, lambda: ContrastiveHebbian(settle=GS), lambda ps: torch.optim.Adam(ps, lr=1e-3)),
+    "helmholtz": Method(Helmholtz, lambda: SleepInterleaved(WakeSleep(), ratio=1.0),
+                        lambda ps: torch.optim.SGD(ps, lr=0.1), binarize=True),
+}
+
+
+def train(method: Method, data, epochs=2, seed=0):
+    torch.manual_seed(seed)
+    model, rule = method.model([data.n_features, 32]), method.rule()
+    before = ReconstructionError(rule.settle)(model, data.val)["reconstruction"]
+    fit(model, rule, unlabelled(data), method.optimizer(list(model.parameters())), epochs=epochs, batch_size=32,
+        seed=seed, evaluate=ReconstructionError(rule.settle), select="val_reconstruction", goal="minimize")
+    return model, before, ReconstructionError(rule.settle)(model, data.val)["reconstruction"]
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_reconstruction_error_falls_in_a_short_run(name, small):
+    data = binarised(small) if METHODS[name].binarize else small
+    _, before, after = train(METHODS[name], data)
+    assert after < 0.8 * before
+
+
+def test_the_representation_never_sees_a_label(small):
+    """Poisoned test labels change only the final test accuracies; poisoned train and validation
+    labels too leave the trained representation bit-identical."""
+    g = torch.Generator().manual_seed(1)
+    poison = lambda s: Split(s.x, s.y[torch.randperm(len(s), generator=g)])
+    test_poisoned = replace(small, test=poison(small.test))
+    all_poisoned = replace(small, train=poison(small.train), val=poison(small.val), test=poison(small.test))
+    runs = [train_method(METHODS["ep"], d, [32], epochs=1, batch_size=32, seed=0, probes=PROBES)
+            for d in (small, test_poisoned, all_poisoned)]
+    (model, rows), (model_t, rows_t), (model_a, _) = runs
+    for other in (model_t, model_a):
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
+    final = ("linear_test", "knn_test", "train_time_s")
+    for row, row_t in zip(rows, rows_t):
+        assert {k: v for k, v in row.items() if k not in final} == {k: v for k, v in row_t.items() if k not in final}
+    assert rows[1]["linear_test"] != rows_t[1]["linear_test"]   # the poison reached the report
+
+
+def _fit_run(rule, data, model_fn, epochs=1):
+    torch.manual_seed(0)
+    model = model_fn()
+    fit(model, rule, unlabelled(data), torch.optim.SGD(model.parameters(), lr=0.05), epochs=epochs, batch_size=32,
+        seed=0, evaluate=ReconstructionError(GS), select="val_reconstruction", goal="minimize")
+    return model.state_dict()
+
+
+def test_sleep_ratio_zero_is_wake_training_bit_for_bit(small):
+    pc = lambda: PredictiveCoding([64, 16], "tanh", "generative")
+    wake = lambda: PredictiveCodingRule(variant="unsupervised", settle=GS)
+    plain = _fit_run(wake(), small, pc)
+    zero = _fit_run(SleepInterleaved(wake(), ratio=0.0, start="prior"), small, pc)
+    slept = _fit_run(SleepInterleaved(wake(), ratio=1.0, start="replay", noise=0.1), small, pc)
+    assert all(torch.equal(plain[k], zero[k]) for k in plain)
+    assert not torch.equal(plain["layers.0.weight"], slept["layers.0.weight"])
+
+
+def test_helmholtz_sleep_trains_recognition_only_when_its_ratio_is_positive(small):
+    data = binarised(small)
+    machine = lambda: Helmholtz([64, 16], seed=0)
+    zero = _fit_run(SleepInterleaved(WakeSleep(), ratio=0.0), data, machine)
+    slept = _fit_run(SleepInterleaved(WakeSleep(), ratio=1.0), data, machine)
+    init = machine().state_dict()
+    assert torch.equal(zero["recognition.0.weight"], init["recognition.0.weight"])
+    assert not torch.equal(slept["recognition.0.weight"], init["recognition.0.weight"])
+    x = data.train.x[:32]   # one step: the same wake update of G either way; only sleep writes R's
+    grads = []
+    for ratio in (0.0, 1.0):
+        model = machine()
+        SleepInterleaved(WakeSleep(), ratio=ratio).grads(model, x, data.train.y[:32])
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    assert torch.equal(grads[0]["generative.0.weight"], grads[1]["generative.0.weight"])
+    assert grads[0]["recognition.0.weight"] is None and grads[1]["recognition.0.weight"] is not None
+
+
+def test_a_fractional_ratio_sleeps_at_that_rate(small):
+    rule = SleepInterleaved(PredictiveCodingRule(variant="unsupervised", settle=GS), ratio=0.25, start="prior")
+    model = PredictiveCoding([64, 8], "tanh", "generative")
+    x, y = small.train.x[:16], torch.zeros(16, dtype=torch.long)
+    assert [rule.grads(model, x, y)["sleeps"] for _ in range(8)] == [0, 0, 0, 1, 0, 0, 0, 1]
+
+
+def test_linear_probe_matches_sklearn():
+    """Same objective as sklearn's multinomial L2 logistic regression with C = 1/(n·wd): the
+    predicted probabilities agree (the bias is defined only up to a shift)."""
+    g = torch.Generator().manual_seed(0)
+    z, y, wd = torch.randn(300, 5, generator=g), torch.randint(0, 3, (300,), generator=g), 1e-2
+    W, b = fit_logistic(z, y, 3, wd, max_iter=500)
+    ref = LogisticRegression(C=1 / (len(z) * wd), tol=1e-10, max_iter=5000).fit(z.double().numpy(), y.numpy())
+    ours = torch.softmax(z.double() @ W + b, 1).numpy()
+    assert np.abs(ours - ref.predict_proba(z.double().numpy())).max() < 1e-5
+
+
+def test_knn_matches_a_brute_force_vote():
+    g = torch.Generator().manual_seed(0)
+    bank, labels, queries = torch.randn(50, 4, generator=g), torch.randint(0, 3, (50,), generator=g), torch.randn(20, 4, generator=g)
+    mean = bank.mean(0).numpy()
+    expected = []
+    for q in queries.numpy():
+        sims = [float(np.dot(q - mean, b - mean) / np.linalg.norm(q - mean) / np.linalg.norm(b - mean)) for b in bank.numpy()]
+        votes = np.zeros(3)
+        for i in np.argsort(sims)[::-1][:5]:
+            votes[labels[i]] += sims[i]
+        expected.append(int(np.argmax(votes)))
+    assert knn_predict(Split(bank, labels), queries, k=5, chunk=7).tolist() == expected
+
+
+def test_readback_reconstruction_is_its_top_layer_at_the_free_equilibrium():
+    torch.manual_seed(0)
+    model, x = ReadBackHopfield([6, 4]), torch.rand(5, 6)
+    state, recon = settled(model, x, GS)
+    assert torch.equal(recon, state[-1]) and recon.shape == x.shape
+    h = state[0]   # the read-back's fixed point is ρ(W h + b) given the code
+    assert torch.allclose(recon, model.decode(h), atol=1e-3)
+
+
+def test_a_probe_on_a_missing_layer_names_the_layers():
+    model = PredictiveCoding([6, 5, 4], "tanh", "generative")
+    state, _ = settled(model, torch.rand(3, 6), GS)
+    with pytest.raises(ValueError, match=r"layer 2 does not exist.*layers 0\.\.1.*0: 5 units, 1: 4 units"):
+        pick_layer(model, state, 2)
+
+
+def test_a_labelled_method_is_refused_naming_those_that_fit():
+    with pytest.raises(ValueError, match="learn without labels: generative predictive coding.*ReadBackHopfield"):
+        check_self_supervised(LayeredHopfield([4, 3, 2]), EquilibriumPropagation())
+    with pytest.raises(ValueError, match="ReadBackHopfield"):
+        check_self_supervised(PredictiveCoding([4, 3], "tanh", "generative"), PredictiveCodingRule(variant="centered"))
+    check_self_supervised(PredictiveCoding([4, 3], "tanh", "generative"),
+                          SleepInterleaved(PredictiveCodingRule(variant="unsupervised")))
+
+
+def _config(overrides):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        cfg = compose("train", overrides=overrides)
+    with open_dict(cfg):
+        cfg.trainer.device = "cpu"
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_the_app_refuses_a_labelled_method_under_task_self_supervised():
+    with pytest.raises(ValueError, match="methods that learn without labels"):
+        build(_config(["task=self_supervised", "model=hopfield"]))
+    data, model, _, _ = build(_config(["task=self_supervised"]))
+    assert isinstance(model, ReadBackHopfield) and int(data.train.y.abs().sum()) == 0   # no label reaches training
