@@ -21,6 +21,7 @@ import torch
 from . import checkpoint, diagnostics, distributed, plots, sampling
 from .data import Dataset
 from .logging import JsonLinesLogger, flatten
+from .probe import check_self_supervised, unlabelled
 from .rules import ImplicitDifferentiation
 from .train import fit, layer_param_groups
 from .types import Condition
@@ -32,6 +33,7 @@ RESUMABLE_CHANGES = ("resume", "trainer.epochs", "logger")
 # its model, and other data (another split seed or fraction) moves samples between train,
 # validation and test.
 FIXED_ON_RESUME = {"model": "a different model", "data": "different data"}
+TASKS = ("supervised", "self_supervised")
 PROBE = 64   # validation samples of the alignment probe and the settling plot
 
 
@@ -66,12 +68,13 @@ def locate(path: str) -> Any:
         raise ImportError(f"_target_: {path!r} cannot be imported ({err}); check its spelling in the config") from err
 
 
-def build_model(node: Mapping[str, Any], data: Dataset) -> torch.nn.Module:
+def build_model(node: Mapping[str, Any], data: Dataset, labelled: bool = True) -> torch.nn.Module:
     """The model config names its hidden sizes; the ends come from the data: the input, and
-    the labels unless the model learns without them (``supervised = False``)."""
+    the labels unless the model learns without them (``supervised = False``) or the task has
+    none (``labelled=False``)."""
     node = dict(node)
     hidden = node.pop("hidden")
-    labels = [data.n_classes] if getattr(locate(node["_target_"]), "supervised", True) else []
+    labels = [data.n_classes] if labelled and getattr(locate(node["_target_"]), "supervised", True) else []
     return instantiate({**node, "sizes": [data.n_features, *hidden, *labels]})
 
 
@@ -89,16 +92,27 @@ def build(config: Mapping[str, Any]):
     """Data, model, rule and optimizer of a composed config (seeded before the model), on
     ``trainer.device``.
 
+    ``task: self_supervised``: the labels are replaced by zeros before anything sees them and
+    the model has no label layer.
+
     Raises:
         TypeError: the rule cannot train the model (before any training); the message
             names the models it can train.
+        ValueError: an unknown task, or a method that needs labels under ``self_supervised``
+            (the message names the methods that fit).
     """
+    task = config.get("task", "supervised")
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
     torch.manual_seed(config["seed"])
     device = resolve_device(config["trainer"]["device"])
     data = instantiate(config["data"]).to(device)
-    model = build_model(config["model"], data).to(device)
+    data = unlabelled(data) if task == "self_supervised" else data
+    model = build_model(config["model"], data, labelled=task == "supervised").to(device)
     rule = instantiate(config["rule"])
     rule.check_model(model)
+    if task == "self_supervised":
+        check_self_supervised(model, rule)
     groups = layer_param_groups(model, config["optimizer"]["lr"], config["trainer"]["layer_lrs"])
     optimizer = instantiate(config["optimizer"])(groups)
     return data, model, rule, optimizer

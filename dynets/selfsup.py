@@ -22,7 +22,9 @@ from .data import Dataset, Split
 from .probe import (ReconstructionError, accuracy, binarised, check_self_supervised, knn_predict, linear_probe,
                     pick_layer, settled, unlabelled)
 from .rules.interleave import prior_code, top_down
+from .sampling import Sleep
 from .train import fit
+from .types import Condition
 
 
 @dataclass
@@ -157,17 +159,26 @@ def study(methods: dict[str, Method], data: Dataset, hidden: list[int], *, epoch
 
 def pictures(model, rule, data: Dataset, name: str, out_dir: Path, seed: int, n: int = 32) -> None:
     """``<name>_reconstructions.png`` (test inputs above their reconstructions) and, for a model
-    with a top-level prior, ``<name>_dreams.png`` (the generative pass from codes prior + ξ)."""
+    with a top-level prior, ``<name>_dreams.png``."""
     x = data.test.x[:n]
     _, recon = settled(model, x, rule.settle)
     plots.images(torch.cat([x, recon.clamp(0, 1)]), out_dir / f"{name}_reconstructions.png",
                  title=f"{name}: test inputs (top), reconstructions (bottom)")
+    dreamt = dreams(model, rule.settle, n, seed)
+    if dreamt is not None:
+        plots.images(dreamt.clamp(0, 1), out_dir / f"{name}_dreams.png", title=f"{name}: dreams")
+
+
+@torch.no_grad()
+def dreams(model, settle, n: int, seed: int) -> torch.Tensor | None:
+    """``(n, in)`` dreams: a Helmholtz machine's top-down sweep from its prior (exact samples);
+    a continuous model's generative pass from codes prior + ξ, ξ ~ N(0, I); ``None`` without a prior."""
+    generator = torch.Generator().manual_seed(seed)
+    if hasattr(model, "prior_state"):
+        return Sleep("prior").dream(model, Condition(batch_size=n, generator=generator)).state[0]
     if isinstance(getattr(model, "prior", None), torch.Tensor):
-        with torch.no_grad():
-            code = prior_code(model, n, 1.0, torch.Generator().manual_seed(seed))
-            dreams = top_down(model, code, rule.settle) if not hasattr(model, "gibbs_blocks") else torch.sigmoid(
-                model.generative[0](torch.sigmoid(code)))
-        plots.images(dreams.clamp(0, 1), out_dir / f"{name}_dreams.png", title=f"{name}: dreams")
+        return top_down(model, prior_code(model, n, 1.0, generator), settle)
+    return None
 
 
 COLUMNS = ("method", "reconstruction", "linear_val", "linear_test", "knn_val", "knn_test", "weight_decay",
@@ -184,12 +195,11 @@ def write(rows: list[dict[str, Any]], out_dir: str | Path, title: str = "") -> d
         writer.writerows(rows)
     head = ["method", "test recon. MSE", "linear probe val / test (%)", "kNN val / test (%)", "train wall time (s)"]
     lines = ([title, ""] if title else []) + ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    cell = lambda r, k: f"{r[k]:.4f}" if k in r else "—"
+    num = lambda r, k, f: f(r[k]) if k in r else "—"
+    pair = lambda r, a, b: f"{100 * r[a]:.2f} / {100 * r[b]:.2f}"
     for r in rows:
-        lines.append(f"| {r['method']} | {cell(r, 'reconstruction')} | {100 * r['linear_val']:.2f} / "
-                     f"{100 * r['linear_test']:.2f} | {100 * r['knn_val']:.2f} / {100 * r['knn_test']:.2f} | "
-                     f"{r['train_time_s']:.1f} |" if "train_time_s" in r else
-                     f"| {r['method']} | — | {100 * r['linear_val']:.2f} / {100 * r['linear_test']:.2f} | "
-                     f"{100 * r['knn_val']:.2f} / {100 * r['knn_test']:.2f} | — |")
+        cells = [r["method"], num(r, "reconstruction", "{:.4f}".format), pair(r, "linear_val", "linear_test"),
+                 pair(r, "knn_val", "knn_test"), num(r, "train_time_s", "{:.1f}".format)]
+        lines.append("| " + " | ".join(cells) + " |")
     (out_dir / "probe.md").write_text("\n".join(lines) + "\n")
     return {"csv": out_dir / "probe.csv", "md": out_dir / "probe.md"}
