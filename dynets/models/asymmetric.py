@@ -1,0 +1,205 @@
+"""Layered network with separate bottom-up and top-down weights: a vector field with no
+energy (Scellier, Goyal, Binas, Mesnard & Bengio 2018, "Generalization of equilibrium
+propagation to vector field dynamics")."""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..costs import SquaredError
+from ..types import Block, Condition, State, VectorField, by_layer
+from .base import DynamicalModel
+from .hopfield import ACTIVATIONS
+
+FEEDBACK = ("random", "tied", "learned")
+
+
+class Asymmetric(DynamicalModel):
+    r"""Layered leaky network whose feedback pathway is its own set of weights:
+
+        ds_l/dt = −s_l + ρ(u_l),   u_l = W_{l−1} s_{l−1} + b_l + B_l s_{l+1},   s_0 = x,
+        u_L = W_{L−1} s_{L−1} + b_L − β·∂C/∂s_L          (the read-out layer, nudged),
+
+    with W_l (``layers[l].weight``, bottom-up, n_{l+1}×n_l) and B_l (``feedback[l-1]``,
+    top-down into hidden layer l, n_l×n_{l+1}). With B_l = W_lᵀ this is exactly
+    :class:`~dynets.models.LayeredHopfield`; otherwise there is no energy, the Jacobian is
+    not symmetric, and the flow may spiral or oscillate: :func:`dynets.settle` then reports
+    ``converged=False`` and the rules leave those samples out.
+
+    Args:
+        sizes: ``[in_features, hidden..., out_features]``.
+        feedback: ``tied`` (B_l = W_lᵀ, no parameter of its own: LayeredHopfield),
+            ``random`` (a fixed random B, a buffer no optimizer sees: feedback alignment)
+            or ``learned`` (B is a parameter, trained by the rules that learn feedback:
+            Kolen–Pollack, weight mirrors, difference target propagation).
+        activation: ``hard_sigmoid``, ``sigmoid`` or ``tanh`` (as LayeredHopfield).
+        feedback_scale: B is drawn U(±scale/√n_{l+1}) (nn.Linear's init of a layer
+            mapping n_{l+1} units to n_l, for scale 1).
+        seed: seed of the draw of B (its own generator), ``None``: drawn from torch's
+            default generator like the forward weights.
+    """
+
+    def __init__(self, sizes: list[int], feedback: str = "random", activation: str = "hard_sigmoid",
+                 feedback_scale: float = 1.0, seed: int | None = None) -> None:
+        super().__init__()
+        if len(sizes) < 2 or any(int(n) < 1 for n in sizes):
+            raise ValueError(f"sizes must list >= 2 positive layer sizes, got {list(sizes)}")
+        if feedback not in FEEDBACK:
+            raise ValueError(f"unknown feedback {feedback!r}; valid: {', '.join(FEEDBACK)}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; valid: {', '.join(ACTIVATIONS)}")
+        self.sizes, self.feedback_mode, self.activation = [int(n) for n in sizes], feedback, activation
+        self.act = ACTIVATIONS[activation]
+        self.in_features, self.out_features = self.sizes[0], self.sizes[-1]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(self.sizes, self.sizes[1:]))
+        if feedback == "tied":
+            return
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        shapes = [(a, b) for a, b in zip(self.sizes[1:-1], self.sizes[2:])]
+        draws = [(2 * torch.rand(shape, generator=generator) - 1) * feedback_scale / math.sqrt(shape[1])
+                 for shape in shapes]
+        if feedback == "learned":
+            self.feedback = nn.ParameterList(nn.Parameter(b) for b in draws)
+        else:
+            for k, b in enumerate(draws):
+                self.register_buffer(f"feedback_{k}", b)
+
+    @property
+    def learns_feedback(self) -> bool:
+        return self.feedback_mode == "learned"
+
+    def feedback_weights(self) -> list[torch.Tensor]:
+        """[B_1, ..., B_{L−1}]: B_l (n_l × n_{l+1}) carries layer l+1 down to hidden layer l."""
+        if self.feedback_mode == "tied":
+            return [layer.weight.t() for layer in self.layers[1:]]
+        if self.feedback_mode == "learned":
+            return list(self.feedback)
+        return [getattr(self, f"feedback_{k}") for k in range(len(self.layers) - 1)]
+
+    def feedback_angles(self) -> list[float]:
+        """Angle in degrees between each B_l and W_lᵀ (0 for tied feedback)."""
+        out = []
+        for b, layer in zip(self.feedback_weights(), self.layers[1:]):
+            w = layer.weight.t()
+            cos = (b * w).sum() / (b.norm() * w.norm())
+            out.append(math.degrees(math.acos(max(-1.0, min(1.0, cos.item())))))
+        return out
+
+    def set_feedback(self, weights: list[torch.Tensor]) -> None:
+        """Set B (learned or random feedback); each must have B_l's shape, named in the error."""
+        own = self.feedback_weights()
+        if self.feedback_mode == "tied" or len(weights) != len(own):
+            raise ValueError(f"set_feedback needs {len(own)} matrices for feedback={self.feedback_mode!r} "
+                             f"(tied feedback has none of its own); got {len(weights)}")
+        for l, (b, new) in enumerate(zip(own, weights), start=1):
+            if new.shape != b.shape:
+                raise ValueError(f"feedback into hidden layer {l} has shape {tuple(new.shape)}, but the forward "
+                                 f"layers {l} ({self.sizes[l]} units) and {l + 1} ({self.sizes[l + 1]} units) "
+                                 f"need ({self.sizes[l]}, {self.sizes[l + 1]})")
+            with torch.no_grad():
+                b.copy_(new)
+
+    def init_state(self, condition: Condition) -> State:
+        x = condition.x
+        return tuple(x.new_zeros(x.shape[0], n) for n in self.sizes[1:])
+
+    def prepare(self, condition: Condition) -> Condition:
+        """``condition`` with the input drive W₀x computed once for every phase of the batch."""
+        self.check_condition(condition)
+        with torch.no_grad():
+            return replace(condition, constants=condition.x @ self.layers[0].weight.t())
+
+    def drives(self, state: State, condition: Condition) -> list[torch.Tensor]:
+        """u_l for each free layer (what ρ is applied to), with the phase's nudge and noise."""
+        return self._drive_fn(condition)(state, range(len(state)))
+
+    def _drive_fn(self, condition: Condition) -> Callable[..., list[torch.Tensor]]:
+        """``u(s, layers, self_term=True)``; ``self_term=False`` leaves out the top layer's −β·s_L
+        (squared error), for its exact Gauss–Seidel update. Constant parts computed once."""
+        self.check_condition(condition)
+        weights = [layer.weight for layer in self.layers]
+        up = [None] + [w.t().contiguous() for w in weights[1:]]
+        down = [b.t().contiguous() for b in self.feedback_weights()]   # s_{l+1} @ B_lᵀ
+        biases = [layer.bias for layer in self.layers]
+        for l, xi in by_layer(condition.noise, self.init_state(condition), "noise").items():
+            biases[l] = biases[l] + xi
+        beta, top, cost, y = condition.beta, len(weights) - 1, condition.cost, condition.target
+        square = isinstance(cost, SquaredError)
+        if beta != 0.0 and square:
+            biases[top] = biases[top] + beta * y
+        shared = condition.constants is not None and not torch.is_grad_enabled()
+        first = (condition.constants if shared else condition.x @ weights[0].t()) + biases[0]
+
+        def u(state: State, layers: range, self_term: bool = True) -> list[torch.Tensor]:
+            out = []
+            for l in layers:
+                ul = first if l == 0 else torch.addmm(biases[l], state[l - 1], up[l])
+                if l < top:
+                    ul = torch.addmm(ul, state[l + 1], down[l])
+                elif beta != 0.0 and self_term:
+                    ul = ul.add(state[l], alpha=-beta) if square else ul - beta * cost.grad(state[l], y)
+                elif l == 0:
+                    ul = ul.clone()
+                out.append(ul)
+            return out
+
+        return u
+
+    def dynamics(self, condition: Condition) -> VectorField:
+        u, rho_ = self._drive_fn(condition), self.act.rho_
+
+        def f(t: torch.Tensor, state: State) -> State:
+            return tuple(rho_(ul) - s for ul, s in zip(u(state, range(len(state))), state))
+
+        return f
+
+    def blocks(self, condition: Condition) -> list[Block]:
+        """Gauss–Seidel blocks: even layers, then odd ones (layer l reads only l ± 1); the
+        nudged top layer (squared error) takes its exact update ``act.prox``, as in
+        LayeredHopfield. Same fixed points as the flow."""
+        u, act, top, beta = self._drive_fn(condition), self.act, len(self.layers) - 1, condition.beta
+        exact = beta != 0.0 and isinstance(condition.cost, SquaredError)
+
+        def block(first: int) -> Block:
+            layers = range(first, len(self.layers), 2)
+
+            def g(state: State) -> list[torch.Tensor]:
+                drives = u(state, layers, self_term=not exact)
+                if not (exact and top in layers):
+                    return [act.rho_(ul) for ul in drives]
+                c = drives.pop()
+                solved = act.prox(c, beta)
+                return [act.rho_(ul) for ul in drives] + [act.rho_(c.add_(state[top], alpha=-beta)) if solved is None else solved]
+
+            return tuple(layers), g
+
+        return [block(0), block(1)]
+
+    def hebbian_difference(self, a: State, b: State, x: torch.Tensor, scale: float = 1.0) -> dict[str, torch.Tensor]:
+        """EP's phase difference: −scale·⟨a_{l+1}a_lᵀ − b_{l+1}b_lᵀ⟩ for W_l (a_0 = b_0 = x),
+        −scale·⟨a_l − b_l⟩ for the biases and, for learned feedback, −scale·⟨a_l a_{l+1}ᵀ −
+        b_l b_{l+1}ᵀ⟩ for B_l. With tied feedback it is LayeredHopfield's ∂F/∂θ difference."""
+        s = -scale / x.shape[0]
+        lower_a, lower_b = (x,) + tuple(a[:-1]), (x,) + tuple(b[:-1])
+        grads = {}
+        for l, (ua, la, ub, lb) in enumerate(zip(a, lower_a, b, lower_b)):
+            grads[f"layers.{l}.weight"] = (ua.T @ la - ub.T @ lb) * s
+            grads[f"layers.{l}.bias"] = (ua - ub).sum(0) * s
+        if self.learns_feedback:
+            for l in range(len(a) - 1):
+                grads[f"feedback.{l}"] = (a[l].T @ a[l + 1] - b[l].T @ b[l + 1]) * s
+        return grads
+
+    def delta_rule(self, a: State, b: State, pre: State, x: torch.Tensor, scale: float = 1.0) -> dict[str, torch.Tensor]:
+        """The forward weights' local update from a postsynaptic activity difference:
+        −scale·⟨(a_{l+1} − b_{l+1}) pre_lᵀ⟩ for W_l (pre_0 = x), −scale·⟨a_{l+1} − b_{l+1}⟩ for b_l."""
+        s = -scale / x.shape[0]
+        grads = {}
+        for l, (ua, ub, p) in enumerate(zip(a, b, (x,) + tuple(pre[:-1]))):
+            d = (ua - ub) * s
+            grads[f"layers.{l}.weight"], grads[f"layers.{l}.bias"] = d.T @ p, d.sum(0)
+        return grads

@@ -1,0 +1,191 @@
+"""Rules for networks whose feedback weights B are not the transpose of the forward W
+(:class:`~dynets.models.asymmetric.Asymmetric`): vector-field EP, feedback alignment,
+Kolen–Pollack and weight mirrors. Each compares a free and a nudged equilibrium of the
+same asymmetric network; they differ in the update of W and in what sets B."""
+from __future__ import annotations
+
+import torch
+
+from ..costs import Cost
+from ..models.asymmetric import Asymmetric
+from ..settle import SettleOptions
+from ..types import Condition, Equilibrium, State
+from .base import Rule, write_grads
+
+# Nudging strengths of the two phases compared, in units of β (as EquilibriumPropagation).
+VARIANTS = {"centered": (-1.0, 1.0), "positive": (0.0, 1.0)}
+
+
+class _Nudged(Rule):
+    """Free phase and two phases nudged by ±β from it. A sample is used only if every one
+    of its settles converged; the others are left out of the batch mean and counted
+    (``unconverged``): an oscillating, non-equilibrium state is never learned from."""
+
+    models = (Asymmetric,)
+    needs_learned_feedback = False
+
+    def __init__(self, beta: float = 0.5, variant: str = "centered", settle: SettleOptions | None = None,
+                 cost: Cost | None = None) -> None:
+        super().__init__(settle, cost)
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
+        if not beta > 0:
+            raise ValueError(f"beta must be > 0, got {beta}")
+        self.beta, self.variant = float(beta), variant
+
+    def check_model(self, model) -> None:
+        super().check_model(model)
+        if self.needs_learned_feedback and not model.learns_feedback:
+            raise ValueError(f"{type(self).__name__} trains the feedback weights B, but this model has "
+                             f"feedback={model.feedback_mode!r}; set feedback='learned'")
+
+    def phases(self, model: Asymmetric, x: torch.Tensor, y: torch.Tensor):
+        """(condition, free, a, b, ok, scale, metrics): the nudged ends a (β₂) and b (β₁),
+        the mask ``ok`` of samples that converged everywhere, and 1/(β₂ − β₁)."""
+        condition, free, metrics = self.free_phase(model, x, y)
+        ends, ok = [], free.residual <= free.tolerance
+        for k in VARIANTS[self.variant]:
+            eq = free if k == 0.0 else self.nudged(model, condition, free, k * self.beta)
+            ok = ok & (eq.residual <= eq.tolerance)
+            ends.append(eq.state)
+            if k != 0.0:
+                metrics[f"steps_nudged_{'+' if k > 0 else '-'}"] = eq.steps
+        metrics["unconverged"] = int((~ok).sum())
+        metrics["converged"] = ok.float().mean().item()
+        k1, k2 = VARIANTS[self.variant]
+        return condition, free, ends[1], ends[0], ok, 1.0 / ((k2 - k1) * self.beta), metrics
+
+    def nudged(self, model: Asymmetric, condition: Condition, free: Equilibrium, beta: float) -> Equilibrium:
+        """The phase nudged by ``beta``, settled from the free equilibrium."""
+        return self.settle(model, condition.nudged(beta), init=free.state)
+
+    def grads(self, model: Asymmetric, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        condition, free, a, b, ok, scale, metrics = self.phases(model, x, y)
+        pick = lambda s: tuple(t[ok] for t in s)
+        grads = self.update(model, condition, pick(free.state), pick(a), pick(b), x[ok], scale) if ok.any() else \
+            {n: torch.zeros_like(p) for n, p in model.named_parameters() if self.trains(n, model)}
+        write_grads(model, grads)
+        metrics.update({f"feedback_angle_{l}": v for l, v in enumerate(model.feedback_angles())})
+        return metrics
+
+    def trains(self, name: str, model: Asymmetric) -> bool:
+        """Whether this rule writes a gradient for parameter ``name``."""
+        return name.startswith("layers.") or (self.needs_learned_feedback and name.startswith("feedback."))
+
+    def update(self, model: Asymmetric, condition: Condition, free: State, a: State, b: State,
+               x: torch.Tensor, scale: float) -> dict[str, torch.Tensor]:
+        """``{name: gradient}`` from the phases of the converged samples (forward weights:
+        the delta rule on the postsynaptic activity difference)."""
+        return model.delta_rule(a, b, free, x, scale)
+
+
+class VectorFieldEP(_Nudged):
+    r"""EP's phase difference on an asymmetric network (Scellier, Goyal, Binas, Mesnard &
+    Bengio 2018):
+
+        ΔW_l ∝ −[s^{β₂}_{l+1} s^{β₂ᵀ}_l − s^{β₁}_{l+1} s^{β₁ᵀ}_l] / (β₂ − β₁),
+
+    the same Hebbian difference as EP (and, for learned feedback, its transpose for B_l),
+    with both phases settled in the asymmetric field. With tied feedback it is exactly
+    :class:`~dynets.rules.EquilibriumPropagation`; otherwise it is not the gradient of
+    anything, and its alignment with the exact gradient is what the table measures.
+
+    Args:
+        beta, variant: as EquilibriumPropagation (``centered``: ±β; ``positive``: 0, β).
+    """
+
+    def trains(self, name: str, model: Asymmetric) -> bool:
+        return name.startswith("layers.") or model.learns_feedback
+
+    def update(self, model, condition, free, a, b, x, scale):
+        return model.hebbian_difference(a, b, x, scale)
+
+
+class FeedbackAlignment(_Nudged):
+    r"""Feedback alignment (Lillicrap, Cownden, Tweed & Akerman 2016) in a settled network:
+    the nudge at the output travels down through the fixed feedback B, and each forward
+    weight learns locally from its postsynaptic unit's activity difference,
+
+        ΔW_l ∝ −(s^{β₂}_{l+1} − s^{β₁}_{l+1}) s^{0ᵀ}_l / (β₂ − β₁).
+
+    With B = Wᵀ this tends to the exact gradient of the asymmetric network's W as β → 0
+    (the nudge's response is the adjoint times ρ′: Scellier et al. 2018); with a random B,
+    W comes to align with Bᵀ. The angles between each B_l and W_lᵀ are logged
+    (``feedback_angle_<l>``, degrees).
+    """
+
+
+class KolenPollack(_Nudged):
+    r"""Kolen & Pollack (1994) (as in Akrout et al. 2019): W learns as in feedback alignment and
+    B receives the same update, transposed, with the same weight decay λ on both:
+
+        ΔW_{l} = −η(δ_{l} + λW_{l}),   ΔB_l = −η(δ_lᵀ + λB_l),
+
+    so that with plain SGD W_lᵀ − B_l shrinks by (1 − ηλ) every step and B comes to mirror Wᵀ.
+
+    Args:
+        decay: λ ≥ 0.
+    """
+
+    needs_learned_feedback = True
+
+    def __init__(self, beta: float = 0.5, variant: str = "centered", decay: float = 1e-3,
+                 settle: SettleOptions | None = None, cost: Cost | None = None) -> None:
+        super().__init__(beta, variant, settle, cost)
+        if not decay >= 0:
+            raise ValueError(f"decay must be >= 0, got {decay}")
+        self.decay = float(decay)
+
+    def update(self, model, condition, free, a, b, x, scale):
+        grads = model.delta_rule(a, b, free, x, scale)
+        for l, fb in enumerate(model.feedback):   # the transposed update, before W's own decay is added
+            grads[f"feedback.{l}"] = grads[f"layers.{l + 1}.weight"].T + self.decay * fb.detach()
+        for l, layer in enumerate(model.layers):
+            grads[f"layers.{l}.weight"] = grads[f"layers.{l}.weight"] + self.decay * layer.weight.detach()
+        return grads
+
+
+class WeightMirror(_Nudged):
+    r"""Weight mirrors (Akrout, Wilson, Humphreys, Lillicrap & Tweed 2019): W learns as in
+    feedback alignment (wake), and in a sleep phase interleaved with it (one per step) the
+    units of each hidden layer l fire noise ξ ~ N(0, σ²I) and B_l learns by the Hebbian
+    rule between those rates and the postsynaptic currents W_l ξ they cause upstream,
+    with decay:
+
+        ΔB_l ∝ ⟨ξ (W_l ξ)ᵀ⟩/σ² − B_l,    E[ΔB_l] ∝ W_lᵀ − B_l,
+
+    written as B's gradient, so the optimizer drives B to mirror Wᵀ (the mean of ξ is
+    zero, so the biases drop out).
+
+    Args:
+        sigma: σ > 0 of the sleep noise (the estimate does not depend on it: it is scaled out).
+        samples: noise patterns per sleep (the estimate's noise falls as 1/√samples).
+        seed: seed of the rule's ``generator`` (checkpointed).
+    """
+
+    needs_learned_feedback = True
+
+    def __init__(self, beta: float = 0.5, variant: str = "centered", sigma: float = 1.0, samples: int = 1000,
+                 seed: int = 0, settle: SettleOptions | None = None, cost: Cost | None = None) -> None:
+        super().__init__(beta, variant, settle, cost)
+        if not sigma > 0 or int(samples) < 1:
+            raise ValueError(f"sigma must be > 0 and samples >= 1, got sigma={sigma}, samples={samples}")
+        self.sigma, self.samples = float(sigma), int(samples)
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def sleep_grads(self, model: Asymmetric) -> dict[str, torch.Tensor]:
+        """One sleep: ``{"feedback.<l>": B_l − ⟨ξ (W_{l+1} ξ)ᵀ⟩/σ²}`` (index l counts the hidden
+        layers from 0), noise from the rule's generator."""
+        self.check_model(model)
+        grads = {}
+        for l, fb in enumerate(model.feedback):
+            w = model.layers[l + 1].weight.detach()
+            xi = torch.randn(self.samples, fb.shape[0], generator=self.generator, dtype=w.dtype).to(w.device)
+            xi = xi.mul_(self.sigma)
+            current = xi @ w.T   # the postsynaptic currents the noise causes
+            grads[f"feedback.{l}"] = fb.detach() - xi.T @ current / (self.samples * self.sigma ** 2)
+        return grads
+
+    def update(self, model, condition, free, a, b, x, scale):
+        return {**model.delta_rule(a, b, free, x, scale), **self.sleep_grads(model)}
+

@@ -1,0 +1,186 @@
+"""Asymmetric feedback against independent answers: LayeredHopfield and EP (tied feedback),
+implicit differentiation (FA with B = Wᵀ), Kolen–Pollack's geometric decay, the expected
+mirror update, the closed-form minimum of DTP's reconstruction loss, a limit cycle."""
+import math
+
+import pytest
+import torch
+
+from dynets import Condition, SettleOptions
+from dynets.data import digits
+from dynets.models import LayeredHopfield
+from dynets.models.asymmetric import Asymmetric
+from dynets.rules import EquilibriumPropagation, ImplicitDifferentiation
+from dynets.rules.dtp import DifferenceTargetPropagation, difference_targets
+from dynets.rules.feedback import FeedbackAlignment, KolenPollack, VectorFieldEP, WeightMirror
+from dynets.train import fit
+from dynets import diagnostics
+
+TIGHT = SettleOptions(method="fast_euler", atol=1e-12, max_time=3000, check_every=1)
+SIZES = [6, 9, 7, 3]
+
+
+def problem(feedback="learned", activation="sigmoid", batch=5, seed=0):
+    torch.manual_seed(seed)
+    model = Asymmetric(SIZES, feedback, activation, seed=seed).double()
+    x = torch.rand(batch, SIZES[0], dtype=torch.float64)
+    return model, x, torch.randint(0, SIZES[-1], (batch,))
+
+
+def mirrored(model):
+    model.set_feedback([layer.weight.detach().t() for layer in model.layers[1:]])
+    return model
+
+
+@pytest.mark.parametrize("activation", ["hard_sigmoid", "sigmoid", "tanh"])
+def test_tied_feedback_is_exactly_layered_hopfield(activation):
+    model, x, y = problem("tied", activation)
+    hopfield = LayeredHopfield(SIZES, activation).double()
+    hopfield.load_state_dict(model.state_dict())
+    noise = {1: torch.randn(len(x), SIZES[2], dtype=torch.float64)}
+    c = model.prepare(Condition(x, model.target(y), 0.7, noise=noise))
+    s = tuple(torch.rand(len(x), n, dtype=torch.float64) for n in SIZES[1:])
+    for got, want in zip(model.vector_field(None, s, c), hopfield.vector_field(None, s, c), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-14)
+    for (_, g), (_, h) in zip(model.blocks(c), hopfield.blocks(c), strict=True):
+        for got, want in zip(g(s), h(s), strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-14)
+
+
+def test_tied_vector_field_ep_gives_eps_update():
+    model, x, y = problem("tied")
+    hopfield = LayeredHopfield(SIZES, "sigmoid").double()
+    hopfield.load_state_dict(model.state_dict())
+    VectorFieldEP(0.2, "centered", TIGHT).grads(model, x, y)
+    EquilibriumPropagation(0.2, "centered", TIGHT).grads(hopfield, x, y)
+    for (name, p), (_, q) in zip(model.named_parameters(), hopfield.named_parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_feedback_alignment_with_mirrored_feedback_is_the_exact_gradient():
+    """With B = Wᵀ the nudge's response is ρ′ times the adjoint, so FA's update tends to
+    implicit differentiation's gradient of the asymmetric net's W as β → 0 (O(β²) centered)."""
+    model, x, y = problem("learned")
+    mirrored(model)
+    ref = ImplicitDifferentiation(TIGHT, adjoint_tol=1e-13, adjoint_max_steps=100000)
+    errors = []
+    for beta in (0.02, 0.01):
+        a = diagnostics.alignment(model, FeedbackAlignment(beta, settle=TIGHT), ref, x, y)
+        errors.append(abs(a["all"]["norm_ratio"] - 1) + 1 - a["all"]["cosine"])
+    assert errors[1] < 1e-4 and errors[1] < errors[0] / 3, errors
+
+
+def test_random_feedback_is_not_the_gradient_but_forward_weights_align_with_it():
+    """Feedback alignment: W_lᵀ turns toward the fixed random B_l while training (below 60°)."""
+    torch.manual_seed(0)
+    data = digits()
+    model = Asymmetric([64, 256, 10], "random", "sigmoid", seed=0)
+    before = model.feedback_angles()[0]
+    rule = FeedbackAlignment(0.5, settle=SettleOptions(method="gauss_seidel", step_size=1.0, max_time=400))
+    fit(model, rule, data, torch.optim.Adam(model.parameters(), lr=5e-3), epochs=6, batch_size=32)
+    assert before > 80 and model.feedback_angles()[0] < 60, (before, model.feedback_angles())
+
+
+def test_kolen_pollack_shrinks_the_mismatch_by_one_minus_lr_decay_per_sgd_step():
+    model, x, y = problem("learned")
+    lr, decay = 0.1, 0.3
+    gap = lambda: [layer.weight.detach().t() - b.detach() for layer, b in zip(model.layers[1:], model.feedback)]
+    before = gap()
+    KolenPollack(0.1, decay=decay, settle=TIGHT).grads(model, x, y)
+    torch.optim.SGD(model.parameters(), lr=lr).step()
+    for new, old in zip(gap(), before, strict=True):
+        torch.testing.assert_close(new, (1 - lr * decay) * old, rtol=1e-10, atol=1e-13)
+
+
+def test_weight_mirror_sleep_update_is_b_minus_w_transpose_on_average_and_lowers_the_angle():
+    model, _, _ = problem("learned")
+    rule = WeightMirror(samples=400_000, sigma=0.5, seed=0)
+    for (name, g), b, layer in zip(rule.sleep_grads(model).items(), model.feedback, model.layers[1:]):
+        want = b.detach() - layer.weight.detach().t()
+        # each entry averages 4e5 products whose spread is ‖W row‖: 5 standard errors
+        bound = 5 * layer.weight.norm(dim=1).max().item() / math.sqrt(rule.samples)
+        assert (g - want).abs().max() < bound, name
+    short = WeightMirror(samples=500, seed=1)
+    before = model.feedback_angles()
+    optimizer = torch.optim.SGD(model.feedback.parameters(), lr=0.2)
+    for _ in range(20):
+        for name, g in short.sleep_grads(model).items():
+            model.get_parameter(name).grad = g
+        optimizer.step()
+    assert min(before) > 60 and max(model.feedback_angles()) < 15, (before, model.feedback_angles())
+
+
+def test_difference_correction_returns_the_free_state_when_the_output_target_is_the_output():
+    model, x, y = problem("learned")
+    c = model.prepare(Condition(x))
+    free = TIGHT(model, c).state
+    same = difference_targets(model, free, c, free[-1])
+    assert all(torch.equal(a, b) for a, b in zip(same, free))
+    moved = difference_targets(model, free, c, free[-1] + 0.1)
+    assert all((a - b).abs().max() > 1e-4 for a, b in zip(moved, free))
+
+
+def test_reconstruction_loss_falls_to_the_damped_gauss_newton_minimum():
+    """One hidden layer, one input repeated: for small σ the loss is ‖D₀BM − I‖² + λ‖D₀B‖²
+    (M = D₁W, D = ρ′ at the free state), whose minimum is n − Σ sᵢ²/(sᵢ² + λ), sᵢ the
+    singular values of M. Training B by the rule's gradient reaches it."""
+    torch.manual_seed(0)
+    model = Asymmetric([4, 6, 3], "learned", "tanh", seed=0).double()
+    x = torch.rand(1, 4, dtype=torch.float64).repeat(2000, 1)
+    rule = DifferenceTargetPropagation(sigma=1e-3, reg=0.5, seed=0)
+    c = model.prepare(Condition(x))
+    free = TIGHT(model, c).state
+    first, _ = rule.reconstruction(model, c, free, x)
+    optimizer = torch.optim.Adam(model.feedback.parameters(), lr=0.05)
+    for _ in range(300):
+        loss, grads = rule.reconstruction(model, c, free, x)
+        model.feedback[0].grad = grads["feedback.0"]
+        optimizer.step()
+    u = model.drives(free, c)
+    d0, d1 = (1 - torch.tanh(u[0][0]) ** 2), (1 - torch.tanh(u[1][0]) ** 2)
+    s = torch.linalg.svdvals(d1[:, None] * model.layers[1].weight.detach())
+    minimum = 6 - (s ** 2 / (s ** 2 + rule.reg)).sum().item()
+    # the free state moves with B (the loop), so re-settle before the final measurement
+    final, _ = rule.reconstruction(model, c, TIGHT(model, c).state, x)
+    assert first > 1.3 * minimum and final == pytest.approx(minimum, rel=0.03), (first, final, minimum)
+
+
+def oscillator():
+    """Hidden pair fed back through a rotation: the rest point is an unstable spiral and
+    tanh bounds it: a limit cycle (residual ≈ 1.2 forever)."""
+    model = Asymmetric([1, 2, 2], "learned", "tanh").double()
+    with torch.no_grad():
+        model.layers[0].weight.zero_()
+        model.layers[0].bias.fill_(0.1)
+        model.layers[1].weight.copy_(3 * torch.eye(2))
+        model.layers[1].bias.zero_()
+    model.set_feedback([3 * torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=torch.float64)])
+    return model
+
+
+def test_oscillating_dynamics_are_reported_and_never_learned_from():
+    model, opts = oscillator(), SettleOptions(method="fast_euler", step_size=0.1, atol=1e-6, max_time=100)
+    x, y = torch.zeros(4, 1, dtype=torch.float64), torch.zeros(4, dtype=torch.long)
+    eq = opts(model, Condition(x))
+    assert not eq.converged and eq.converged_fraction == 0.0 and eq.residual.min() > 0.5
+    for rule in (FeedbackAlignment(0.1, settle=opts), DifferenceTargetPropagation(0.1, settle=opts)):
+        metrics = rule.grads(model, x, y)
+        assert metrics["unconverged"] == 4 and metrics["converged"] == 0.0
+        assert all(p.grad is not None and not p.grad.any() for n, p in model.named_parameters()
+                   if n.startswith("layers."))
+
+
+def test_bad_feedback_shapes_name_both_layers():
+    model = Asymmetric([5, 4, 3], "learned")
+    with pytest.raises(ValueError, match=r"layers 1 \(4 units\) and 2 \(3 units\)"):
+        model.set_feedback([torch.zeros(3, 4)])
+    with pytest.raises(ValueError, match="random, tied, learned"):
+        Asymmetric([5, 4, 3], "symmetric")
+
+
+@pytest.mark.parametrize("rule", [KolenPollack(), WeightMirror(), DifferenceTargetPropagation()])
+@pytest.mark.parametrize("feedback", ["random", "tied"])
+def test_a_rule_that_learns_feedback_names_the_option_to_set(rule, feedback):
+    model = Asymmetric([5, 4, 3], feedback)
+    with pytest.raises(ValueError, match="set feedback='learned'"):
+        rule.grads(model, torch.rand(2, 5), torch.tensor([0, 1]))
