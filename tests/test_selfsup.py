@@ -28,6 +28,7 @@ from dynets.train import fit
 from test_configs import CONFIGS
 
 GS = SettleOptions(method="gauss_seidel", step_size=1.0, atol=1e-3, max_time=100.0)
+PC_SETTLE = SettleOptions(method="fast_euler", step_size=0.1, atol=1e-3, max_time=200.0)   # see configs/probe.yaml
 PROBES = Probes(weight_decays=(1e-3,), max_iter=50, k=5)
 
 
@@ -40,7 +41,7 @@ def small():
 
 METHODS = {
     "pc": Method(lambda s: PredictiveCoding(s, "tanh", "generative"),
-                 lambda: PredictiveCodingRule(variant="unsupervised", settle=GS),
+                 lambda: PredictiveCodingRule(variant="unsupervised", settle=PC_SETTLE),
                  lambda ps: torch.optim.Adam(ps, lr=1e-3)),
     "ep": Method(ReadBackHopfield, lambda: EquilibriumPropagation(beta=0.5, settle=GS),
                  lambda ps: torch.optim.Adam(ps, lr=1e-3)),
@@ -88,13 +89,13 @@ def _fit_run(rule, data, model_fn, epochs=1):
     torch.manual_seed(0)
     model = model_fn()
     fit(model, rule, unlabelled(data), torch.optim.SGD(model.parameters(), lr=0.05), epochs=epochs, batch_size=32,
-        seed=0, evaluate=ReconstructionError(GS), select="val_reconstruction", goal="minimize")
+        seed=0, evaluate=ReconstructionError(rule.settle), select="val_reconstruction", goal="minimize")
     return model.state_dict()
 
 
 def test_sleep_ratio_zero_is_wake_training_bit_for_bit(small):
     pc = lambda: PredictiveCoding([64, 16], "tanh", "generative")
-    wake = lambda: PredictiveCodingRule(variant="unsupervised", settle=GS)
+    wake = lambda: PredictiveCodingRule(variant="unsupervised", settle=PC_SETTLE)
     plain = _fit_run(wake(), small, pc)
     zero = _fit_run(SleepInterleaved(wake(), ratio=0.0, start="prior"), small, pc)
     slept = _fit_run(SleepInterleaved(wake(), ratio=1.0, start="replay", noise=0.1), small, pc)
