@@ -55,8 +55,11 @@ class _Collect:
 
 def layer_cosines(model: DynamicalModel, rule: Rule, reference: Rule, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     """Cosine of the rule's update with the reference gradient, per weight matrix (``W<l>``)
-    and for all parameters together (``all``); NaN where it is undefined (a zero side)."""
-    aligned = diagnostics.alignment(model, rule, reference, x, y)
+    and for all parameters together (``all``); NaN where it is undefined (a zero side).
+    Feedback weights (an ``Asymmetric`` model's ``feedback.*``) are left out: the rules that
+    train them aim at Wᵀ or at inverting the forward pass, not at the loss's gradient."""
+    feedback = tuple(name for name, _ in model.named_parameters() if name.startswith("feedback."))
+    aligned = diagnostics.alignment(model, rule, reference, x, y, exclude=feedback)
     weights = [name for name in aligned if name.endswith("weight")]
     out = {f"W{i}": aligned[name]["cosine"] for i, name in enumerate(weights)}
     out["all"] = aligned["all"]["cosine"]

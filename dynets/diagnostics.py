@@ -34,7 +34,7 @@ def _updates(model: DynamicalModel, rule: Rule, x: torch.Tensor, y: torch.Tensor
 
 
 def alignment(model: DynamicalModel, rule: Rule, reference: Rule, x: torch.Tensor,
-              y: torch.Tensor) -> dict[str, dict[str, float | bool]]:
+              y: torch.Tensor, exclude: tuple[str, ...] = ()) -> dict[str, dict[str, float | bool]]:
     """How ``rule``'s update lines up with ``reference``'s gradient on the same batch.
 
     Per parameter name, and for ``"all"`` parameters as one vector: ``cosine`` of the
@@ -44,6 +44,8 @@ def alignment(model: DynamicalModel, rule: Rule, reference: Rule, x: torch.Tenso
     reported aligned with a zero gradient. Only the parameters the rule trains are
     compared (a rule that leaves a parameter's grad None does not train it: feedback
     weights, one pathway per phase); the model's ``p.grad`` are left as they were.
+    ``exclude`` names parameters left out of the comparison, e.g. feedback weights that a
+    rule trains toward another goal than the loss (mirroring Wᵀ, inverting the forward pass).
     """
     saved = {name: p.grad for name, p in model.named_parameters()}
     try:
@@ -55,6 +57,7 @@ def alignment(model: DynamicalModel, rule: Rule, reference: Rule, x: torch.Tenso
     if missing:
         raise ValueError(f"the reference {type(reference).__name__} gives no gradient for {sorted(missing)}, "
                          f"which {type(rule).__name__} trains")
+    ours = {name: g for name, g in ours.items() if name not in exclude}
     out = {name: _compare(ours[name], ref[name]) for name in ours}
     out["all"] = _compare(torch.cat([g.flatten() for g in ours.values()]),
                           torch.cat([ref[name].flatten() for name in ours]))

@@ -57,6 +57,15 @@ def test_alignment_of_two_rules_by_hand():
     assert all(p.grad is before[name] for name, p in model.named_parameters())   # left as they were
 
 
+def test_excluded_parameters_leave_the_comparison():
+    model, x, y = tiny()
+    ours = Fixed({"layers.0.weight": [[1, 0, 0], [0, 0, 0]], "layers.0.bias": [0, 2]})
+    ref = Fixed({"layers.0.weight": [[1, 1, 0], [0, 0, 0]], "layers.0.bias": [0, -1]})
+    got = diagnostics.alignment(model, ours, ref, x, y, exclude=("layers.0.bias",))
+    assert set(got) == {"layers.0.weight", "all"}   # "all" is the weight alone: cosine 1/√2, not −1/√15
+    assert got["all"]["cosine"] == pytest.approx(1 / math.sqrt(2), abs=1e-12)
+
+
 @pytest.mark.parametrize("ours_bias, ref_bias, ratio", [
     ([0.0, 2.0], [0.0, 0.0], math.inf),     # a zero reference
     ([0.0, 0.0], [0.0, -1.0], 0.0),         # a zero update against a nonzero reference

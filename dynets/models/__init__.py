@@ -1,4 +1,5 @@
 """Models: networks that own parameters and define ds/dt."""
+from .asymmetric import Asymmetric
 from .base import DynamicalModel, EnergyModel
 from .boltzmann import BoltzmannMachine
 from .helmholtz import Helmholtz
@@ -7,4 +8,4 @@ from .memory import AssociativeMemory, DenseAssociativeMemory
 from .pc import PredictiveCoding
 
 __all__ = ["DynamicalModel", "EnergyModel", "LayeredHopfield", "ACTIVATIONS", "PredictiveCoding", "Helmholtz",
-           "BoltzmannMachine", "AssociativeMemory", "DenseAssociativeMemory"]
+           "BoltzmannMachine", "AssociativeMemory", "DenseAssociativeMemory", "Asymmetric"]

@@ -3,7 +3,9 @@ from .backprop import Backprop
 from .base import Rule, write_grads
 from .boltzmann import BoltzmannLearning
 from .chl import ContrastiveHebbian
+from .dtp import DifferenceTargetPropagation
 from .ep import EquilibriumPropagation
+from .feedback import FeedbackAlignment, KolenPollack, VectorFieldEP, WeightMirror
 from .memory import HebbianSleep, HebbianStorage, RecallMonitor
 from .pc import PredictiveCodingRule
 from .perturbation import NodePerturbation, WeightPerturbation
@@ -12,4 +14,5 @@ from .wake_sleep import WakeSleep
 
 __all__ = ["Rule", "Backprop", "ContrastiveHebbian", "EquilibriumPropagation", "PredictiveCodingRule", "ImplicitDifferentiation", "BackpropThroughTime",
            "WakeSleep", "BoltzmannLearning", "HebbianStorage", "HebbianSleep", "RecallMonitor", "NodePerturbation",
-           "WeightPerturbation", "write_grads"]
+           "WeightPerturbation", "VectorFieldEP", "FeedbackAlignment", "KolenPollack", "WeightMirror",
+           "DifferenceTargetPropagation", "write_grads"]
