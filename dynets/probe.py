@@ -148,22 +148,34 @@ def fit_logistic(z: torch.Tensor, y: torch.Tensor, n_classes: int, weight_decay:
     return W.detach(), b.detach()
 
 
+@dataclass(frozen=True)
+class LinearProbe:
+    """A fitted logistic regression on standardised features, with how it was selected."""
+
+    scale: Callable[[torch.Tensor], torch.Tensor]
+    W: torch.Tensor
+    b: torch.Tensor
+    weight_decay: float
+    val_accuracy: float
+
+    def predict(self, z: torch.Tensor) -> torch.Tensor:
+        """``(n,)`` the predicted labels of the representations ``z`` ``(n, units)``."""
+        return (self.scale(z).double() @ self.W + self.b).argmax(1)
+
+
 def linear_probe(train: Split, val: Split, n_classes: int, weight_decays: tuple[float, ...] = (1e-4, 1e-3, 1e-2),
-                 max_iter: int = 200) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The logistic regression (on standardised features) whose weight decay gives the best
-    validation accuracy; returns ``predict(z) -> labels`` with ``predict.weight_decay`` and
-    ``predict.val_accuracy``. Reads only the train and validation labels."""
-    scale = standardiser(train.x)
-    best = None
+                 max_iter: int = 200) -> LinearProbe:
+    """The logistic regression (on features standardised with the train statistics) whose weight
+    decay gives the best validation accuracy (the first of equals). Reads only the train and
+    validation labels."""
+    scale, best = standardiser(train.x), None
     for wd in weight_decays:
         W, b = fit_logistic(scale(train.x), train.y, n_classes, wd, max_iter)
-        acc = ((scale(val.x).double() @ W + b).argmax(1) == val.y).double().mean().item()
-        if best is None or acc > best[0]:
-            best = (acc, wd, W, b)
-    acc, wd, W, b = best
-    predict = lambda z: (scale(z).double() @ W + b).argmax(1)
-    predict.weight_decay, predict.val_accuracy = wd, acc
-    return predict
+        fitted = LinearProbe(scale, W, b, wd, 0.0)
+        fitted = replace(fitted, val_accuracy=accuracy(fitted.predict(val.x), val.y))
+        if best is None or fitted.val_accuracy > best.val_accuracy:
+            best = fitted
+    return best
 
 
 def knn_predict(train: Split, z: torch.Tensor, k: int = 10, chunk: int = 1000) -> torch.Tensor:

@@ -55,11 +55,11 @@ def probe(z: dict[str, torch.Tensor], data: Dataset, probes: Probes) -> dict[str
     Everything up to the two test accuracies reads no test label."""
     rows = len(z["train"]) if probes.train_subsample is None else min(probes.train_subsample, len(z["train"]))
     train = Split(z["train"][:rows], data.train.y[:rows])
-    predict = linear_probe(train, Split(z["val"], data.val.y), data.n_classes, tuple(probes.weight_decays),
+    linear = linear_probe(train, Split(z["val"], data.val.y), data.n_classes, tuple(probes.weight_decays),
                            probes.max_iter)
     knn_val = accuracy(knn_predict(train, z["val"], probes.k), data.val.y)
-    fitted = {"linear_val": predict.val_accuracy, "weight_decay": predict.weight_decay, "knn_val": knn_val}
-    return {**fitted, "linear_test": accuracy(predict(z["test"]), data.test.y),
+    fitted = {"linear_val": linear.val_accuracy, "weight_decay": linear.weight_decay, "knn_val": knn_val}
+    return {**fitted, "linear_test": accuracy(linear.predict(z["test"]), data.test.y),
             "knn_test": accuracy(knn_predict(train, z["test"], probes.k), data.test.y)}
 
 

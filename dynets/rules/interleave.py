@@ -70,7 +70,7 @@ class SleepInterleaved(Rule):
         if ratio < 0 or noise < 0 or (dreams is not None and dreams < 1):
             raise ValueError(f"need ratio >= 0, noise >= 0 and dreams >= 1; got {ratio}, {noise}, {dreams}")
         self.wake, self.ratio, self.start, self.noise, self.dreams = wake, float(ratio), start, float(noise), dreams
-        self.models, self.credit = wake.models, 0.0
+        self.credit = 0.0
         self.generator = torch.Generator().manual_seed(seed)
         for name, g in checkpoint.generators(wake).items():   # the wake rule's streams, checkpointed with ours
             setattr(self, f"wake_{name}", g)
