@@ -91,3 +91,34 @@ def test_the_training_alignment_probe_measures_against_the_rules_own_cost():
     rule = Backprop(SettleOptions(method="fast_euler", step_size=0.2, atol=1e-10, max_time=100), cost=CrossEntropy())
     metrics = alignment_probe(rule, x, y)(model)
     assert metrics["align_cos/all"] == pytest.approx(1.0, abs=1e-6)
+
+
+def _script():
+    """scripts/compare.py as a module (scripts/ is not a package)."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "scripts" / "compare.py"
+    spec = importlib.util.spec_from_file_location("compare_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("table", ["compare", "compare_bars"])
+def test_every_row_of_every_table_builds_a_model_its_rule_can_train(table):
+    from pathlib import Path
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    script = _script()
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "configs"), version_base=None):
+        cfg = compose(table)
+    data = instantiate(cfg.data) if table == "compare_bars" else dynets.data.digits()
+    for name, node in cfg.rules.items():
+        row = script.entry(node, data, list(cfg.hidden))
+        model, rule = row.model(0), row.rule(0)
+        rule.check_model(model)
+        assert model.sizes[0] == data.n_features, name
+        assert row.optimizer(list(model.parameters())).defaults["lr"] == node.lr, name
+        if "seed" in script.inspect.signature(type(model)).parameters:   # its own generator takes the seed
+            other = row.model(1)
+            assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), other.parameters())), name
