@@ -5,6 +5,7 @@ from .boltzmann import BoltzmannLearning
 from .chl import ContrastiveHebbian
 from .dtp import DifferenceTargetPropagation
 from .ep import EquilibriumPropagation
+from .interleave import SleepInterleaved
 from .feedback import FeedbackAlignment, KolenPollack, VectorFieldEP, WeightMirror
 from .memory import HebbianSleep, HebbianStorage, RecallMonitor
 from .pc import PredictiveCodingRule
@@ -15,4 +16,4 @@ from .wake_sleep import WakeSleep
 __all__ = ["Rule", "Backprop", "ContrastiveHebbian", "EquilibriumPropagation", "PredictiveCodingRule", "ImplicitDifferentiation", "BackpropThroughTime",
            "WakeSleep", "BoltzmannLearning", "HebbianStorage", "HebbianSleep", "RecallMonitor", "NodePerturbation",
            "WeightPerturbation", "VectorFieldEP", "FeedbackAlignment", "KolenPollack", "WeightMirror",
-           "DifferenceTargetPropagation", "write_grads"]
+           "DifferenceTargetPropagation", "SleepInterleaved", "write_grads"]
