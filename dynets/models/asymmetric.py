@@ -4,21 +4,17 @@ propagation to vector field dynamics")."""
 from __future__ import annotations
 
 import math
-from dataclasses import replace
-from typing import Callable
 
 import torch
 from torch import nn
 
-from ..costs import SquaredError
-from ..types import Block, Condition, State, VectorField, by_layer
-from .base import DynamicalModel
-from .hopfield import ACTIVATIONS
+from ..types import State
+from .hopfield import ACTIVATIONS, Layered
 
 FEEDBACK = ("random", "tied", "learned")
 
 
-class Asymmetric(DynamicalModel):
+class Asymmetric(Layered):
     r"""Layered leaky network whose feedback pathway is its own set of weights:
 
         ds_l/dt = −s_l + ρ(u_l),   u_l = W_{l−1} s_{l−1} + b_l + B_l s_{l+1},   s_0 = x,
@@ -26,7 +22,8 @@ class Asymmetric(DynamicalModel):
 
     with W_l (``layers[l].weight``, bottom-up, n_{l+1}×n_l) and B_l (``feedback[l-1]``,
     top-down into hidden layer l, n_l×n_{l+1}). With B_l = W_lᵀ this is exactly
-    :class:`~dynets.models.LayeredHopfield`; otherwise there is no energy, the Jacobian is
+    :class:`~dynets.models.LayeredHopfield` (both share :class:`~dynets.models.hopfield.Layered`'s
+    flow and Gauss–Seidel blocks, which read B from :meth:`top_down`); otherwise there is no energy, the Jacobian is
     not symmetric, and the flow may spiral or oscillate: :func:`dynets.settle` then reports
     ``converged=False`` and the rules leave those samples out.
 
@@ -103,81 +100,9 @@ class Asymmetric(DynamicalModel):
             with torch.no_grad():
                 b.copy_(new)
 
-    def init_state(self, condition: Condition) -> State:
-        x = condition.x
-        return tuple(x.new_zeros(x.shape[0], n) for n in self.sizes[1:])
-
-    def prepare(self, condition: Condition) -> Condition:
-        """``condition`` with the input drive W₀x computed once for every phase of the batch."""
-        self.check_condition(condition)
-        with torch.no_grad():
-            return replace(condition, constants=condition.x @ self.layers[0].weight.t())
-
-    def drives(self, state: State, condition: Condition) -> list[torch.Tensor]:
-        """u_l for each free layer (what ρ is applied to), with the phase's nudge and noise."""
-        return self._drive_fn(condition)(state, range(len(state)))
-
-    def _drive_fn(self, condition: Condition) -> Callable[..., list[torch.Tensor]]:
-        """``u(s, layers, self_term=True)``; ``self_term=False`` leaves out the top layer's −β·s_L
-        (squared error), for its exact Gauss–Seidel update. Constant parts computed once."""
-        self.check_condition(condition)
-        weights = [layer.weight for layer in self.layers]
-        up = [None] + [w.t().contiguous() for w in weights[1:]]
-        down = [b.t().contiguous() for b in self.feedback_weights()]   # s_{l+1} @ B_lᵀ
-        biases = [layer.bias for layer in self.layers]
-        for l, xi in by_layer(condition.noise, self.init_state(condition), "noise").items():
-            biases[l] = biases[l] + xi
-        beta, top, cost, y = condition.beta, len(weights) - 1, condition.cost, condition.target
-        square = isinstance(cost, SquaredError)
-        if beta != 0.0 and square:
-            biases[top] = biases[top] + beta * y
-        shared = condition.constants is not None and not torch.is_grad_enabled()
-        first = (condition.constants if shared else condition.x @ weights[0].t()) + biases[0]
-
-        def u(state: State, layers: range, self_term: bool = True) -> list[torch.Tensor]:
-            out = []
-            for l in layers:
-                ul = first if l == 0 else torch.addmm(biases[l], state[l - 1], up[l])
-                if l < top:
-                    ul = torch.addmm(ul, state[l + 1], down[l])
-                elif beta != 0.0 and self_term:
-                    ul = ul.add(state[l], alpha=-beta) if square else ul - beta * cost.grad(state[l], y)
-                elif l == 0:
-                    ul = ul.clone()
-                out.append(ul)
-            return out
-
-        return u
-
-    def dynamics(self, condition: Condition) -> VectorField:
-        u, rho_ = self._drive_fn(condition), self.act.rho_
-
-        def f(t: torch.Tensor, state: State) -> State:
-            return tuple(rho_(ul) - s for ul, s in zip(u(state, range(len(state))), state))
-
-        return f
-
-    def blocks(self, condition: Condition) -> list[Block]:
-        """Gauss–Seidel blocks: even layers, then odd ones (layer l reads only l ± 1); the
-        nudged top layer (squared error) takes its exact update ``act.prox``, as in
-        LayeredHopfield. Same fixed points as the flow."""
-        u, act, top, beta = self._drive_fn(condition), self.act, len(self.layers) - 1, condition.beta
-        exact = beta != 0.0 and isinstance(condition.cost, SquaredError)
-
-        def block(first: int) -> Block:
-            layers = range(first, len(self.layers), 2)
-
-            def g(state: State) -> list[torch.Tensor]:
-                drives = u(state, layers, self_term=not exact)
-                if not (exact and top in layers):
-                    return [act.rho_(ul) for ul in drives]
-                c = drives.pop()
-                solved = act.prox(c, beta)
-                return [act.rho_(ul) for ul in drives] + [act.rho_(c.add_(state[top], alpha=-beta)) if solved is None else solved]
-
-            return tuple(layers), g
-
-        return [block(0), block(1)]
+    def top_down(self) -> list[torch.Tensor]:
+        """B_lᵀ, contiguous: the matrix that right-multiplies s_{l+1} in u_l."""
+        return [b.t().contiguous() for b in self.feedback_weights()]
 
     def hebbian_difference(self, a: State, b: State, x: torch.Tensor, scale: float = 1.0) -> dict[str, torch.Tensor]:
         """EP's phase difference: −scale·⟨a_{l+1}a_lᵀ − b_{l+1}b_lᵀ⟩ for W_l (a_0 = b_0 = x),

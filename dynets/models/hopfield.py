@@ -2,6 +2,7 @@
 of Laborieux et al. (2021)."""
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -10,7 +11,7 @@ from torch import nn
 
 from ..costs import SquaredError
 from ..types import Block, Condition, State, VectorField, by_layer
-from .base import EnergyModel
+from .base import DynamicalModel, EnergyModel
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,113 @@ ACTIVATIONS = {
 }
 
 
-class LayeredHopfield(EnergyModel):
+class Layered(DynamicalModel):
+    r"""A layered leaky network ds_l/dt = ρ(u_l) − s_l with the drive
+
+        u_l = W_{l−1} s_{l−1} + b_l + D_l s_{l+1},   s_0 = x,   u_L: no term from above, nudged by −β·∂C/∂s_L,
+
+    whose top-down matrices D_l a leaf gives by :meth:`top_down` (:class:`LayeredHopfield`:
+    D_l = W_lᵀ, symmetric; ``Asymmetric``: a feedback pathway of its own). The flow, the
+    Gauss–Seidel blocks and the shared input drive are this class's; a leaf sets ``sizes``,
+    ``layers`` (``nn.Linear`` W_l, b_{l+1}) and ``act`` (an :class:`Activation`).
+    """
+
+    sizes: list[int]
+    act: Activation
+
+    @abstractmethod
+    def top_down(self) -> list[torch.Tensor]:
+        """[D_1ᵀ, ..., D_{L−1}ᵀ]: the matrix (n_{l+1}, n_l) that right-multiplies s_{l+1} in u_l."""
+
+    def init_state(self, condition: Condition) -> State:
+        x = condition.x
+        return tuple(x.new_zeros(x.shape[0], n) for n in self.sizes[1:])
+
+    def prepare(self, condition: Condition) -> Condition:
+        """``condition`` with the input drive W₀x (the one large matmul of a step, and
+        constant during a settle) computed once, for every phase of this batch."""
+        self.check_condition(condition)
+        with torch.no_grad():
+            return replace(condition, constants=condition.x @ self.layers[0].weight.t())
+
+    def drives(self, state: State, condition: Condition) -> list[torch.Tensor]:
+        """u_l (+ noise) for each free layer, what ρ is applied to (LayeredHopfield: ∂Φ_β/∂s_l)."""
+        return self._drive_fn(condition)(state, range(len(state)))
+
+    def _drive_fn(self, condition: Condition) -> Callable[..., list[torch.Tensor]]:
+        """``u(s, layers, self_term=True)``: the drives of ``layers``, with what is constant
+        during a settle computed once: the input drive W₀x (from ``prepare``, outside
+        autograd), the biases with the phase's noise and, for the squared error, β·y
+        folded in, and transposed weights made contiguous (a transposed view makes the
+        bottom-up matmul 2x slower on CPU). ``self_term=False`` leaves out the top layer's
+        −β·s_L, for its exact update. Plain tensor ops: on small layers, op overhead is
+        the cost of a step."""
+        self.check_condition(condition)
+        weights = [layer.weight for layer in self.layers]
+        up = [None] + [w.t().contiguous() for w in weights[1:]]
+        down = self.top_down()
+        biases = [layer.bias for layer in self.layers]
+        if condition.noise:   # the rest state only gives the layers' shapes
+            for l, xi in by_layer(condition.noise, self.init_state(condition), "noise").items():
+                biases[l] = biases[l] + xi
+        beta, top, cost, y = condition.beta, len(weights) - 1, condition.cost, condition.target
+        square = isinstance(cost, SquaredError)
+        if beta != 0.0 and square:
+            biases[top] = biases[top] + beta * y   # Φ_β = Φ − β·½‖s_L − y‖²
+        shared = condition.constants is not None and not torch.is_grad_enabled()
+        first = (condition.constants if shared else condition.x @ weights[0].t()) + biases[0]
+
+        def u(state: State, layers: range, self_term: bool = True) -> list[torch.Tensor]:
+            """Fresh tensors (never ``first`` itself), so that callers may work in place."""
+            out = []
+            for l in layers:
+                ul = first if l == 0 else torch.addmm(biases[l], state[l - 1], up[l])
+                if l < top:
+                    ul = torch.addmm(ul, state[l + 1], down[l])
+                elif beta != 0.0 and self_term:
+                    ul = ul.add(state[l], alpha=-beta) if square else ul - beta * cost.grad(state[l], y)
+                elif l == 0:
+                    ul = ul.clone()   # a one-layer net
+                out.append(ul)
+            return out
+
+        return u
+
+    def dynamics(self, condition: Condition) -> VectorField:
+        u, rho_ = self._drive_fn(condition), self.act.rho_
+
+        def f(t: torch.Tensor, state: State) -> State:
+            return tuple(rho_(ul) - s for ul, s in zip(u(state, range(len(state))), state))
+
+        return f
+
+    def blocks(self, condition: Condition) -> list[Block]:
+        """Gauss–Seidel blocks: the even layers (``state[0::2]``), then the odd ones. Layer l
+        couples only to l ± 1, so each block's g reads only the other block. Same fixed points
+        as the flow. For LayeredHopfield g is the exact minimiser of F over the block given the rest: ρ(∂Φ/∂s_l) for a hidden layer and,
+        for a top layer nudged with the squared error, the minimiser of G(s) + ½β·s² − c·s
+        (c its drive without the −β·s self term; hard sigmoid: clip(c/(1 + β))), which the
+        plain update ρ(c − β·s) reaches only at rate β per sweep, and for β ≥ 1 not at all."""
+        u, act, top, beta = self._drive_fn(condition), self.act, len(self.layers) - 1, condition.beta
+        exact = beta != 0.0 and isinstance(condition.cost, SquaredError)
+
+        def block(first: int) -> Block:
+            layers = range(first, len(self.layers), 2)
+
+            def g(state: State) -> list[torch.Tensor]:
+                drives = u(state, layers, self_term=not exact)
+                if not (exact and top in layers):
+                    return [act.rho_(ul) for ul in drives]
+                c = drives.pop()   # the top layer comes last
+                solved = act.prox(c, beta)   # None where the block is not convex (smooth ρ)
+                return [act.rho_(ul) for ul in drives] + [act.rho_(c.add_(state[top], alpha=-beta)) if solved is None else solved]
+
+            return tuple(layers), g
+
+        return [block(0), block(1)]
+
+
+class LayeredHopfield(Layered, EnergyModel):
     r"""Layered network with symmetric connections, settling to a minimum of
 
         E(s) = Σ_l Σ_i G(s_{l,i}) − Φ(s),   Φ(s) = Σ_l s_{l+1}ᵀ (W_l s_l + b_l),  s_0 = x,
@@ -102,91 +209,9 @@ class LayeredHopfield(EnergyModel):
         # W_l maps layer l to l+1; its bias is b_{l+1}. nn.Linear's init (U(±1/√fan_in)).
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(self.sizes, self.sizes[1:]))
 
-    def init_state(self, condition: Condition) -> State:
-        x = condition.x
-        return tuple(x.new_zeros(x.shape[0], n) for n in self.sizes[1:])
-
-    def prepare(self, condition: Condition) -> Condition:
-        """``condition`` with the input drive W₀x (the one large matmul of a step, and
-        constant during a settle) computed once, for every phase of this batch."""
-        self.check_condition(condition)
-        with torch.no_grad():
-            return replace(condition, constants=condition.x @ self.layers[0].weight.t())
-
-    def drives(self, state: State, condition: Condition) -> list[torch.Tensor]:
-        """u_l = ∂Φ_β/∂s_l (+ noise) for each free layer (what ρ is applied to)."""
-        return self._drive_fn(condition)(state, range(len(state)))
-
-    def _drive_fn(self, condition: Condition) -> Callable[..., list[torch.Tensor]]:
-        """``u(s, layers, self_term=True)``: the drives of ``layers``, with what is constant
-        during a settle computed once: the input drive W₀x (from ``prepare``, outside
-        autograd), the biases with the phase's noise and, for the squared error, β·y
-        folded in, and transposed weights made contiguous (a transposed view makes the
-        bottom-up matmul 2x slower on CPU). ``self_term=False`` leaves out the top layer's
-        −β·s_L, for its exact update. Plain tensor ops: on small layers, op overhead is
-        the cost of a step."""
-        self.check_condition(condition)
-        weights = [layer.weight for layer in self.layers]
-        up = [None] + [w.t().contiguous() for w in weights[1:]]
-        biases = [layer.bias for layer in self.layers]
-        if condition.noise:   # the rest state only gives the layers' shapes
-            for l, xi in by_layer(condition.noise, self.init_state(condition), "noise").items():
-                biases[l] = biases[l] + xi
-        beta, top, cost, y = condition.beta, len(weights) - 1, condition.cost, condition.target
-        square = isinstance(cost, SquaredError)
-        if beta != 0.0 and square:
-            biases[top] = biases[top] + beta * y   # Φ_β = Φ − β·½‖s_L − y‖²
-        shared = condition.constants is not None and not torch.is_grad_enabled()
-        first = (condition.constants if shared else condition.x @ weights[0].t()) + biases[0]
-
-        def u(state: State, layers: range, self_term: bool = True) -> list[torch.Tensor]:
-            """Fresh tensors (never ``first`` itself), so that callers may work in place."""
-            out = []
-            for l in layers:
-                ul = first if l == 0 else torch.addmm(biases[l], state[l - 1], up[l])
-                if l < top:
-                    ul = torch.addmm(ul, state[l + 1], weights[l + 1])   # top-down, same W: symmetric
-                elif beta != 0.0 and self_term:
-                    ul = ul.add(state[l], alpha=-beta) if square else ul - beta * cost.grad(state[l], y)
-                elif l == 0:
-                    ul = ul.clone()   # a one-layer net
-                out.append(ul)
-            return out
-
-        return u
-
-    def dynamics(self, condition: Condition) -> VectorField:
-        u, rho_ = self._drive_fn(condition), self.act.rho_
-
-        def f(t: torch.Tensor, state: State) -> State:
-            return tuple(rho_(ul) - s for ul, s in zip(u(state, range(len(state))), state))
-
-        return f
-
-    def blocks(self, condition: Condition) -> list[Block]:
-        """Gauss–Seidel blocks: the even layers (``state[0::2]``), then the odd ones. Layer l
-        couples only to l ± 1, so each block's g reads only the other block. g is the exact
-        minimiser of F over the block given the rest: ρ(∂Φ/∂s_l) for a hidden layer and,
-        for a top layer nudged with the squared error, the minimiser of G(s) + ½β·s² − c·s
-        (c its drive without the −β·s self term; hard sigmoid: clip(c/(1 + β))), which the
-        plain update ρ(c − β·s) reaches only at rate β per sweep, and for β ≥ 1 not at all."""
-        u, act, top, beta = self._drive_fn(condition), self.act, len(self.layers) - 1, condition.beta
-        exact = beta != 0.0 and isinstance(condition.cost, SquaredError)
-
-        def block(first: int) -> Block:
-            layers = range(first, len(self.layers), 2)
-
-            def g(state: State) -> list[torch.Tensor]:
-                drives = u(state, layers, self_term=not exact)
-                if not (exact and top in layers):
-                    return [act.rho_(ul) for ul in drives]
-                c = drives.pop()   # the top layer comes last
-                solved = act.prox(c, beta)   # None where the block is not convex (smooth ρ)
-                return [act.rho_(ul) for ul in drives] + [act.rho_(c.add_(state[top], alpha=-beta)) if solved is None else solved]
-
-            return tuple(layers), g
-
-        return [block(0), block(1)]
+    def top_down(self) -> list[torch.Tensor]:
+        """W_{l}, l ≥ 1: the same matrix carries layer l+1 down to l (symmetric couplings)."""
+        return [layer.weight for layer in self.layers[1:]]
 
     def param_grad_difference(self, a: State, b: State, condition: Condition,
                               scale: float = 1.0) -> dict[str, torch.Tensor]:
