@@ -96,7 +96,7 @@ def _draw(how: Callable, like: torch.Tensor, generator: torch.Generator) -> torc
 def _changed(method: str, old: State, new: State, clamp) -> torch.Tensor:
     free = [(a, b) for l, (a, b) in enumerate(zip(old, new)) if l not in clamp]
     if not free:
-        return torch.zeros(old[0].shape[0])
+        return old[0].new_zeros(old[0].shape[0])   # every layer clamped: nothing moved
     units = sum(a.shape[1] for a, _ in free)
     if method == "gibbs":
         return sum((a != b).sum(1) for a, b in free).to(old[0].dtype) / units
