@@ -299,6 +299,7 @@ def fit(model: DynamicalModel, rule: Rule, data: Dataset, optimizer: torch.optim
     if not select.startswith("val_") or goal not in GOALS:
         raise ValueError(f"select names a validation metric (val_<name>) and goal is one of {', '.join(GOALS)}; "
                          f"got select={select!r}, goal={goal!r}")
+    rule.check_optimizer(optimizer)
     evaluate = evaluate or functools.partial(free_phase_metrics, settle=eval_settle or rule.settle)
     loggers = loggers if is_main() else ()
     generator = torch.Generator().manual_seed(seed)

@@ -92,6 +92,44 @@ def test_kolen_pollack_shrinks_the_mismatch_by_one_minus_lr_decay_per_sgd_step()
         torch.testing.assert_close(new, (1 - lr * decay) * old, rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize("coupled", [False, True])
+def test_kolen_pollack_under_adamw_shrinks_the_mismatch_by_one_minus_lr_decay_per_step(coupled):
+    """With decay=0 and AdamW's decoupled decay, W and B get identical Adam moments, so
+    identical steps: W_lᵀ − B_l shrinks by exactly (1 − lr·λ) per step whatever δ is. Adam with
+    the decay in the gradient (``coupled``, the setting that collapsed on digits) does not."""
+    model, x, y = problem("learned")
+    lr, decay, steps = 0.01, 0.5, 4
+    gap = lambda: [layer.weight.detach().t() - b.detach() for layer, b in zip(model.layers[1:], model.feedback)]
+    before = gap()
+    if coupled:
+        rule, optimizer = KolenPollack(0.1, decay=decay, settle=TIGHT), torch.optim.Adam(model.parameters(), lr=lr)
+    else:
+        rule, optimizer = KolenPollack(0.1, settle=TIGHT), torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=decay)
+    for _ in range(steps):
+        rule.grads(model, x, y)
+        optimizer.step()
+    errors = [((new - (1 - lr * decay) ** steps * old).norm() / old.norm()).item()
+              for new, old in zip(gap(), before, strict=True)]
+    if coupled:
+        assert min(errors) > 1e-3, errors
+    else:
+        assert max(errors) < 1e-12, errors
+
+
+@pytest.mark.parametrize("decay, optimizer, warns", [
+    (1e-2, lambda p: torch.optim.Adam(p), True),                       # decay in Adam's gradient
+    (0.0, lambda p: torch.optim.Adam(p), True),                        # nothing shrinks W − Bᵀ
+    (0.0, lambda p: torch.optim.Adam(p, weight_decay=0.1), True),      # coupled decay: not equal steps
+    (0.0, lambda p: torch.optim.AdamW(p, weight_decay=0.1), False),
+    (1e-2, lambda p: torch.optim.SGD(p, lr=0.1), False),
+    (0.0, lambda p: torch.optim.SGD(p, lr=0.1, weight_decay=1e-2), False),
+])
+def test_kolen_pollack_warns_about_an_optimizer_that_keeps_b_from_mirroring_w(decay, optimizer, warns, recwarn):
+    model, _, _ = problem("learned")
+    KolenPollack(decay=decay).check_optimizer(optimizer(model.parameters()))
+    assert any("KolenPollack" in str(w.message) for w in recwarn.list) == warns
+
+
 def test_weight_mirror_sleep_update_is_b_minus_w_transpose_on_average_and_lowers_the_angle():
     model, _, _ = problem("learned")
     rule = WeightMirror(samples=400_000, sigma=0.5, seed=0)

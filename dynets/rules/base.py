@@ -46,6 +46,10 @@ class Rule(ABC):
             raise TypeError(f"{type(self).__name__} cannot train {type(model).__name__}: it needs a model "
                             f"of class {names} (or a subclass)")
 
+    def check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Warn if ``optimizer`` defeats what this rule relies on (``fit`` calls it once; most
+        rules rely on nothing and accept any optimizer)."""
+
     def condition(self, model: DynamicalModel, x: torch.Tensor, y: torch.Tensor) -> Condition:
         """The batch's free-phase condition, prepared (its constants shared by every phase)."""
         self.check_model(model)
