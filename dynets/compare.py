@@ -101,6 +101,8 @@ def run_entry(name: str, entry: Entry, data: Dataset, *, epochs: int, batch_size
     row: dict[str, Any] = {"rule": name, "seed": seed, f"test_{metric.name}": summary[f"test_{metric.name}"],
                            f"val_{metric.name}": summary[f"val_{metric.name}"], "best_epoch": summary["best_epoch"],
                            "epoch_time_s": summary["wall_time_s"] / epochs}
+    if getattr(model, "feedback_mode", "tied") != "tied":   # separate feedback B (Asymmetric): how far from Wᵀ
+        row["feedback_angle"] = max(model.feedback_angles())
     row.update({f"cos_init_{k}": v for k, v in at_init.items()})
     row.update({f"cos_end_{k}": v for k, v in at_end.items()})
     for key in log_fields:
@@ -154,17 +156,21 @@ def _fmt(v: Any) -> str:
 
 
 def markdown(summary: list[dict[str, Any]], metric: Metric = Metric()) -> str:
-    """The summary as a Markdown table: the test metric, cosines at init → end, time, steps."""
+    """The summary as a Markdown table: the test metric, cosines at init → end, time, steps, and
+    for networks with separate feedback the largest angle between a B_l and W_lᵀ at the end."""
     cos_keys = sorted({k[len("cos_init_"):] for s in summary for k in s if k.startswith("cos_init_")})
     steps = [k for k in log_fields if any(k in s for s in summary)]
     head = ["rule", "test acc. (mean ± std)" if metric.percent else f"test {metric.name} (mean ± std)"] + \
         [f"cos {k} init → end" for k in cos_keys] + ["s / epoch"] + [f"steps {k[6:]}" for k in steps]
+    angles = any("feedback_angle" in s for s in summary)
+    head += ["B–Wᵀ angle end (°)"] if angles else []
     scale, digits = (100, 2) if metric.percent else (1, 3)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summary:
         cells = [s["rule"], f"{scale * s['test_mean']:.{digits}f} ± {scale * s['test_std']:.{digits}f} (n={s['seeds']})"]
         cells += [f"{_fmt(s.get(f'cos_init_{k}', math.nan))} → {_fmt(s.get(f'cos_end_{k}', math.nan))}" for k in cos_keys]
         cells += [f"{s['epoch_time_s']:.2f}"] + [_fmt(s.get(k, math.nan)) if k in s else "—" for k in steps]
+        cells += [f"{s['feedback_angle']:.1f}" if "feedback_angle" in s else "—"] if angles else []
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
