@@ -16,8 +16,9 @@ from dynets.app import build, instantiate
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 
-# configs/sweep holds wandb sweep files, checked by test_sweeps.py.
-GROUPS = sorted(p.name for p in CONFIGS.iterdir() if p.is_dir() and p.name != "sweep")
+# configs/sweep holds wandb sweep files, checked by test_sweeps.py; configs/search Optuna searches and
+# configs/hydra hydra's launchers, checked by test_cluster.py.
+GROUPS = sorted(p.name for p in CONFIGS.iterdir() if p.is_dir() and p.name not in ("sweep", "search", "hydra"))
 
 
 def options(group):
