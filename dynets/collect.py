@@ -6,6 +6,9 @@ summary metrics. Markdown to stdout, CSV with --out (the logic of ``scripts/coll
 
 A run is a folder with .hydra/overrides.yaml; one without summary.json (crashed, killed or
 still running) is listed with its status and the number of epochs in its metrics.jsonl.
+submitit's own folders (``.submitit/``: pickles and job logs) are not runs. Where an Optuna search
+wrote optimization_results.yaml, the column ``best`` marks its best trial: the run whose
+overrides hold the study's ``best_params`` and whose objective is its ``best_value``.
 """
 from __future__ import annotations
 
@@ -26,8 +29,10 @@ def natural_key(path: Path) -> list[tuple[int, int, str]]:
 
 
 def run_dirs(root: Path) -> list[Path]:
-    """Every run folder under ``root`` (one with .hydra/overrides.yaml), in natural order."""
-    return sorted((f.parent.parent for f in root.rglob(".hydra/overrides.yaml")), key=natural_key)
+    """Every run folder under ``root`` (one with .hydra/overrides.yaml, outside submitit's
+    ``.submitit/`` folders), in natural order."""
+    runs = (f.parent.parent for f in root.rglob(".hydra/overrides.yaml"))
+    return sorted((d for d in runs if ".submitit" not in d.relative_to(root).parts), key=natural_key)
 
 
 def read_run(run_dir: Path, root: Path) -> dict[str, Any]:
@@ -44,6 +49,36 @@ def read_run(run_dir: Path, root: Path) -> dict[str, Any]:
         epochs = len(metrics.read_text().splitlines()) if metrics.exists() else 0
         row["status"] = f"incomplete ({epochs} epochs logged)"
     return row
+
+
+def same(a: Any, b: Any) -> bool:
+    """Whether an override's text and a value Optuna recorded name the same thing (numbers by
+    value: the override ``rule.beta=1e-05`` and the float 1e-05)."""
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+
+
+def mark_best(rows: list[dict[str, Any]], root: Path) -> list[dict[str, Any]]:
+    """The rows with a column ``best`` after ``status``, "yes" on each Optuna study's best trial
+    (optimization_results.yaml under ``root``): the first run whose overrides hold
+    ``best_params`` and whose summary holds ``best_value``. The rows as they were where no
+    study wrote results; a note on stderr for a best trial that is not among them."""
+    studies = [yaml.safe_load(p.read_text()) or {} for p in sorted(root.rglob("optimization_results.yaml"))]
+    studies = [s for s in studies if "best_params" in s]   # a multi-objective study writes its Pareto front
+    if not studies:
+        return rows
+    rows = [{"run": row["run"], "status": row["status"], "best": "", **row} for row in rows]
+    for study in studies:
+        params, value = study["best_params"], study["best_value"]
+        match = next((row for row in rows if all(k in row and same(row[k], v) for k, v in params.items())
+                      and any(isinstance(x, (int, float)) and same(x, value) for x in row.values())), None)
+        if match is None:
+            print(f"the best trial {params} ({value}) is not among these runs", file=sys.stderr)
+        else:
+            match["best"] = "yes"
+    return rows
 
 
 def columns(rows: list[dict[str, Any]]) -> list[str]:
@@ -74,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the table to this CSV file")
     args = parser.parse_args(argv)
     rows = [read_run(d, args.multirun_dir) for d in run_dirs(args.multirun_dir)]
+    rows = mark_best(rows, args.multirun_dir)
     if not rows:
         print(f"no runs (folders with .hydra/overrides.yaml) under {args.multirun_dir}", file=sys.stderr)
         return 1
