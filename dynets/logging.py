@@ -86,6 +86,16 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 RUN_ID_FILE = "wandb_run_id"
 
 
+def wandb_group(loggers: dict[str, Any], group: str) -> dict[str, Any]:
+    """The config's ``logger`` node with its ``wandb`` logger's ``group`` set to ``group``,
+    unless it names one (``+logger.wandb.group=null``: no group). The runs of one hydra
+    multirun or Optuna search get their sweep directory as group, and wandb shows them
+    together, also after ``wandb sync`` of offline runs."""
+    if "wandb" not in loggers or "group" in loggers["wandb"]:
+        return loggers
+    return {**loggers, "wandb": {**loggers["wandb"], "group": group}}
+
+
 class WandbLogger:
     """Logs to Weights & Biases: the composed config, one row of metrics per epoch, the
     summary, and at :meth:`finish` every PNG then in the run directory as the image
