@@ -2,8 +2,9 @@
 (the optional extra "cluster"). Every search file composes and builds; an Optuna search marks
 its best trial by validation accuracy and continues from its SQLite storage after a kill;
 submitit runs the jobs of a multirun, and one killed mid-run and resubmitted with resume=true
-ends as the uninterrupted run; the runs of a multirun share a wandb group; without the
-plugins, selecting them is an error that names the extra."""
+ends as the uninterrupted run, as does a job that a stand-in SLURM preempts and submitit
+requeues; the runs of a multirun share a wandb group; without the plugins, selecting them is an
+error that names the extra."""
 import csv
 import importlib.util
 import json
@@ -156,6 +157,7 @@ def test_an_optuna_search_marks_its_best_trial_by_validation_accuracy(tmp_path):
     assert results["best_params"] == {k: float(best[0][k]) for k in ("rule.beta", "optimizer.lr")}
 
 
+@pytest.mark.slow   # ~11 s here; keeps the file's default run near a minute
 @optuna_plugin
 def test_a_killed_search_continues_from_its_sqlite_storage(tmp_path):
     import optuna
@@ -171,6 +173,7 @@ def test_a_killed_search_continues_from_its_sqlite_storage(tmp_path):
     assert 1 <= len(done) < 5
     train(tmp_path, *search, "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={tmp_path / 'second'}")
     trials = optuna.load_study(study_name="s", storage=storage).trials
+    assert [t.number for t in trials if t.state.name == "RUNNING"] == [len(done)]   # the one killed
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     summary = lambda ts: [(t.number, t.params, t.value) for t in ts]
     assert len(complete) == len(done) + 1 and summary(complete[:len(done)]) == summary(done)   # kept
@@ -221,26 +224,115 @@ def records(run_dir: Path):
     return summary, lines, torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
 
 
-@submitit_plugin
-def test_a_killed_job_resubmitted_with_resume_ends_as_the_uninterrupted_one(tmp_path):
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    with tempfile.TemporaryFile() as log:   # a file, not a pipe that could fill and block the child
-        reference = subprocess.Popen([sys.executable, TRAIN, *JOB, f"hydra.sweep.dir={whole}"], cwd=tmp_path,
-                                     stdout=log, stderr=log)
-        job = subprocess.Popen([sys.executable, TRAIN, *JOB, f"hydra.sweep.dir={killed}"], cwd=tmp_path,
-                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(killed / "0" / "checkpoint.pt", job)
-        os.killpg(job.pid, signal.SIGKILL)   # the launcher and its job, as a preemption would
-        job.wait()
-        killed_at = torch.load(killed / "0" / "checkpoint.pt", weights_only=True)["epoch"]
-        assert 1 <= killed_at < 6 and not (killed / "0" / "summary.json").exists()
-        train(tmp_path, *JOB, f"hydra.sweep.dir={killed}")   # resubmitted: the same command
-        assert reference.wait() == 0
-    assert f"after epoch {killed_at}" in (killed / "0" / "train.log").read_text()
-    (summary, lines, weights), (summary0, lines0, weights0) = records(killed / "0"), records(whole / "0")
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The records of the job of JOB, run through to the end."""
+    sweep = tmp_path_factory.mktemp("whole")
+    train(sweep, *JOB, f"hydra.sweep.dir={sweep}")
+    return records(sweep / "0")
+
+
+def check_resumed(run_dir: Path, killed_at: int, uninterrupted) -> None:
+    assert f"after epoch {killed_at}" in (run_dir / "train.log").read_text()
+    (summary, lines, weights), (summary0, lines0, weights0) = records(run_dir), uninterrupted
     assert (summary, lines) == (summary0, lines0)
     assert [line["epoch"] for line in lines] == [1, 2, 3, 4, 5, 6]   # no epoch logged twice
     assert weights.keys() == weights0.keys() and all(torch.equal(weights[k], weights0[k]) for k in weights)
+
+
+@submitit_plugin
+def test_a_killed_job_resubmitted_with_resume_ends_as_the_uninterrupted_one(tmp_path, uninterrupted):
+    killed = tmp_path / "killed"
+    job = subprocess.Popen([sys.executable, TRAIN, *JOB, f"hydra.sweep.dir={killed}"], cwd=tmp_path,
+                           start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(killed / "0" / "checkpoint.pt", job)
+    os.killpg(job.pid, signal.SIGKILL)   # the launcher and its job
+    job.wait()
+    killed_at = torch.load(killed / "0" / "checkpoint.pt", weights_only=True)["epoch"]
+    assert 1 <= killed_at < 6 and not (killed / "0" / "summary.json").exists()
+    train(tmp_path, *JOB, f"hydra.sweep.dir={killed}")   # resubmitted: the same command
+    check_resumed(killed / "0", killed_at, uninterrupted)
+
+
+# A stand-in for SLURM on this machine: sbatch runs the script (each task of an array) in the
+# background, srun runs its command as the one task, scontrol requeue runs a job again once its
+# attempt has ended, sacct knows nothing (submitit then waits for the job's result file).
+FAKE_SLURM = {
+    "sbatch": """#!{python}
+import os, re, subprocess, sys
+from pathlib import Path
+state, script = Path(os.environ["FAKE_SLURM"]), Path(sys.argv[-1])
+array = re.search(r"#SBATCH --array=0-(\\d+)", script.read_text())
+job = 100 + len(list(state.glob("*.job")))
+(state / f"{{job}}.job").write_text(str(script))
+for jid in [f"{{job}}_{{task}}" for task in range(int(array.group(1)) + 1)] if array else [str(job)]:
+    subprocess.Popen([str(Path(__file__).parent / "fake_run"), jid], start_new_session=True,
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+print(f"Submitted batch job {{job}}")
+""",
+    "fake_run": """#!{python}
+import os, subprocess, sys, time
+from pathlib import Path
+state, jid = Path(os.environ["FAKE_SLURM"]), sys.argv[1]
+job, _, task = jid.partition("_")
+pid = state / f"{{jid}}.pid"
+while pid.exists() and Path(f"/proc/{{pid.read_text().strip()}}").exists():   # the attempt before
+    time.sleep(0.05)
+time.sleep(1)   # submitit moves the job's pickle into place after sbatch returns
+env = dict(os.environ, FAKE_JID=jid, SLURM_JOB_ID=job)
+if task:
+    env.update(SLURM_JOB_ID=str(10 * int(job) + int(task)), SLURM_ARRAY_JOB_ID=job, SLURM_ARRAY_TASK_ID=task)
+subprocess.run(["bash", (state / f"{{job}}.job").read_text()], env=env)
+""",
+    "srun": """#!/bin/sh
+echo $$ > "$FAKE_SLURM/$FAKE_JID.pid"
+name() {{ echo "$1" | sed "s/%A/$SLURM_ARRAY_JOB_ID/g; s/%a/$SLURM_ARRAY_TASK_ID/g; s/%j/$SLURM_JOB_ID/g; s/%t/0/g"; }}
+out=$(name "$3"); err=$(name "$5"); shift 5   # --unbuffered --output X --error X
+mkdir -p "$(dirname "$out")"
+exec env SLURM_PROCID=0 SLURM_LOCALID=0 SLURM_NTASKS=1 SLURM_JOB_NUM_NODES=1 SLURM_NODEID=0 \\
+    SLURM_JOB_NODELIST=localhost "$@" >>"$out" 2>>"$err"
+""",
+    "scontrol": """#!{python}
+import subprocess, sys
+from pathlib import Path
+assert sys.argv[1] == "requeue", sys.argv
+subprocess.Popen([str(Path(__file__).parent / "fake_run"), sys.argv[2]], start_new_session=True,
+                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+""",
+    "sacct": "#!/bin/sh\necho 'JobID|State|NodeList'\n",
+}
+
+
+@pytest.fixture
+def fake_slurm(tmp_path):
+    """The environment of a command that submits to the stand-in SLURM; its state folder."""
+    bin_dir, state = tmp_path / "bin", tmp_path / "slurm"
+    bin_dir.mkdir()
+    state.mkdir()
+    for name, text in FAKE_SLURM.items():
+        (bin_dir / name).write_text(text.format(python=sys.executable))
+        (bin_dir / name).chmod(0o755)
+    return dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", FAKE_SLURM=str(state)), state
+
+
+@pytest.mark.slow   # ~14 s here
+@submitit_plugin
+def test_a_preempted_slurm_job_is_requeued_and_resumes_to_the_uninterrupted_result(tmp_path, fake_slurm,
+                                                                                   uninterrupted):
+    env, state = fake_slurm
+    sweep = tmp_path / "multirun"
+    job = [o.replace("hydra/launcher=local", "hydra/launcher=slurm") for o in JOB]
+    with tempfile.TemporaryFile("w+") as log:   # a file, not a pipe that could fill and block the child
+        launcher = subprocess.Popen([sys.executable, TRAIN, *job, f"hydra.sweep.dir={sweep}"], cwd=tmp_path,
+                                    env=env, stdout=log, stderr=log, text=True)
+        wait_for(sweep / "0" / "checkpoint.pt", launcher)
+        os.kill(int((state / "100.pid").read_text()), signal.SIGUSR2)   # SLURM's notice of preemption
+        assert launcher.wait(timeout=600) == 0, log.seek(0) or log.read()[-3000:]
+    killed_at = int(re.search(r"resuming .* after epoch (\d+)", (sweep / "0" / "train.log").read_text())[1])
+    assert 1 <= killed_at < 6
+    submitit_log = "".join(p.read_text() for p in (sweep / ".submitit" / "100").glob("100_0_log.*"))
+    assert "this job is preempted" in submitit_log and "Requeued job 100" in submitit_log
+    check_resumed(sweep / "0", killed_at, uninterrupted)
 
 
 @submitit_plugin
