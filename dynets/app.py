@@ -167,7 +167,8 @@ def resume_from(config: Mapping[str, Any], run_dir: Path) -> dict | None:
                                 "(to start a new run, leave out resume=)")
     else:
         log.warning("resume: %s holds no checkpoint, starting at epoch 1 (to continue a run, pass "
-                    "hydra.run.dir=<its directory> resume=true, or resume=<its directory>)", run_dir)
+                    "hydra.run.dir=<its directory> resume=true, or resume=<its directory>; in a multirun, the same "
+                    "hydra.sweep.dir and overrides with resume=true)", run_dir)
     if distributed.is_main():
         checkpoint.truncate_metrics(run_dir / "metrics.jsonl", 0 if state is None else state["epoch"])
     return state
