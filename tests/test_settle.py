@@ -6,7 +6,8 @@ import torch
 
 import dynets
 from dynets import Condition, DivergedError, SettleOptions, settle
-from dynets.settle import residual_norm
+from dynets.settle import residual_norm, spectral_radius
+from dynets.steppers import phase_field
 
 
 class Linear(torch.nn.Module):
@@ -321,3 +322,61 @@ def test_compile_auto_compiles_on_cuda_only():
         assert maybe_compiled(step, "off", torch.device("cuda")) is step
         wrapped = maybe_compiled(step, "auto", torch.device("cuda"))
         assert wrapped is not step and wrapped is maybe_compiled(step, "on", torch.device("cpu"))
+
+
+def stiff_matrix(seed):
+    """−Q diag(1..10, 100) Qᵀ: symmetric, eigenvalues −1 … −10 and −100 (a clear gap for power iteration)."""
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(11, 11, generator=g, dtype=torch.float64))
+    rates = torch.cat([torch.arange(1.0, 11.0, dtype=torch.float64), torch.tensor([100.0], dtype=torch.float64)])
+    return -(q * rates) @ q.T
+
+
+def test_spectral_radius_is_the_largest_eigenvalue_of_the_jacobian():
+    A = stiff_matrix(0)
+    model = Linear([A], [torch.zeros(11, dtype=torch.float64)])
+    state = (torch.zeros(3, 11, dtype=torch.float64),)
+    rho = spectral_radius(model.dynamics(None), state)
+    exact = torch.linalg.eigvalsh(A).abs().max().item()
+    assert abs(rho - exact) < 1e-3 * exact, (rho, exact)
+
+
+def test_stability_caps_the_euler_step_below_two_over_the_stiffest_rate():
+    """ds/dt = A s + b with rates up to 100: a step of 0.1 (> 2/100) blows up; with stability 0.9
+    the step is 0.9·2/100 and the settle reaches the closed-form equilibrium."""
+    A, b = stiff_matrix(1), torch.randn(2, 11, dtype=torch.float64)
+    model = Linear([A], [b])
+    c = Condition(torch.zeros(2, 1))
+    with pytest.raises(DivergedError):
+        settle(model, c, method="fast_euler", step_size=0.1, atol=1e-8, max_time=200)
+    for method in ("fast_euler", "euler"):
+        eq = settle(model, c, method=method, step_size=0.1, atol=1e-8, max_time=200, stability=0.9)
+        assert eq.converged, method
+        assert eq.t / eq.steps == pytest.approx(0.9 * 2 / 100, rel=1e-3)
+        exact = -torch.linalg.solve(A, b.T).T
+        assert ((eq.state[0] - exact).norm(dim=1) <= eq.residual + 1e-12).all()
+
+
+def test_stability_lets_a_stiff_generative_pc_settle_to_the_fine_step_equilibrium():
+    """Generative PC with weights grown 8x (λ_max(WᵀW) ≈ 160): Euler steps of 0.1 do not
+    settle; with stability 0.9 they reach the equilibrium that steps of 0.001 reach."""
+    from dynets.models import PredictiveCoding
+    torch.manual_seed(0)
+    model = PredictiveCoding([30, 12], activation="tanh", arrangement="generative").double()
+    with torch.no_grad():
+        model.layers[0].weight.mul_(8 * (784 / 30) ** 0.5 / 4)
+    c = model.prepare(Condition(torch.rand(8, 30, dtype=torch.float64)))
+    rho = spectral_radius(phase_field(model, c), model.init_state(c))
+    assert rho * 0.1 > 2   # past Euler's limit at step 0.1
+    plain = settle(model, c, method="fast_euler", step_size=0.1, atol=1e-6, max_time=60)
+    stable = settle(model, c, method="fast_euler", step_size=0.1, atol=1e-6, max_time=60, stability=0.9)
+    fine = settle(model, c, method="fast_euler", step_size=1e-3, atol=1e-6, max_time=200)
+    assert not plain.converged and stable.converged and fine.converged
+    torch.testing.assert_close(stable.state[0], fine.state[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kwargs", [dict(method="gauss_seidel", stability=0.5), dict(method="dopri5", stability=0.5),
+                                    dict(method="fast_euler", stability=1.0), dict(method="fast_euler", stability=-0.1)])
+def test_stability_is_refused_where_it_means_nothing(kwargs):
+    with pytest.raises(ValueError, match="stability"):
+        SettleOptions(**kwargs)
