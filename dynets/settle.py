@@ -158,13 +158,12 @@ def spectral_radius(f: VectorField, state: State, iterations: int = 20) -> float
     symmetric, and the estimate approaches ρ from below."""
     g = torch.Generator().manual_seed(0)
     v = tuple(torch.randn(s.shape, generator=g, dtype=s.dtype).to(s.device) for s in state)
-    t, norm = torch.zeros((), dtype=state[0].dtype, device=state[0].device), None
+    t = torch.zeros((), dtype=state[0].dtype, device=state[0].device)
+    norm = lambda v: torch.sqrt(sum((x * x).sum() for x in v))
     for _ in range(iterations):
-        norm = torch.sqrt(sum((x * x).sum() for x in v))
-        v = tuple(x / norm for x in v)
-        v = torch.func.jvp(lambda *s: tuple(f(t, s)), tuple(state), v)[1]
-    norm = torch.sqrt(sum((x * x).sum() for x in v))
-    return max(norm.item(), 1e-12)
+        n = norm(v)
+        v = torch.func.jvp(lambda *s: tuple(f(t, s)), tuple(state), tuple(x / n for x in v))[1]
+    return max(norm(v).item(), 1e-12)
 
 
 def _initial(model: Dynamical, condition: Condition, init: State | None) -> State:
