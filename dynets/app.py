@@ -81,8 +81,9 @@ def build_model(node: Mapping[str, Any], data: Dataset, labelled: bool = True) -
 def resolve_device(name: str) -> torch.device:
     """``auto``: CUDA when there is a GPU, else CPU; under torchrun, each process its own GPU."""
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
-    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    if device.type == "cuda" and device.index is None:
+        # torch.cuda.set_device refuses a device without an index.
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return device
