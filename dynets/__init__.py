@@ -1,7 +1,7 @@
 """dynets: continuous-time recurrent networks that settle to equilibria and learn with local rules."""
 from . import data, diagnostics, models, rules
 from .settle import METHODS, SettleOptions, settle
-from .types import Condition, DivergedError, Equilibrium, State
+from .phases import Condition, DivergedError, Equilibrium, State
 
 __all__ = ["settle", "SettleOptions", "METHODS", "Condition", "Equilibrium", "State", "DivergedError",
            "models", "rules", "diagnostics", "data"]

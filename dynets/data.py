@@ -335,3 +335,15 @@ def load(name: str, **kwargs) -> Dataset:
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid names: {sorted(DATASETS)}")
     return DATASETS[name](**kwargs)
+
+
+def unlabelled(data: Dataset) -> Dataset:
+    """``data`` with every label replaced by 0: what a self-supervised method is trained on."""
+    blank = lambda s: Split(s.x, torch.zeros_like(s.y))
+    return replace(data, train=blank(data.train), val=blank(data.val), test=blank(data.test))
+
+
+def binarised(data: Dataset, threshold: float = 0.5) -> Dataset:
+    """``data`` with inputs x > ``threshold`` as 0/1 (for models of binary units: Helmholtz)."""
+    binary = lambda s: Split((s.x > threshold).to(s.x.dtype), s.y)
+    return replace(data, train=binary(data.train), val=binary(data.val), test=binary(data.test))

@@ -27,7 +27,7 @@ import torch
 
 from .settle import SettleOptions
 from .steppers import _clamps, phase_field
-from .types import Condition, Equilibrium, State
+from .phases import Condition, Equilibrium, State
 
 SAMPLERS = ("gibbs", "langevin")
 STARTS = ("noise", "prior", "persistent", "data")

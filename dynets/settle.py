@@ -18,7 +18,7 @@ import torch
 from torchdiffeq import odeint
 
 from .steppers import STEPPERS, Dynamical, phase_field
-from .types import Condition, DivergedError, Equilibrium, State, VectorField, by_layer
+from .phases import Condition, DivergedError, Equilibrium, State, VectorField, by_layer
 
 FIXED_GRID = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams")
 STABLE_STEP = ("fast_euler", "euler")   # the methods whose step ``stability`` caps

@@ -11,7 +11,7 @@ from typing import Callable, Protocol
 
 import torch
 
-from .types import Block, Condition, LayerMap, State, VectorField, by_layer
+from .phases import Block, Condition, LayerMap, State, VectorField, by_layer
 
 
 class Dynamical(Protocol):

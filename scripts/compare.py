@@ -1,4 +1,4 @@
-"""The comparison table of every rule: a hydra entry point over :mod:`dynets.compare`.
+"""The comparison table of every rule: a hydra entry point over :mod:`dynets.studies.compare`.
 
     python scripts/compare.py [data=fashion_mnist] [hidden=[512]] [epochs=10] [only=[ep,pc]]
     python scripts/compare.py --config-name compare_bars     # the generative rules, KL on bars
@@ -16,8 +16,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from dynets.app import evaluation, locate
-from dynets.compare import Entry, Metric, compare, markdown, summarise, write
+from dynets.app.run import evaluation, locate
+from dynets.studies.compare import Entry, Metric, compare, markdown, summarise, write
 
 log = logging.getLogger("dynets")
 

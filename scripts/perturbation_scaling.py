@@ -1,4 +1,4 @@
-"""The perturbation scaling study: a hydra entry point over :mod:`dynets.perturbation_scaling`.
+"""The perturbation scaling study: a hydra entry point over :mod:`dynets.studies.perturbation_scaling`.
 
     python scripts/perturbation_scaling.py [cosine.widths=[16,64]] [training.epochs=5] [only=[np,exact]]
 
@@ -14,9 +14,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from dynets.compare import Entry
+from dynets.studies.compare import Entry
 from dynets.models import LayeredHopfield
-from dynets.perturbation_scaling import cosine_rows, markdown, training_rows, write
+from dynets.studies.perturbation_scaling import cosine_rows, markdown, training_rows, write
 from dynets.rules import ImplicitDifferentiation
 
 log = logging.getLogger("dynets")

@@ -1,4 +1,4 @@
-"""Self-supervised representations measured by probes: a hydra entry point over :mod:`dynets.selfsup`.
+"""Self-supervised representations measured by probes: a hydra entry point over :mod:`dynets.studies.selfsup`.
 
     python scripts/probe.py [data=fashion_mnist] [hidden=[256]] [epochs=3] [only=[pc,ep]]
 
@@ -13,8 +13,8 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from dynets.app import instantiate
-from dynets.selfsup import Method, Probes, study, write
+from dynets.app.run import instantiate
+from dynets.studies.selfsup import Method, Probes, study, write
 
 log = logging.getLogger("dynets")
 

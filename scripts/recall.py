@@ -1,4 +1,4 @@
-"""Recall against load for associative memories: a hydra entry point over :mod:`dynets.recall`.
+"""Recall against load for associative memories: a hydra entry point over :mod:`dynets.studies.recall`.
 
     python scripts/recall.py [n=200] [alphas=[0.1,0.3]] [seeds=[0]] [epsilon=5e-5]
 
@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from dynets.recall import dense_memory, hebbian_memory, slept_memory, study, write
+from dynets.studies.recall import dense_memory, hebbian_memory, slept_memory, study, write
 
 log = logging.getLogger("dynets")
 

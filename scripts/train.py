@@ -21,8 +21,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from dynets import app
-from dynets.logging import wandb_group
+from dynets.app import run as app
+from dynets.app.loggers import wandb_group
 
 # The hydra plugins of the optional extra "cluster", and the overrides that select them.
 OPTUNA, SUBMITIT = "hydra_plugins.hydra_optuna_sweeper", "hydra_plugins.hydra_submitit_launcher"

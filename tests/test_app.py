@@ -11,8 +11,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from dynets import SettleOptions
-from dynets.app import build, check_config, instantiate
-from dynets.checkpoint import CheckpointError
+from dynets.app.run import build, check_config, instantiate
+from dynets.app.checkpoint import CheckpointError
 from dynets.models.base import DynamicalModel
 from dynets.rules import EquilibriumPropagation
 

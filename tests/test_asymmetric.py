@@ -13,7 +13,7 @@ from dynets.models.asymmetric import Asymmetric
 from dynets.rules import EquilibriumPropagation, ImplicitDifferentiation
 from dynets.rules.dtp import DifferenceTargetPropagation, difference_targets
 from dynets.rules.feedback import FeedbackAlignment, KolenPollack, VectorFieldEP, WeightMirror
-from dynets.train import fit
+from dynets.app.fit import fit
 from dynets import diagnostics
 
 TIGHT = SettleOptions(method="fast_euler", atol=1e-12, max_time=3000, check_every=1)

@@ -5,14 +5,16 @@ autograd of the free energy, learning on bars, and a bit-identical resume of a P
 import pytest
 import torch
 
-from dynets import Condition, checkpoint, settle
+from dynets import Condition, settle
+
+from dynets.app.run import checkpoint
 from dynets.data import bars
 from dynets.likelihood import Likelihood, binary_states, factorised_kl_bits, kl_bits
 from dynets.models import boltzmann
 from dynets.models.boltzmann import BoltzmannMachine
 from dynets.rules.boltzmann import BoltzmannLearning
 from dynets.sampling import sample
-from dynets.train import fit
+from dynets.app.fit import fit
 
 
 def machine(sizes=(3, 2), seed=1, scale=1.0):

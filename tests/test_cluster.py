@@ -24,9 +24,9 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
-from dynets import collect
-from dynets.app import build
-from dynets.logging import wandb_group
+from dynets.app import collect
+from dynets.app.run import build
+from dynets.app.loggers import wandb_group
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"

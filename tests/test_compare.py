@@ -9,7 +9,7 @@ from torch import nn
 
 import dynets
 from dynets import Condition, SettleOptions
-from dynets.compare import Entry, compare, markdown, summarise, write
+from dynets.studies.compare import Entry, compare, markdown, summarise, write
 from dynets.models import LayeredHopfield, PredictiveCoding
 from dynets.rules import Backprop, EquilibriumPropagation, ImplicitDifferentiation
 
@@ -82,7 +82,7 @@ def test_compare_trains_every_entry_on_the_same_split():
 def test_the_training_alignment_probe_measures_against_the_rules_own_cost():
     """Backprop with cross-entropy is its own exact gradient: the app's per-epoch probe
     reports cosine 1 only if its reference uses the rule's cost (not squared error)."""
-    from dynets.app import alignment_probe
+    from dynets.app.run import alignment_probe
     from dynets.costs import CrossEntropy
 
     torch.manual_seed(0)

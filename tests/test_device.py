@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from dynets import app
+from dynets.app import run as app
 
 
 @pytest.fixture

@@ -7,11 +7,13 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from dynets import SettleOptions, distributed
+from dynets import SettleOptions
+
+from dynets.app.run import distributed
 from dynets.data import Dataset, Split
 from dynets.models import LayeredHopfield
 from dynets.rules import EquilibriumPropagation
-from dynets.train import fit, train_step
+from dynets.app.fit import fit, train_step
 
 # A fixed number of settle steps (atol=0): a shard and the whole batch settle for as long,
 # so the only differences left are float rounding.

@@ -8,13 +8,13 @@ import torch
 
 from dynets import Condition, SettleOptions, settle
 from dynets.data import bars
-from dynets import checkpoint
+from dynets.app.run import checkpoint
 from dynets.likelihood import Likelihood, binary_states, factorised_kl_bits, importance_log_prob, kl_bits
 from dynets.models import LayeredHopfield
 from dynets.models.helmholtz import Helmholtz
 from dynets.rules.wake_sleep import WakeSleep
 from dynets.sampling import SampleOptions, Sleep, sample
-from dynets.train import fit
+from dynets.app.fit import fit
 
 
 def machine(sizes=(3, 2, 1), scale=1.0, seed=0):

@@ -11,8 +11,8 @@ import pytest
 import wandb
 from wandb.proto import wandb_internal_pb2
 
-from dynets.logging import JsonLinesLogger, WandbLogger, flatten, percent
-from dynets.train import _report
+from dynets.app.loggers import JsonLinesLogger, WandbLogger, flatten, percent
+from dynets.app.fit import _report
 
 CONFIG = {"seed": 3, "rule": {"_target_": "dynets.rules.EquilibriumPropagation", "beta": 0.25, "variant": "centered"},
           "model": {"hidden": [16, 8]}}

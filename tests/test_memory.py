@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from dynets import Condition, SettleOptions, settle
-from dynets.checkpoint import generators
+from dynets.rules.base import generators
 from dynets.data import patterns
 from dynets.models.memory import AssociativeMemory, DenseAssociativeMemory, check_patterns, noisy_cues, overlaps
-from dynets.recall import write
+from dynets.studies.recall import write
 from dynets.sampling import sample
 from dynets.rules.memory import HebbianSleep, HebbianStorage, RecallMonitor, dream_outer
 

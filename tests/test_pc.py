@@ -10,7 +10,7 @@ from dynets.costs import CrossEntropy
 from dynets.models import PredictiveCoding
 from dynets.models.base import EnergyModel
 from dynets.rules import ImplicitDifferentiation, PredictiveCodingRule
-from dynets.train import fit
+from dynets.app.fit import fit
 
 TIGHT = SettleOptions(method="fast_euler", step_size=0.2, atol=1e-13, max_time=2000, check_every=20)
 SIZES = [6, 5, 4, 3]

@@ -189,7 +189,7 @@ def test_the_exact_cosine_metric_is_the_alignment_with_implicit_differentiation(
 
 def test_the_gamma_law_is_the_mean_cosine_of_a_random_direction():
     """The study's theory curve against Monte Carlo: E|z·u|/‖z‖, z ~ N(0, I_p), u a unit vector."""
-    from dynets.perturbation_scaling import single_probe_cosine
+    from dynets.studies.perturbation_scaling import single_probe_cosine
     z = torch.randn(200000, 40, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     for p in (1, 2, 7, 40):
         mc = (z[:, :p].abs()[:, 0] / z[:, :p].norm(dim=1)).mean().item()
@@ -202,7 +202,7 @@ def test_the_study_measures_the_one_over_sqrt_p_law_on_digits():
     """The study's one-probe rows on digits: node perturbation's estimate of the drive
     sensitivities has the Γ-law cosine (within 25 %), for two widths."""
     from dynets.data import digits
-    from dynets.perturbation_scaling import cosine_rows
+    from dynets.studies.perturbation_scaling import cosine_rows
     settle = SettleOptions(method="gauss_seidel", step_size=1.0, atol=1e-10, max_time=2000)
     rows = cosine_rows(digits(), widths=[8, 64], probes=[1], samples=48, sigma=1e-3, settle=settle,
                        reference=ImplicitDifferentiation(settle, adjoint_tol=1e-8), progress=lambda _: None)

@@ -9,7 +9,9 @@ import pytest
 import torch
 from matplotlib.image import imread
 
-from dynets import Condition, SettleOptions, plots
+from dynets import Condition, SettleOptions
+
+from dynets.app.run import plots
 from dynets.models import LayeredHopfield
 from dynets.settle import residual_norm
 
@@ -146,7 +148,7 @@ def test_plot_run_makes_the_plots_that_apply(tmp_path):
 
 def test_plotting_never_imports_pyplot(tmp_path):
     """pyplot would pick and switch a global backend; the plots must work without it."""
-    code = ("import sys, torch; from dynets import plots; from dynets.models import LayeredHopfield; "
+    code = ("import sys, torch; from dynets.app import plots; from dynets.models import LayeredHopfield; "
             f"plots.receptive_fields(LayeredHopfield([64, 4, 2]), {str(tmp_path / 'rf.png')!r}); "
             "print('matplotlib.pyplot' in sys.modules)")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -16,13 +16,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from dynets import SettleOptions, checkpoint
-from dynets.app import resume_from
+from dynets import SettleOptions
+
+from dynets.app.run import checkpoint
+from dynets.app.run import resume_from
 from dynets.data import Dataset, Split
 from dynets.models import LayeredHopfield
 from dynets.rules import EquilibriumPropagation
 from dynets.rules.base import Rule
-from dynets.train import fit
+from dynets.app.fit import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,22 +8,24 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 from sklearn.linear_model import LogisticRegression
 
-from dynets.app import build
+from dynets.app.run import build
 from dynets.data import Split, digits
 from dynets.models.helmholtz import Helmholtz
 from dynets.models.hopfield import LayeredHopfield
 from dynets.models.pc import PredictiveCoding
 from dynets.models.readback import ReadBackHopfield
-from dynets.probe import (ReconstructionError, binarised, check_self_supervised, fit_logistic, knn_predict, pick_layer,
-                          settled, unlabelled)
+from dynets.app.run import check_self_supervised
+from dynets.data import binarised, unlabelled
+from dynets.evaluate import ReconstructionError, pick_layer, settled
+from dynets.studies.probe import fit_logistic, knn_predict
 from dynets.rules.chl import ContrastiveHebbian
 from dynets.rules.ep import EquilibriumPropagation
 from dynets.rules.interleave import SleepInterleaved
 from dynets.rules.pc import PredictiveCodingRule
 from dynets.rules.wake_sleep import WakeSleep
-from dynets.selfsup import Method, Probes, train_method
+from dynets.studies.selfsup import Method, Probes, train_method
 from dynets.settle import SettleOptions
-from dynets.train import fit
+from dynets.app.fit import fit
 
 from test_configs import CONFIGS
 

@@ -17,8 +17,8 @@ from omegaconf import OmegaConf, open_dict
 # The agent's own rendering of a run's parameters into command-line arguments.
 from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
-from dynets.app import build, instantiate
-from dynets.collect import natural_key
+from dynets.app.run import build, instantiate
+from dynets.app.collect import natural_key
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"

@@ -10,12 +10,12 @@ import torch
 
 import dynets
 from dynets import SettleOptions
-from dynets.logging import JsonLinesLogger
+from dynets.app.loggers import JsonLinesLogger
 from dynets.models import LayeredHopfield
 from dynets.rules import EquilibriumPropagation
 from dynets.rules.base import Rule, write_grads
 from dynets.data import Split
-from dynets.train import fit, free_phase_metrics, layer_param_groups, pinned_fraction
+from dynets.app.fit import fit, free_phase_metrics, layer_param_groups, pinned_fraction
 
 
 @pytest.fixture(scope="module")

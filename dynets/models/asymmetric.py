@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from ..types import State
+from ..phases import State
 from .hopfield import ACTIVATIONS, Layered
 
 FEEDBACK = ("random", "tied", "learned")

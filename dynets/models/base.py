@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import nn
 
-from ..types import Condition, State, VectorField, by_layer
+from ..phases import Condition, State, VectorField, by_layer
 
 
 class DynamicalModel(nn.Module, ABC):

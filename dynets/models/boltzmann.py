@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..likelihood import MAX_ENUMERATED, binary_states
-from ..types import Condition, State, VectorField
+from ..phases import Condition, State, VectorField
 from .base import DynamicalModel
 
 CHUNK_BITS = 16   # log Z enumerates 2^16 states of the smaller layer at a time (bounded memory)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..likelihood import MAX_ENUMERATED, binary_states
-from ..types import Block, Condition, State, VectorField
+from ..phases import Block, Condition, State, VectorField
 from .base import DynamicalModel
 
 ENUMERATED_CHUNK = 16   # hidden bits enumerated at once by log_prob: 2^16 states per chunk

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..costs import SquaredError
-from ..types import Block, Condition, State, VectorField, by_layer
+from ..phases import Block, Condition, State, VectorField, by_layer
 from .base import DynamicalModel, EnergyModel
 
 

@@ -13,7 +13,7 @@ from abc import abstractmethod
 import torch
 from torch import nn
 
-from ..types import Block, Condition, State, VectorField, by_layer
+from ..phases import Block, Condition, State, VectorField, by_layer
 from .base import EnergyModel
 
 

@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..types import Block, Condition, State, VectorField, by_layer
+from ..phases import Block, Condition, State, VectorField, by_layer
 from .base import EnergyModel
 
 

@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import torch
 
-from ..types import Condition
+from ..phases import Condition
 from .hopfield import LayeredHopfield
 
 

@@ -9,7 +9,7 @@ import torch
 from ..costs import Cost, SquaredError
 from ..models.base import DynamicalModel
 from ..settle import SettleOptions
-from ..types import Condition, Equilibrium
+from ..phases import Condition, Equilibrium
 
 
 class Rule(ABC):
@@ -25,7 +25,7 @@ class Rule(ABC):
     ``models`` names the model classes a rule can train; :meth:`check_model` raises for
     any other. A stochastic rule keeps its ``torch.Generator`` as an attribute: every
     generator attribute is saved in checkpoints and restored on resume
-    (:mod:`dynets.checkpoint`), so a seeded run resumes bit-identically.
+    (:mod:`dynets.app.checkpoint`), so a seeded run resumes bit-identically.
     """
 
     models: tuple[type, ...] = (DynamicalModel,)
@@ -77,3 +77,9 @@ def write_grads(model: torch.nn.Module, grads: Mapping[str, torch.Tensor]) -> No
                        f"it has {sorted(params)}")
     for name, p in params.items():
         p.grad = grads[name].detach().to(p.dtype) if name in grads else None
+
+
+def generators(owner: object) -> dict[str, torch.Generator]:
+    """The random streams ``owner`` (a rule) owns: its attributes that are ``torch.Generator``s,
+    by attribute name. These are saved in every checkpoint and restored on resume."""
+    return {name: g for name, g in sorted(vars(owner).items()) if isinstance(g, torch.Generator)}

@@ -7,7 +7,7 @@ import torch
 
 from ..models.boltzmann import BoltzmannMachine
 from ..sampling import SampleOptions, Sleep
-from ..types import Condition, State
+from ..phases import Condition, State
 from .base import Rule, write_grads
 
 # Where the free phase's chains start: kept from the previous step, or at the batch's data.

@@ -8,7 +8,7 @@ import torch
 from ..costs import Cost
 from ..models.asymmetric import Asymmetric
 from ..settle import SettleOptions
-from ..types import Condition, Equilibrium, State
+from ..phases import Condition, Equilibrium, State
 from .feedback import _Nudged
 
 TARGETS = ("settle", "sweep")

@@ -11,7 +11,7 @@ import torch
 from ..costs import Cost
 from ..models.asymmetric import Asymmetric
 from ..settle import SettleOptions
-from ..types import Condition, Equilibrium, State
+from ..phases import Condition, Equilibrium, State
 from .base import Rule, write_grads
 
 # Nudging strengths of the two phases compared, in units of β (as EquilibriumPropagation).

@@ -6,12 +6,11 @@ from typing import Any
 
 import torch
 
-from .. import checkpoint
 from ..models.helmholtz import Helmholtz
 from ..sampling import sample
 from ..settle import SettleOptions
-from ..types import Condition
-from .base import Rule, write_grads
+from ..phases import Condition
+from .base import Rule, generators, write_grads
 from .wake_sleep import WakeSleep
 
 STARTS = ("prior", "replay")
@@ -72,7 +71,7 @@ class SleepInterleaved(Rule):
         self.wake, self.ratio, self.start, self.noise, self.dreams = wake, float(ratio), start, float(noise), dreams
         self.credit = 0.0
         self.generator = torch.Generator().manual_seed(seed)
-        for name, g in checkpoint.generators(wake).items():   # the wake rule's streams, checkpointed with ours
+        for name, g in generators(wake).items():   # the wake rule's streams, checkpointed with ours
             setattr(self, f"wake_{name}", g)
 
     def check_model(self, model) -> None:

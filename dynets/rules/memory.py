@@ -10,7 +10,7 @@ import torch
 
 from ..models.memory import AssociativeMemory, Memory, check_patterns, noisy_cues, overlaps
 from ..settle import SettleOptions
-from ..types import Condition
+from ..phases import Condition
 from .base import Rule, write_grads
 
 log = logging.getLogger("dynets")

@@ -8,7 +8,7 @@ import torch
 from ..costs import Cost
 from ..models.pc import PredictiveCoding
 from ..settle import SettleOptions
-from ..types import Condition
+from ..phases import Condition
 from .base import Rule, write_grads
 
 VARIANTS = ("nudged", "centered", "clamp", "unsupervised")

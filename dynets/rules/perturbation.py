@@ -13,7 +13,7 @@ from ..costs import Cost
 from ..models.base import DynamicalModel
 from ..settle import SettleOptions
 from ..steppers import phase_field
-from ..types import Condition, Equilibrium, State
+from ..phases import Condition, Equilibrium, State
 from .base import Rule, write_grads
 from .reference import ImplicitDifferentiation
 

@@ -8,7 +8,7 @@ import torch
 from ..models.helmholtz import Helmholtz, bernoulli_log_prob
 from ..sampling import SampleOptions, Sleep
 from ..settle import SettleOptions
-from ..types import Condition
+from ..phases import Condition
 from .base import Rule, write_grads
 
 VARIANTS = ("plain", "reweighted")

@@ -17,12 +17,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from . import diagnostics
-from .data import Dataset
-from .models.base import DynamicalModel
-from .rules import ImplicitDifferentiation, Rule
-from .settle import SettleOptions
-from .train import fit
+from .. import diagnostics
+from ..data import Dataset
+from ..models.base import DynamicalModel
+from ..rules import ImplicitDifferentiation, Rule
+from ..settle import SettleOptions
+from ..app.fit import fit
 
 log_fields = ("steps_free", "steps_nudged_+", "steps_nudged_-", "steps_clamped")
 

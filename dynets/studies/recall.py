@@ -19,9 +19,9 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .data import patterns
-from .models.memory import AssociativeMemory, DenseAssociativeMemory
-from .rules.memory import HebbianSleep, HebbianStorage, RecallMonitor
+from ..data import patterns
+from ..models.memory import AssociativeMemory, DenseAssociativeMemory
+from ..rules.memory import HebbianSleep, HebbianStorage, RecallMonitor
 
 Variant = Callable[[torch.Tensor, int], tuple[torch.nn.Module, dict[str, Any]]]
 """``(patterns, seed) -> (memory, facts)``: a memory holding the patterns, and what it

@@ -19,13 +19,13 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import checkpoint
-from .data import Dataset, Split
+from ..data import Dataset, Split
 from .distributed import all_sum, average_grads, broadcast_parameters, is_main, rank_and_size, shard
-from .logging import Logger, percent
-from .models.base import DynamicalModel
-from .rules.base import Rule
-from .settle import SettleOptions
-from .types import Condition, State
+from .loggers import Logger, percent
+from ..models.base import DynamicalModel
+from ..rules.base import Rule, generators
+from ..settle import SettleOptions
+from ..phases import Condition, State
 
 log = logging.getLogger("dynets")
 
@@ -184,7 +184,7 @@ class History:
 
 def _streams(rule, generator: torch.Generator) -> dict[str, torch.Generator]:
     """The run's own random streams: the batch order and the rule's generators."""
-    return {"batch_order": generator, **{f"rule.{name}": g for name, g in checkpoint.generators(rule).items()}}
+    return {"batch_order": generator, **{f"rule.{name}": g for name, g in generators(rule).items()}}
 
 
 def _state(model, rule, optimizer, generator: torch.Generator, history: History, config, scheduler=None) -> dict[str, Any]:
@@ -271,15 +271,15 @@ def fit(model: DynamicalModel, rule: Rule, data: Dataset, optimizer: torch.optim
         loggers: each gets every epoch's metrics (rank 0 only); starting them and passing
             them the summary (``finish``) is the caller's, who may add plots in between.
         run_dir: where ``checkpoint.pt`` is written atomically every epoch (see
-            :mod:`dynets.checkpoint`) and ``summary.json`` at the end, by rank 0. Under
+            :mod:`dynets.app.checkpoint`) and ``summary.json`` at the end, by rank 0. Under
             torch.distributed pass it (or ``None``) on every process.
         resume_from: a run directory, a checkpoint file or a checkpoint loaded with
-            :func:`dynets.checkpoint.load`: continue after its epoch. Every random stream
+            :func:`dynets.app.checkpoint.load`: continue after its epoch. Every random stream
             continues where it was: torch's CPU and CUDA generators, the batch order and each
             ``torch.Generator`` attribute of the rule (e.g. ``rule.generator``; see
-            :func:`dynets.checkpoint.generators`). With the same seed, data and process count
+            :func:`dynets.rules.base.generators`). With the same seed, data and process count
             the run ends exactly as one never interrupted (on CPU). Loggers get only the epochs
-            after it (see :func:`dynets.checkpoint.truncate_metrics`).
+            after it (see :func:`dynets.app.checkpoint.truncate_metrics`).
         config: plain data saved in every checkpoint (e.g. the composed config), for checks on resume.
         probes: functions of the model called after each epoch's training, whose metrics
             join the epoch's (e.g. alignment with the true gradient on a probe batch).

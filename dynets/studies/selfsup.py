@@ -1,8 +1,8 @@
 """The self-supervised study (hydra-free; ``scripts/probe.py`` builds its methods from configs).
 
-Every method is trained by :func:`dynets.train.fit` on the unlabelled data for the same epochs
+Every method is trained by :func:`dynets.app.fit.fit` on the unlabelled data for the same epochs
 and batch size, its epoch selected by the validation reconstruction error, and probed
-(:mod:`dynets.probe`) on the frozen, settled representation; so are the same network at its
+(:mod:`dynets.studies.probe`) on the frozen, settled representation; so are the same network at its
 random initial weights, the raw pixels, and a backprop autoencoder of the same sizes trained
 for the same epochs.
 """
@@ -17,14 +17,15 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import plots
-from .data import Dataset, Split
-from .probe import (ReconstructionError, accuracy, binarised, check_self_supervised, knn_predict, linear_probe,
-                    pick_layer, settled, unlabelled)
-from .rules.interleave import prior_code, top_down
-from .sampling import Sleep
-from .train import fit
-from .types import Condition
+from ..app import plots
+from ..app.fit import fit
+from ..app.run import check_self_supervised
+from ..data import Dataset, Split, binarised, unlabelled
+from ..evaluate import ReconstructionError, pick_layer, settled
+from ..phases import Condition
+from ..rules.interleave import prior_code, top_down
+from ..sampling import Sleep
+from .probe import accuracy, knn_predict, linear_probe
 
 
 @dataclass

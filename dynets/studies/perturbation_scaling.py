@@ -19,12 +19,12 @@ import numpy as np
 import torch
 
 from .compare import Entry
-from .data import Dataset
-from .models import LayeredHopfield
-from .rules import ImplicitDifferentiation
-from .rules.perturbation import NodePerturbation, WeightPerturbation
-from .settle import SettleOptions
-from .train import fit
+from ..data import Dataset
+from ..models import LayeredHopfield
+from ..rules import ImplicitDifferentiation
+from ..rules.perturbation import NodePerturbation, WeightPerturbation
+from ..settle import SettleOptions
+from ..app.fit import fit
 
 RULES = {"np": NodePerturbation, "wp": WeightPerturbation}
 

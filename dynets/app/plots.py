@@ -19,9 +19,9 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .models.base import DynamicalModel, EnergyModel
-from .settle import SettleOptions, residual_norm
-from .types import Condition
+from ..models.base import DynamicalModel, EnergyModel
+from ..settle import SettleOptions, residual_norm
+from ..phases import Condition
 
 ALIGN_PREFIX = "align_cos/"
 """metrics.jsonl key prefix of alignment cosines; see :func:`alignment_metrics`."""
@@ -89,7 +89,7 @@ def settling(model: DynamicalModel, condition: Condition, options: SettleOptions
 # --- metrics.jsonl --------------------------------------------------------------------
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` written by :class:`dynets.logging.JsonLinesLogger`,
+    """The records of a ``metrics.jsonl`` written by :class:`dynets.app.loggers.JsonLinesLogger`,
     one dict per epoch, blank lines skipped."""
     with Path(path).open() as fh:
         return [json.loads(line) for line in fh if line.strip()]

@@ -18,13 +18,13 @@ from typing import Any
 
 import torch
 
-from . import checkpoint, diagnostics, distributed, plots, sampling
-from .data import Dataset
-from .logging import JsonLinesLogger, flatten
-from .probe import check_self_supervised, unlabelled
-from .rules import ImplicitDifferentiation
-from .train import fit, layer_param_groups
-from .types import Condition
+from .. import diagnostics, sampling
+from ..data import Dataset, unlabelled
+from ..phases import Condition
+from ..rules import ImplicitDifferentiation
+from . import checkpoint, distributed, plots
+from .fit import fit, layer_param_groups
+from .loggers import JsonLinesLogger, flatten
 
 log = logging.getLogger("dynets")
 # Config keys that may change when a run is resumed, without a warning.
@@ -35,6 +35,29 @@ RESUMABLE_CHANGES = ("resume", "trainer.epochs", "logger")
 FIXED_ON_RESUME = {"model": "a different model", "data": "different data"}
 TASKS = ("supervised", "self_supervised")
 PROBE = 64   # validation samples of the alignment probe and the settling plot
+
+
+METHODS_THAT_FIT = ("generative predictive coding (PredictiveCoding with arrangement='generative', "
+                    "PredictiveCodingRule with variant='unsupervised'); ReadBackHopfield with "
+                    "EquilibriumPropagation or ContrastiveHebbian; Helmholtz with WakeSleep; "
+                    "any of these inside SleepInterleaved")
+
+
+def learns_without_labels(model, rule) -> bool:
+    """Whether ``rule`` trains ``model`` without reading a label: a model with no label layer
+    (``supervised = False``), or generative predictive coding with the ``unsupervised`` rule."""
+    rule = getattr(rule, "wake", rule)   # SleepInterleaved: its wake rule decides
+    if not getattr(model, "supervised", True):
+        return True
+    return getattr(model, "arrangement", None) == "generative" and getattr(rule, "variant", None) == "unsupervised"
+
+
+def check_self_supervised(model, rule) -> None:
+    """Raise unless ``rule`` trains ``model`` without labels, naming the methods that do."""
+    if not learns_without_labels(model, rule):
+        raise ValueError(f"task=self_supervised: {type(rule).__name__} trains {type(model).__name__} from labels "
+                         f"(its read-out is a label layer, or the rule clamps or nudges it toward one). The "
+                         f"methods that learn without labels: {METHODS_THAT_FIT}")
 
 
 def instantiate(node: Any) -> Any:
@@ -177,7 +200,7 @@ def resume_from(config: Mapping[str, Any], run_dir: Path) -> dict | None:
 
 def train(config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
     """Build the run of ``config``, train it in ``run_dir`` (resuming if asked), write its
-    plots; return :func:`dynets.train.fit`'s summary."""
+    plots; return :func:`dynets.app.fit.fit`'s summary."""
     data, model, rule, optimizer = build(config)
     state = resume_from(config, run_dir)
     trainer, loggers = config["trainer"], []

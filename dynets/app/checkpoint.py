@@ -7,7 +7,7 @@ with ``torch.load(path, weights_only=True)``.
 A resumed run draws the random numbers the uninterrupted run would have drawn: a checkpoint
 holds the state of torch's global CPU generator, of the CUDA one (once CUDA is in use), of
 the batch order, and of every ``torch.Generator`` the rule owns as an attribute
-(:func:`generators`): a stochastic rule that draws from e.g. ``self.generator`` is resumed
+(:func:`dynets.rules.base.generators`): a stochastic rule that draws from e.g. ``self.generator`` is resumed
 exactly with nothing more to write.
 """
 from __future__ import annotations
@@ -121,11 +121,6 @@ def check_model(saved: dict[str, Any], model: torch.nn.Module, source: str) -> N
         raise CheckpointError(f"{source} was written by a different model ({'; '.join(diffs)}; checkpoint vs now). "
                               "Resume with the model of that run, or start a new run")
 
-
-def generators(owner: object) -> dict[str, torch.Generator]:
-    """The random streams ``owner`` (a rule) owns: its attributes that are ``torch.Generator``s,
-    by attribute name. These are saved in every checkpoint and restored on resume."""
-    return {name: g for name, g in sorted(vars(owner).items()) if isinstance(g, torch.Generator)}
 
 
 def rng_state(streams: Mapping[str, torch.Generator]) -> dict[str, Any]:
