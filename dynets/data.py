@@ -152,10 +152,13 @@ def from_arrays(x, y, *, name: str = "arrays", val_fraction: float = 0.1, test_f
     Args:
         x: array-like ``(n, ...)``, flattened to ``(n, features)`` float32.
         y: ``(n,)`` integer class labels >= 0.
-        val_fraction, test_fraction: parts of ``x`` carved off (``round(f * n)`` samples
-            each) by a stratified split drawn from ``torch.Generator().manual_seed(seed)``.
-        x_test, y_test: an official test split. If given, it is the test split (order kept)
-            and ``test_fraction`` is ignored; only validation is carved from ``x``.
+        val_fraction: part of ``x`` carved off for validation (``round(f * n)`` samples) by
+            a stratified split drawn from ``torch.Generator().manual_seed(seed)``.
+        test_fraction: part of ``x`` carved off for the test split, in the same way.
+        x_test: inputs of an official test split. If given (with ``y_test``), it is the
+            test split (order kept) and ``test_fraction`` is ignored; only validation is
+            carved from ``x``.
+        y_test: labels of the official test split.
 
     Raises:
         ValueError: non-finite values in x, labels that are not non-negative integers,

@@ -47,11 +47,13 @@ class SettleOptions:
             e.g. a layered net's even and odd layers: same fixed points and cost per
             step, about half the steps at ``step_size=1``).
         step_size: Δt of fixed-grid methods; for adaptive ones, the chunk length unit.
-        atol, rtol: steady-state tolerance ‖f(s_b)‖ ≤ atol + rtol·‖s_b‖.
+        atol: absolute part of the steady-state tolerance ‖f(s_b)‖ ≤ atol + rtol·‖s_b‖.
+        rtol: relative part of the same tolerance.
         max_time: stop here, ``converged=False``, if not at steady state.
         check_every: the most steps between residual checks (each check is one host
             sync); checks are placed where the residual's decay rate predicts convergence.
-        solver_rtol, solver_atol: local error tolerances of adaptive solvers.
+        solver_rtol: relative local error tolerance of adaptive solvers.
+        solver_atol: absolute local error tolerance of adaptive solvers.
         precision: matmul precision inside the settle: ``fp32``; ``tf32`` (TensorFloat-32
             matmuls on NVIDIA GPUs since Ampere; no effect on CPU); ``bf16`` (autocast:
             matmuls in bfloat16, the state stays fp32). bf16 settles chatter at a residual

@@ -222,7 +222,8 @@ class DenseAssociativeMemory(Memory):
         patterns: ``(P, N)`` ±1 memories (a 0/1 entry is an error).
         degree: n ≥ 2.
         function: ``rectified`` or ``power``.
-        gain, groups: as in :class:`Memory`.
+        gain: as in :class:`Memory`.
+        groups: as in :class:`Memory`.
     """
 
     def __init__(self, patterns: torch.Tensor, degree: int = 3, function: str = "rectified",

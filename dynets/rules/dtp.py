@@ -53,7 +53,8 @@ class DifferenceTargetPropagation(_Nudged):
     ``drl_loss`` is logged.
 
     Args:
-        beta, variant: the output nudge (``centered``: ±β, ``positive``: 0, β).
+        beta: the output nudge β.
+        variant: ``centered`` (nudges ±β) or ``positive`` (0 and β).
         targets: ``settle`` or ``sweep``.
         sigma: σ > 0 of the reconstruction noise.
         reg: λ ≥ 0.

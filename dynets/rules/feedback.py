@@ -93,7 +93,8 @@ class VectorFieldEP(_Nudged):
     anything, and its alignment with the exact gradient is what the table measures.
 
     Args:
-        beta, variant: as EquilibriumPropagation (``centered``: ±β; ``positive``: 0, β).
+        beta: the output nudge β, as in EquilibriumPropagation.
+        variant: ``centered`` (nudges ±β) or ``positive`` (0 and β), as in EquilibriumPropagation.
     """
 
     def trains(self, name: str, model: Asymmetric) -> bool:
