@@ -1,4 +1,5 @@
-# `make train` sets up and runs the main job; `make test` runs the tests (CI calls it).
+# `make train` sets up and runs the main job; `make test` runs the tests (CI calls it);
+# `make docs` builds the API reference into site/ with --strict (CI calls it too).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
@@ -10,7 +11,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[cpu,dev,cluster]"
 	touch $@
 
-.PHONY: setup train test bench
+# The docs extra only for `make docs`: training and testing do not need mkdocs.
+$(VENV)/.docs-installed: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[docs]"
+	touch $@
+
+.PHONY: setup train test bench docs
 setup: $(VENV)/.installed
 
 train: setup
@@ -21,3 +27,7 @@ test: setup
 
 bench: setup
 	$(PY) scripts/bench.py $(ARGS)
+
+docs: $(VENV)/.docs-installed
+	# NO_MKDOCS_2_WARNING: silences mkdocs-material's notice about its successor on every build.
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict $(ARGS)
