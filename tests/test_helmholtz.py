@@ -91,6 +91,28 @@ def test_weighted_delta_rules_are_the_weighted_log_likelihood_gradients():
         torch.testing.assert_close(got[name], want, rtol=1e-10, atol=1e-12)
 
 
+def test_reweighted_wake_descends_the_k_sample_bound_and_reports_it_in_bits():
+    """Bornschein & Bengio 2015: at the rule's own draws h_i ~ q(h | x), G's and the prior's
+    update is −∇ of L_k = log (1/k) Σ_i p(x, h_i)/q(h_i | x) (batch mean, by autograd), R's
+    wake update is −∇ Σ_i w_i log q(h_i | x) with w = softmax(log p − log q) held fixed, and
+    ``loss`` is −L_k in bits."""
+    model, k, batch = machine((4, 3, 2)), 5, 6
+    x = (torch.rand(batch, 4, generator=torch.Generator().manual_seed(1)) < 0.5).double()
+    metrics = WakeSleep("reweighted", k=k, seed=8).grads(model, x, None)
+    hidden, _ = model.proposal(x, k, torch.Generator().manual_seed(8))   # the rule's draws
+    layers = [x.expand(k, *x.shape), *hidden]
+    log_q = sum(-torch.nn.functional.binary_cross_entropy_with_logits(r(layers[l]), layers[l + 1], reduction="none").sum(-1)
+                for l, r in enumerate(model.recognition))
+    log_w = model.log_joint(x, hidden) - log_q
+    bound = (torch.logsumexp(log_w, 0) - math.log(k)).mean()
+    wake_q = (torch.softmax(log_w, 0).detach() * log_q).sum() / batch
+    for objective, prefix in ((bound, ("generative.", "prior")), (wake_q, ("recognition.",))):
+        names, params = zip(*[(n, p) for n, p in model.named_parameters() if n.startswith(prefix)])
+        for name, p, want in zip(names, params, torch.autograd.grad(objective, params, retain_graph=True)):
+            torch.testing.assert_close(p.grad, -want, rtol=1e-10, atol=1e-12, msg=name)
+    assert metrics["loss"] == pytest.approx(-bound.item() / math.log(2), rel=1e-12)
+
+
 def test_wake_writes_only_the_generative_pathway_and_sleep_only_the_recognition_pathway():
     model, data = machine((4, 3, 2)), (torch.rand(8, 4, generator=torch.Generator().manual_seed(2)) < 0.5).double()
     generative = {n for n, _ in model.named_parameters() if not n.startswith("recognition.")}
