@@ -158,6 +158,29 @@ def test_difference_correction_returns_the_free_state_when_the_output_target_is_
     assert all((a - b).abs().max() > 1e-4 for a, b in zip(moved, free))
 
 
+def test_sweep_targets_and_updates_by_hand_on_one_hidden_layer():
+    """Sizes 4-5-3, nudge ±β: the output target ĥ_2 = h_2 ∓ β(h_2 − y), the hidden target
+    ĥ_1 = h_1 + σ(W_0x + b_0 + Bĥ_2) − σ(W_0x + b_0 + Bh_2) (the bottom-up drive plus the top-down
+    one, counted once), and the forward updates −⟨(ĥ⁺ − ĥ⁻) preᵀ⟩/(2β) of each layer."""
+    torch.manual_seed(0)
+    model, beta = Asymmetric([4, 5, 3], "learned", "sigmoid", seed=0).double(), 0.3
+    x, y = torch.rand(6, 4, dtype=torch.float64), torch.randint(0, 3, (6,))
+    h1, h2 = TIGHT(model, model.prepare(Condition(x))).state
+    W0, b0, B = model.layers[0].weight.detach(), model.layers[0].bias.detach(), model.feedback[0].detach()
+    targets = {}
+    for sign in (1, -1):
+        top = h2 - sign * beta * (h2 - model.target(y))
+        targets[sign] = (h1 + torch.sigmoid(x @ W0.T + b0 + top @ B.T) - torch.sigmoid(x @ W0.T + b0 + h2 @ B.T), top)
+        got = difference_targets(model, (h1, h2), model.prepare(Condition(x)), top)
+        for a, b in zip(got, targets[sign], strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-15)
+    DifferenceTargetPropagation(beta, targets="sweep", settle=TIGHT).grads(model, x, y)
+    for l, pre in enumerate((x, h1)):
+        d = (targets[1][l] - targets[-1][l]) / (2 * beta * len(x))
+        torch.testing.assert_close(model.layers[l].weight.grad, -d.T @ pre, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(model.layers[l].bias.grad, -d.sum(0), rtol=1e-12, atol=1e-14)
+
+
 def test_reconstruction_loss_falls_to_the_damped_gauss_newton_minimum():
     """One hidden layer, one input repeated: for small σ the loss is ‖D₀BM − I‖² + λ‖D₀B‖²
     (M = D₁W, D = ρ′ at the free state), whose minimum is n − Σ sᵢ²/(sᵢ² + λ), sᵢ the

@@ -12,6 +12,7 @@ from dynets.app.run import checkpoint
 from dynets.likelihood import Likelihood, binary_states, factorised_kl_bits, importance_log_prob, kl_bits
 from dynets.models import LayeredHopfield
 from dynets.models.helmholtz import Helmholtz
+from dynets.rules.interleave import SleepInterleaved
 from dynets.rules.wake_sleep import WakeSleep
 from dynets.sampling import SampleOptions, Sleep, sample
 from dynets.app.fit import fit
@@ -91,6 +92,28 @@ def test_weighted_delta_rules_are_the_weighted_log_likelihood_gradients():
         torch.testing.assert_close(got[name], want, rtol=1e-10, atol=1e-12)
 
 
+def test_reweighted_wake_descends_the_k_sample_bound_and_reports_it_in_bits():
+    """Bornschein & Bengio 2015: at the rule's own draws h_i ~ q(h | x), G's and the prior's
+    update is −∇ of L_k = log (1/k) Σ_i p(x, h_i)/q(h_i | x) (batch mean, by autograd), R's
+    wake update is −∇ Σ_i w_i log q(h_i | x) with w = softmax(log p − log q) held fixed, and
+    ``loss`` is −L_k in bits."""
+    model, k, batch = machine((4, 3, 2)), 5, 6
+    x = (torch.rand(batch, 4, generator=torch.Generator().manual_seed(1)) < 0.5).double()
+    metrics = WakeSleep("reweighted", k=k, seed=8).grads(model, x, None)
+    hidden, _ = model.proposal(x, k, torch.Generator().manual_seed(8))   # the rule's draws
+    layers = [x.expand(k, *x.shape), *hidden]
+    log_q = sum(-torch.nn.functional.binary_cross_entropy_with_logits(r(layers[l]), layers[l + 1], reduction="none").sum(-1)
+                for l, r in enumerate(model.recognition))
+    log_w = model.log_joint(x, hidden) - log_q
+    bound = (torch.logsumexp(log_w, 0) - math.log(k)).mean()
+    wake_q = (torch.softmax(log_w, 0).detach() * log_q).sum() / batch
+    for objective, prefix in ((bound, ("generative.", "prior")), (wake_q, ("recognition.",))):
+        names, params = zip(*[(n, p) for n, p in model.named_parameters() if n.startswith(prefix)])
+        for name, p, want in zip(names, params, torch.autograd.grad(objective, params, retain_graph=True)):
+            torch.testing.assert_close(p.grad, -want, rtol=1e-10, atol=1e-12, msg=name)
+    assert metrics["loss"] == pytest.approx(-bound.item() / math.log(2), rel=1e-12)
+
+
 def test_wake_writes_only_the_generative_pathway_and_sleep_only_the_recognition_pathway():
     model, data = machine((4, 3, 2)), (torch.rand(8, 4, generator=torch.Generator().manual_seed(2)) < 0.5).double()
     generative = {n for n, _ in model.named_parameters() if not n.startswith("recognition.")}
@@ -104,6 +127,26 @@ def test_wake_writes_only_the_generative_pathway_and_sleep_only_the_recognition_
     expected = wake | reference.sleep(model, 8)[0]
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, expected[name], rtol=0, atol=0)
+
+
+def test_interleaved_sleep_trains_r_by_the_delta_rule_expected_over_the_model_s_dreams():
+    """SleepInterleaved's sleep on a 3-2 machine: R's gradient, the mean over n dreams, against
+    its expectation −Σ_{x,h} p(h) p(x | h) (h − σ(Rx + r)) xᵀ enumerated over all 32 joint
+    states. The data (all ones, far from the model's p(x)) must not enter it."""
+    model, n = two_layer()[0], 200000
+    h, x = binary_states(2, torch.float64), binary_states(3, torch.float64)
+    G, g, b = model.generative[0].weight.detach(), model.generative[0].bias.detach(), model.prior.detach()
+    R, r = model.recognition[0].weight.detach(), model.recognition[0].bias.detach()
+    p_h = (torch.sigmoid(b) ** h * torch.sigmoid(-b) ** (1 - h)).prod(1)                      # (4,)
+    on = torch.sigmoid(h @ G.T + g)                                                           # (4, 3)
+    p_x_h = (on[:, None] ** x * (1 - on[:, None]) ** (1 - x)).prod(2)                          # (4 h, 8 x)
+    error = h[:, None] - torch.sigmoid(x @ R.T + r)                                           # (4 h, 8 x, 2)
+    joint = (p_h[:, None] * p_x_h)[..., None]
+    want_R, want_r = -torch.einsum("hxj,xi->ji", joint * error, x), -(joint * error).sum((0, 1))
+    SleepInterleaved(WakeSleep(seed=1), ratio=1.0, seed=2).grads(model, torch.ones(n, 3, dtype=torch.float64), None)
+    # sampling error of a mean of n terms bounded by 1: ≤ 0.5/√n ≈ 0.001
+    torch.testing.assert_close(model.recognition[0].weight.grad, want_R, rtol=0, atol=0.006)
+    torch.testing.assert_close(model.recognition[0].bias.grad, want_r, rtol=0, atol=0.006)
 
 
 def test_exact_likelihood_sums_to_one_over_all_visible_vectors():

@@ -185,6 +185,23 @@ def test_over_unlearning_stops_and_says_so(caplog):
     assert RecallMonitor(seed=7)(model, xi)["recall"] >= 0.5
 
 
+def test_a_plateau_stops_unlearning_after_patience_measurements_and_then_no_gradient_is_written(caplog):
+    """W held fixed (no optimizer step), so every measurement equals the first: measured at
+    calls 0, 2, 4 (monitor_every = 2), the third is the second without improvement
+    (patience = 2): calls 0–3 dream and write, call 4 on writes nothing and draws nothing."""
+    model, xi = stored(100, 30)   # high load: not every pattern recalled, so no "complete" stop
+    rule = HebbianSleep(dreams=8, monitor_every=2, patience=2, seed=0)
+    with caplog.at_level(logging.INFO, logger="dynets"):
+        for call in range(7):
+            metrics = rule.grads(model, xi)
+            if call == 3:
+                assert rule.stopped is None and metrics["stopped"] == 0.0 and model.weight.grad.abs().sum() > 0
+                drawn = rule.generator.get_state()
+    assert rule.stopped == "plateau" and metrics["stopped"] == 1.0 and model.weight.grad is None
+    assert torch.equal(rule.generator.get_state(), drawn)
+    assert "have not improved in 2 measurements" in caplog.text
+
+
 def test_a_perfect_memory_is_not_unlearned():
     """Low load: storage alone already recalls every pattern, so sleep stops at once and
     W is untouched (unlearning there would erode the memories the dreams fall into)."""

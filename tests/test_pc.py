@@ -157,6 +157,49 @@ def test_clamped_output_is_not_backprop_even_for_small_errors():
     assert errors[1] > 0.1 and errors[1] == pytest.approx(errors[0], rel=0.05), errors
 
 
+def clamped_energy(model, x, target, hidden):
+    """E = Σ ½‖v_l − μ_l‖² written out by hand, with v_0 = x, the top = target and the
+    hidden layers free; per sample."""
+    f, W = torch.tanh, model.layers
+    v = [x, *hidden, target]
+    if model.generative:   # μ_l = W_l f(v_{l+1}) + b_l, the top's prior
+        errors = [v[l] - W[l](f(v[l + 1])) for l in range(len(W))] + [target - model.prior]
+    else:                  # μ_1 = W_0 x + b_0, μ_l = W_{l−1} f(v_{l−1}) + b_{l−1}
+        errors = [v[1] - W[0](x)] + [v[l + 1] - W[l](f(v[l])) for l in range(1, len(W))]
+    return sum(0.5 * e.pow(2).sum(1) for e in errors)
+
+
+@pytest.mark.parametrize("arrangement", ["discriminative", "generative"])
+def test_the_clamp_variant_is_the_gradient_of_E_at_the_output_clamped_equilibrium(arrangement):
+    """Whittington & Bogacz: the top clamped to the target, the hidden layers at the minimum
+    of E (found here by L-BFGS on E by hand, polished by Newton steps), and p.grad = ∂⟨E⟩/∂θ
+    there (autograd)."""
+    model, x, y = problem(arrangement)
+    target = model.target(y)
+    sizes = [len(x) * n for n in SIZES[1:-1]]
+    E = lambda h: clamped_energy(model, x, target, [t.view(len(x), -1) for t in h.split(sizes)]).sum()
+    h = torch.zeros(sum(sizes), dtype=torch.float64, requires_grad=True)
+    lbfgs = torch.optim.LBFGS([h], max_iter=500, line_search_fn="strong_wolfe")
+
+    def closure():
+        e = E(h)
+        h.grad = torch.autograd.grad(e, h)[0]
+        return e
+
+    lbfgs.step(closure)
+    h = h.detach()
+    for _ in range(3):
+        h = h - torch.linalg.solve(torch.autograd.functional.hessian(E, h), torch.func.grad(E)(h))
+    assert torch.func.grad(E)(h).abs().max() < 1e-13 and torch.linalg.eigvalsh(torch.autograd.functional.hessian(E, h)).min() > 0
+    hidden = [t.view(len(x), -1) for t in h.split(sizes)]
+    energy = clamped_energy(model, x, target, hidden).mean()
+    names, params = zip(*model.named_parameters())
+    want = torch.autograd.grad(energy, params)
+    got = grads_of(model, PredictiveCodingRule(variant="clamp", settle=TIGHT), x, y)
+    for name, w in zip(names, want, strict=True):
+        torch.testing.assert_close(got[name], w, rtol=1e-8, atol=1e-10, msg=name)
+
+
 @pytest.mark.parametrize("arrangement", ["discriminative", "generative"])
 @pytest.mark.parametrize("phase", ["nudged", "clamped"])
 def test_gauss_seidel_reaches_the_fixed_point_of_euler(arrangement, phase):

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf, open_dict
 from sklearn.linear_model import LogisticRegression
 
 from dynets.app.run import build
-from dynets.data import Split, digits
+from dynets.data import Dataset, Split, digits
 from dynets.models.helmholtz import Helmholtz
 from dynets.models.hopfield import LayeredHopfield
 from dynets.models.pc import PredictiveCoding
@@ -23,7 +23,7 @@ from dynets.rules.ep import EquilibriumPropagation
 from dynets.rules.interleave import SleepInterleaved
 from dynets.rules.pc import PredictiveCodingRule
 from dynets.rules.wake_sleep import WakeSleep
-from dynets.studies.selfsup import Method, Probes, train_method
+from dynets.studies.selfsup import Method, Probes, probe, train_method
 from dynets.settle import SettleOptions
 from dynets.app.fit import fit
 
@@ -139,6 +139,24 @@ def test_linear_probe_matches_sklearn():
     ref = LogisticRegression(C=1 / (len(z) * wd), tol=1e-10, max_iter=5000).fit(z.double().numpy(), y.numpy())
     ours = torch.softmax(z.double() @ W + b, 1).numpy()
     assert np.abs(ours - ref.predict_proba(z.double().numpy())).max() < 1e-5
+
+
+def test_the_linear_probe_selects_its_weight_decay_on_validation_not_on_test():
+    """Two separable classes, 60 % of train in class 0. A small decay separates them; a huge
+    one leaves W ≈ 0, so the bias predicts class 0 everywhere (50 % on balanced data). The
+    test split is the validation inputs with every label flipped, so test prefers the huge
+    decay and validation the small one: the probe must report the small one."""
+    g = torch.Generator().manual_seed(0)
+
+    def split(n0, n1):
+        y = torch.cat([torch.zeros(n0, dtype=torch.long), torch.ones(n1, dtype=torch.long)])
+        return Split(torch.stack([2.0 * y - 1, torch.zeros(len(y))], 1) + 0.5 * torch.randn(len(y), 2, generator=g), y)
+
+    train, val = split(120, 80), split(100, 100)
+    data = Dataset("flipped", train, val, Split(val.x, 1 - val.y), n_features=2, n_classes=2)
+    result = probe({"train": train.x, "val": val.x, "test": val.x}, data, Probes(weight_decays=(1e3, 1e-4), k=5))
+    assert result["weight_decay"] == 1e-4 and result["linear_val"] > 0.9
+    assert result["linear_test"] == pytest.approx(1 - result["linear_val"], abs=1e-12)
 
 
 def test_knn_matches_a_brute_force_vote():
