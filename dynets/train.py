@@ -58,7 +58,14 @@ Evaluation = Callable[[DynamicalModel, Split], dict[str, float]]
 """What :func:`fit` measures the model with: ``evaluation(model, split)`` returns named metrics of
 the model on the split (e.g. accuracy, reconstruction error, log-likelihood); one that needs no
 labels ignores ``split.y``. Under torch.distributed it is called on every process and must
-return the same numbers on each."""
+return the same numbers on each.
+
+An evaluation may name, in an attribute ``model_metrics``, the metrics that are properties of
+the model alone, the same on every split (e.g. KL(data‖model) from the exact data
+distribution, :class:`dynets.likelihood.Likelihood`): :func:`fit` logs and reports those once,
+under their own name, never as ``val_<name>`` or ``test_<name>``."""
+
+SPLITS = ("train", "val", "test")
 
 GOALS = ("maximize", "minimize")
 DEAD = 0.99   # the fraction of pinned hidden units from which a network is reported dead
@@ -228,6 +235,18 @@ def _restore(state: Mapping[str, Any], source: str, model, rule, optimizer, gene
     return History(**state["history"])
 
 
+def _check_select(select: str, goal: str, alone: frozenset[str]) -> None:
+    """Raise unless ``select`` names a validation metric ``val_<name>`` or a metric of the model
+    alone (one of ``alone``), and ``goal`` is one of :data:`GOALS`."""
+    if select.removeprefix("val_") in alone and select not in alone:
+        raise ValueError(f"select={select!r}: {select.removeprefix('val_')} is a property of the model, the same on "
+                         f"every split, not a validation metric: select={select.removeprefix('val_')!r}")
+    if not (select.startswith("val_") or select in alone) or goal not in GOALS:
+        raise ValueError(f"select names a validation metric (val_<name>) or one of the model's own metrics "
+                         f"({', '.join(sorted(alone)) or 'none here'}) and goal is one of {', '.join(GOALS)}; "
+                         f"got select={select!r}, goal={goal!r}")
+
+
 def _check_selection(history: History, select: str, goal: str, source: str) -> None:
     """Raise if a run resumed from ``source`` would select its epoch otherwise than it did."""
     if (history.select, history.goal) != (select, goal):
@@ -246,12 +265,22 @@ def _checkpoint_of(resume_from: str | os.PathLike | Mapping[str, Any]) -> tuple[
     return state, str(path)
 
 
+def _model_metrics(evaluate: Evaluation) -> frozenset[str]:
+    """The metrics of ``evaluate`` that belong to the model alone, the same on every split."""
+    return frozenset(getattr(evaluate, "model_metrics", ()))
+
+
 def _summary(model, data: Dataset, evaluate: Evaluation, history: History, epochs: int, wall_time_s: float):
-    """The selected metric of the best epoch's model (loaded into ``model``) on every split, and
-    the run's totals."""
+    """Of the best epoch's model (loaded into ``model``): the selected metric on every split,
+    or, when it is a metric of the model alone, every other metric on every split; the
+    model's own metrics once; and the run's totals."""
     model.load_state_dict(history.best_model)
-    name = history.select.removeprefix("val_")
-    summary = {f"{part}_{name}": evaluate(model, getattr(data, part))[name] for part in ("train", "val", "test")}
+    alone = _model_metrics(evaluate)
+    metrics = {part: evaluate(model, getattr(data, part)) for part in SPLITS}
+    names = [history.select.removeprefix("val_")] if history.select not in alone else \
+        [name for name in metrics["val"] if name not in alone]
+    summary = {f"{part}_{name}": metrics[part][name] for part in SPLITS for name in names}
+    summary.update({name: value for name, value in metrics["val"].items() if name in alone})
     summary.update(best_epoch=history.best_epoch, epochs=epochs)
     if history.settle_epochs:
         summary.update(mean_settle_steps=history.settle_steps / history.settle_epochs)
@@ -278,7 +307,8 @@ def fit(model: DynamicalModel, rule: Rule, data: Dataset, optimizer: torch.optim
             metrics logged as ``val_<name>``; default :func:`free_phase_metrics` (accuracy of
             the free-phase read-out) settled with ``eval_settle``.
         select: the validation metric ``val_<name>`` of ``evaluate`` that selects the best
-            epoch, e.g. ``val_accuracy`` or ``val_reconstruction_error``.
+            epoch, e.g. ``val_accuracy`` or ``val_reconstruction_error``, or one of its
+            ``model_metrics`` (see :data:`Evaluation`), e.g. ``kl_bits``.
         goal: ``maximize`` or ``minimize`` ``select``. A resumed run keeps its checkpoint's
             ``select`` and ``goal`` (another one is an error).
         eval_settle: settle options of the default evaluation; default the rule's free-phase options.
@@ -306,7 +336,9 @@ def fit(model: DynamicalModel, rule: Rule, data: Dataset, optimizer: torch.optim
     finite or :data:`BLOWUP` times its first batch's, or weights not finite) and of one whose
     accuracy stays at chance (:func:`chance_accuracy`) for :data:`AT_CHANCE_EPOCHS` epochs.
     A progress bar over epochs and batches shows when stderr is a terminal. The summary
-    holds ``train/val/test_<name>`` (the selected metric, of the selected epoch), ``best_epoch``,
+    holds ``train/val/test_<name>`` (the selected metric, of the selected epoch; when that is a
+    metric of the model alone, every other metric of the evaluation), the model's own metrics
+    once (e.g. ``kl_bits``), ``best_epoch``,
     ``epochs``, ``mean_settle_steps`` (free phase, training; if the rule reports it) and
     ``wall_time_s`` (summed over resumes).
     """
@@ -314,11 +346,9 @@ def fit(model: DynamicalModel, rule: Rule, data: Dataset, optimizer: torch.optim
     if epochs < 1 or batch_size < processes:
         raise ValueError(f"need epochs >= 1 and batch_size >= the number of processes ({processes}), "
                          f"got {epochs} and {batch_size}")
-    if not select.startswith("val_") or goal not in GOALS:
-        raise ValueError(f"select names a validation metric (val_<name>) and goal is one of {', '.join(GOALS)}; "
-                         f"got select={select!r}, goal={goal!r}")
-    rule.check_optimizer(optimizer)
     evaluate = evaluate or functools.partial(free_phase_metrics, settle=eval_settle or rule.settle)
+    _check_select(select, goal, _model_metrics(evaluate))
+    rule.check_optimizer(optimizer)
     loggers = loggers if is_main() else ()
     generator = torch.Generator().manual_seed(seed)
     broadcast_parameters(model)
@@ -366,7 +396,8 @@ def _epoch(model, rule, optimizer, data: Dataset, batch_size: int, generator: to
     metrics, first_loss = _train_epoch(model, rule, optimizer, data.train, batch_size, generator)
     for probe in probes:
         metrics.update(probe(model))
-    metrics.update({f"val_{name}": value for name, value in evaluate(model, data.val).items()})
+    alone = _model_metrics(evaluate)
+    metrics.update({name if name in alone else f"val_{name}": value for name, value in evaluate(model, data.val).items()})
     metrics.update(epoch_time_s=time.perf_counter() - t0)
     return metrics, first_loss
 

@@ -1,4 +1,4 @@
-"""What fit tells of a run that diverges or does not learn; its run directory."""
+"""What fit tells of a run that diverges or does not learn; its run directory; metrics of the model alone."""
 import json
 import logging
 import math
@@ -9,8 +9,9 @@ import torch
 
 import dynets
 from dynets import SettleOptions
-from dynets.models import LayeredHopfield, PredictiveCoding
-from dynets.rules import EquilibriumPropagation, PredictiveCodingRule
+from dynets.likelihood import Likelihood, kl_bits
+from dynets.models import Helmholtz, LayeredHopfield, PredictiveCoding
+from dynets.rules import EquilibriumPropagation, PredictiveCodingRule, WakeSleep
 from dynets.rules.base import Rule, write_grads
 from dynets.train import AT_CHANCE_EPOCHS, BLOWUP, TrainingWarning, chance_accuracy, divergence, fit
 
@@ -142,3 +143,26 @@ def test_predictive_coding_at_a_huge_learning_rate_is_reported_as_divergence_not
         fit(model, rule, small, torch.optim.Adam(model.parameters(), lr=1e6), epochs=1, batch_size=32)
     assert "settle tolerance" not in caplog.text
 
+
+def test_a_metric_of_the_model_alone_is_reported_once_and_split_metrics_per_split():
+    """KL(data‖model) of bars is the model's, whatever the split: one ``kl_bits``; the NLL of
+    each split's samples differs by split and keeps its prefix."""
+    data = dynets.data.bars(n_train=400, n_val=200, n_test=200)
+    model = Helmholtz([16, 8, 1], seed=0)
+    evaluate = Likelihood(distribution=data.distribution)
+    epochs = []
+
+    class Recorder:
+        def log(self, metrics, step):
+            epochs.append(metrics)
+
+    summary = fit(model, WakeSleep(), data, torch.optim.SGD(model.parameters(), lr=0.5), epochs=2, batch_size=16,
+                  evaluate=evaluate, select="kl_bits", goal="minimize", loggers=[Recorder()])
+    assert summary["kl_bits"] == pytest.approx(kl_bits(model, data.distribution))   # the selected epoch's model
+    assert summary["kl_bits"] == min(e["kl_bits"] for e in epochs)
+    assert not any(k.endswith("_kl_bits") for k in summary) and not any("val_kl_bits" in e for e in epochs)
+    for part in ("train", "val", "test"):
+        assert summary[f"{part}_nll_bits"] == pytest.approx(evaluate(model, getattr(data, part))["nll_bits"])
+    with pytest.raises(ValueError, match="select='kl_bits'"):
+        fit(model, WakeSleep(), data, torch.optim.SGD(model.parameters(), lr=0.5), epochs=1, batch_size=16,
+            evaluate=evaluate, select="val_kl_bits", goal="minimize")
