@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -81,10 +82,13 @@ class Likelihood:
     ``nll_bits``: the mean −log₂ p(x) over the split, exact (``model.log_prob``) when ``k`` is
     ``None``, else importance-sampled with ``k`` samples from a generator seeded with ``seed`` at
     every call (the same draws each epoch; the training streams are untouched). ``kl_bits``:
-    KL(data‖model) when the exact ``distribution`` is given. Select the best epoch with
-    ``select="val_kl_bits"`` (or ``val_nll_bits``) and ``goal="minimize"``.
+    KL(data‖model) when the exact ``distribution`` is given: a property of the model and the
+    data distribution, the same whatever the split, so :func:`dynets.app.fit.fit` reports it once
+    as ``kl_bits`` (it is in ``model_metrics``). Select the best epoch with ``select="kl_bits"``
+    (or ``val_nll_bits``) and ``goal="minimize"``.
     """
 
+    model_metrics: ClassVar[tuple[str, ...]] = ("kl_bits",)
     distribution: tuple[torch.Tensor, torch.Tensor] | None = None
     k: int | None = None
     seed: int = 0

@@ -167,7 +167,7 @@ def bars_run(epochs, n_train, run_dir=None, resume_from=None):
     rule = BoltzmannLearning("pcd", k=1, chains=100, seed=0)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     fit(model, rule, data, optimizer, epochs=epochs, batch_size=20, evaluate=Likelihood(data.distribution),
-        select="val_kl_bits", goal="minimize", run_dir=run_dir, resume_from=resume_from)
+        select="kl_bits", goal="minimize", run_dir=run_dir, resume_from=resume_from)
     return data, model
 
 

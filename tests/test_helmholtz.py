@@ -248,7 +248,7 @@ def test_a_seeded_run_resumes_bit_identically(tmp_path):
         rule = WakeSleep("reweighted", k=3, q_update="both", seed=2)
         optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
         fit(model, rule, data, optimizer, epochs=epochs, batch_size=16, evaluate=Likelihood(data.distribution),
-            select="val_kl_bits", goal="minimize", run_dir=run_dir, resume_from=run_dir if resume else None)
+            select="kl_bits", goal="minimize", run_dir=run_dir, resume_from=run_dir if resume else None)
         return checkpoint.load(run_dir)["model"]
 
     for name in ("straight", "resumed"):

@@ -8,6 +8,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -57,10 +58,23 @@ Evaluation = Callable[[DynamicalModel, Split], dict[str, float]]
 """What :func:`fit` measures the model with: ``evaluation(model, split)`` returns named metrics of
 the model on the split (e.g. accuracy, reconstruction error, log-likelihood); one that needs no
 labels ignores ``split.y``. Under torch.distributed it is called on every process and must
-return the same numbers on each."""
+return the same numbers on each.
+
+An evaluation may name, in an attribute ``model_metrics``, the metrics that are properties of
+the model alone, the same on every split (e.g. KL(data‖model) from the exact data
+distribution, :class:`dynets.likelihood.Likelihood`): :func:`fit` logs and reports those once,
+under their own name, never as ``val_<name>`` or ``test_<name>``."""
+
+SPLITS = ("train", "val", "test")
 
 GOALS = ("maximize", "minimize")
 DEAD = 0.99   # the fraction of pinned hidden units from which a network is reported dead
+AT_CHANCE_EPOCHS = 3   # consecutive epochs at chance accuracy after which fit warns
+BLOWUP = 1e3   # a training loss this many times the run's first one has diverged
+
+
+class TrainingWarning(UserWarning):
+    """A run that has diverged or does not learn: what :func:`fit` saw, and the options to change."""
 
 
 def pinned_fraction(model: DynamicalModel, state: State, tol: float = 0.0) -> float | None:
@@ -135,16 +149,21 @@ def update_norm(model: torch.nn.Module) -> float:
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item() if grads else 0.0
 
 
-def _train_epoch(model, rule, optimizer, split: Split, batch_size: int, generator: torch.Generator) -> dict[str, float]:
-    """One pass over ``split`` in the order drawn from ``generator``; the rule's metrics, means over the split."""
+def _train_epoch(model, rule, optimizer, split: Split, batch_size: int,
+                 generator: torch.Generator) -> tuple[dict[str, float], float | None]:
+    """One pass over ``split`` in the order drawn from ``generator``: the rule's metrics, means
+    over the split, and the loss of the first batch (before its step; ``None`` if the rule
+    reports none)."""
     totals: dict[str, float] = {}
+    first_loss = None
     batches = split.batches(batch_size, shuffle=True, generator=generator)
     for x, y in _bar(batches, total=math.ceil(len(split) / batch_size), desc="batches", leave=False):
         metrics, n = train_step(model, rule, optimizer, x, y)
+        first_loss = metrics.get("loss") if not totals else first_loss
         for k, v in metrics.items():
             totals[k] = totals.get(k, 0.0) + v * n
     sums = all_sum(torch.tensor(list(totals.values()), dtype=torch.float64)).tolist()
-    return {f"train_{k}": v / len(split) for k, v in zip(totals, sums)}
+    return {f"train_{k}": v / len(split) for k, v in zip(totals, sums)}, first_loss
 
 
 @dataclass
@@ -160,6 +179,8 @@ class History:
     settle_steps: float = 0.0      # sum over epochs of the mean free-phase settle steps in training,
     settle_epochs: int = 0         # over this many epochs (those whose rule reports train_steps_free)
     wall_time_s: float = 0.0       # training time up to the end of ``epoch``
+    first_loss: float | None = None  # the training loss of the run's first batch, at the initial weights
+    chance_epochs: int = 0         # consecutive epochs up to ``epoch`` with the accuracy at chance
 
     def record(self, epoch: int, metrics: dict[str, float], model: torch.nn.Module) -> None:
         """Count ``epoch``; keep ``model``'s weights if its ``select`` metric is the best so far."""
@@ -214,6 +235,18 @@ def _restore(state: Mapping[str, Any], source: str, model, rule, optimizer, gene
     return History(**state["history"])
 
 
+def _check_select(select: str, goal: str, alone: frozenset[str]) -> None:
+    """Raise unless ``select`` names a validation metric ``val_<name>`` or a metric of the model
+    alone (one of ``alone``), and ``goal`` is one of :data:`GOALS`."""
+    if select.removeprefix("val_") in alone and select not in alone:
+        raise ValueError(f"select={select!r}: {select.removeprefix('val_')} is a property of the model, the same on "
+                         f"every split, not a validation metric: select={select.removeprefix('val_')!r}")
+    if not (select.startswith("val_") or select in alone) or goal not in GOALS:
+        raise ValueError(f"select names a validation metric (val_<name>) or one of the model's own metrics "
+                         f"({', '.join(sorted(alone)) or 'none here'}) and goal is one of {', '.join(GOALS)}; "
+                         f"got select={select!r}, goal={goal!r}")
+
+
 def _check_selection(history: History, select: str, goal: str, source: str) -> None:
     """Raise if a run resumed from ``source`` would select its epoch otherwise than it did."""
     if (history.select, history.goal) != (select, goal):
@@ -232,12 +265,22 @@ def _checkpoint_of(resume_from: str | os.PathLike | Mapping[str, Any]) -> tuple[
     return state, str(path)
 
 
+def _model_metrics(evaluate: Evaluation) -> frozenset[str]:
+    """The metrics of ``evaluate`` that belong to the model alone, the same on every split."""
+    return frozenset(getattr(evaluate, "model_metrics", ()))
+
+
 def _summary(model, data: Dataset, evaluate: Evaluation, history: History, epochs: int, wall_time_s: float):
-    """The selected metric of the best epoch's model (loaded into ``model``) on every split, and
-    the run's totals."""
+    """Of the best epoch's model (loaded into ``model``): the selected metric on every split,
+    or, when it is a metric of the model alone, every other metric on every split; the
+    model's own metrics once; and the run's totals."""
     model.load_state_dict(history.best_model)
-    name = history.select.removeprefix("val_")
-    summary = {f"{part}_{name}": evaluate(model, getattr(data, part))[name] for part in ("train", "val", "test")}
+    alone = _model_metrics(evaluate)
+    metrics = {part: evaluate(model, getattr(data, part)) for part in SPLITS}
+    names = [history.select.removeprefix("val_")] if history.select not in alone else \
+        [name for name in metrics["val"] if name not in alone]
+    summary = {f"{part}_{name}": metrics[part][name] for part in SPLITS for name in names}
+    summary.update({name: value for name, value in metrics["val"].items() if name in alone})
     summary.update(best_epoch=history.best_epoch, epochs=epochs)
     if history.settle_epochs:
         summary.update(mean_settle_steps=history.settle_steps / history.settle_epochs)
@@ -264,14 +307,16 @@ def fit(model: DynamicalModel, rule: Rule, data: Dataset, optimizer: torch.optim
             metrics logged as ``val_<name>``; default :func:`free_phase_metrics` (accuracy of
             the free-phase read-out) settled with ``eval_settle``.
         select: the validation metric ``val_<name>`` of ``evaluate`` that selects the best
-            epoch, e.g. ``val_accuracy`` or ``val_reconstruction_error``.
+            epoch, e.g. ``val_accuracy`` or ``val_reconstruction_error``, or one of its
+            ``model_metrics`` (see :data:`Evaluation`), e.g. ``kl_bits``.
         goal: ``maximize`` or ``minimize`` ``select``. A resumed run keeps its checkpoint's
             ``select`` and ``goal`` (another one is an error).
         eval_settle: settle options of the default evaluation; default the rule's free-phase options.
         loggers: each gets every epoch's metrics (rank 0 only); starting them and passing
             them the summary (``finish``) is the caller's, who may add plots in between.
-        run_dir: where ``checkpoint.pt`` is written atomically every epoch (see
-            :mod:`dynets.app.checkpoint`) and ``summary.json`` at the end, by rank 0. Under
+        run_dir: a directory (created if missing) where ``checkpoint.pt`` is written
+            atomically every epoch (see :mod:`dynets.app.checkpoint`) and ``summary.json`` at
+            the end, by rank 0. Under
             torch.distributed pass it (or ``None``) on every process.
         resume_from: a run directory, a checkpoint file or a checkpoint loaded with
             :func:`dynets.app.checkpoint.load`: continue after its epoch. Every random stream
@@ -287,8 +332,13 @@ def fit(model: DynamicalModel, rule: Rule, data: Dataset, optimizer: torch.optim
             state is checkpointed); the epoch's first group's rate is logged as ``lr``.
 
     Metrics a rule or an evaluation does not produce are absent from the epoch's metrics.
+    A :class:`TrainingWarning` (rank 0) tells of a run that diverged (a training loss not
+    finite or :data:`BLOWUP` times its first batch's, or weights not finite) and of one whose
+    accuracy stays at chance (:func:`chance_accuracy`) for :data:`AT_CHANCE_EPOCHS` epochs.
     A progress bar over epochs and batches shows when stderr is a terminal. The summary
-    holds ``train/val/test_<name>`` (the selected metric, of the selected epoch), ``best_epoch``,
+    holds ``train/val/test_<name>`` (the selected metric, of the selected epoch; when that is a
+    metric of the model alone, every other metric of the evaluation), the model's own metrics
+    once (e.g. ``kl_bits``), ``best_epoch``,
     ``epochs``, ``mean_settle_steps`` (free phase, training; if the rule reports it) and
     ``wall_time_s`` (summed over resumes).
     """
@@ -296,11 +346,9 @@ def fit(model: DynamicalModel, rule: Rule, data: Dataset, optimizer: torch.optim
     if epochs < 1 or batch_size < processes:
         raise ValueError(f"need epochs >= 1 and batch_size >= the number of processes ({processes}), "
                          f"got {epochs} and {batch_size}")
-    if not select.startswith("val_") or goal not in GOALS:
-        raise ValueError(f"select names a validation metric (val_<name>) and goal is one of {', '.join(GOALS)}; "
-                         f"got select={select!r}, goal={goal!r}")
-    rule.check_optimizer(optimizer)
     evaluate = evaluate or functools.partial(free_phase_metrics, settle=eval_settle or rule.settle)
+    _check_select(select, goal, _model_metrics(evaluate))
+    rule.check_optimizer(optimizer)
     loggers = loggers if is_main() else ()
     generator = torch.Generator().manual_seed(seed)
     broadcast_parameters(model)
@@ -311,16 +359,25 @@ def fit(model: DynamicalModel, rule: Rule, data: Dataset, optimizer: torch.optim
         _check_selection(history, select, goal, source)
     if history.epoch > epochs:
         raise ValueError(f"the checkpoint is at epoch {history.epoch}, beyond epochs={epochs}")
+    if run_dir is not None and is_main():
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+    guess = chance_accuracy(data.train.y)
     start, base_time = time.perf_counter(), history.wall_time_s
     with nullcontext() if _quiet() else logging_redirect_tqdm():
         for epoch in _bar(range(history.epoch + 1, epochs + 1), initial=history.epoch, total=epochs, desc="epochs"):
-            metrics = _epoch(model, rule, optimizer, data, batch_size, generator, evaluate, probes)
+            metrics, first_loss = _epoch(model, rule, optimizer, data, batch_size, generator, evaluate, probes)
+            if history.first_loss is None:
+                history.first_loss = first_loss
             if scheduler is not None:
                 metrics["lr"] = optimizer.param_groups[0]["lr"]   # the rate this epoch trained with
                 scheduler.step()
             history.record(epoch, metrics, model)
             history.wall_time_s = base_time + time.perf_counter() - start
-            _report(epoch, metrics, loggers)
+            diverged = divergence(metrics, model, history.first_loss)
+            history.chance_epochs = history.chance_epochs + 1 if _at_chance(metrics, guess, data) else 0
+            if is_main():
+                _warn(epoch, metrics, rule, model, history, diverged, guess)
+            _report(epoch, metrics, loggers, diverged is not None)
             if run_dir is not None:
                 state = _state(model, rule, optimizer, generator, history, config, scheduler)
                 if is_main():
@@ -332,21 +389,73 @@ def fit(model: DynamicalModel, rule: Rule, data: Dataset, optimizer: torch.optim
 
 
 def _epoch(model, rule, optimizer, data: Dataset, batch_size: int, generator: torch.Generator,
-           evaluate: Evaluation, probes: Sequence[Callable]) -> dict[str, float]:
-    """Train one epoch; its metrics with the probes', the validation metrics and the epoch's time."""
+           evaluate: Evaluation, probes: Sequence[Callable]) -> tuple[dict[str, float], float | None]:
+    """Train one epoch; its metrics with the probes', the validation metrics and the epoch's
+    time, and the loss of its first batch."""
     t0 = time.perf_counter()
-    metrics = _train_epoch(model, rule, optimizer, data.train, batch_size, generator)
+    metrics, first_loss = _train_epoch(model, rule, optimizer, data.train, batch_size, generator)
     for probe in probes:
         metrics.update(probe(model))
-    metrics.update({f"val_{name}": value for name, value in evaluate(model, data.val).items()})
+    alone = _model_metrics(evaluate)
+    metrics.update({name if name in alone else f"val_{name}": value for name, value in evaluate(model, data.val).items()})
     metrics.update(epoch_time_s=time.perf_counter() - t0)
-    return metrics
+    return metrics, first_loss
 
 
-def _report(epoch: int, metrics: dict[str, float], loggers: Sequence[Logger]) -> None:
-    """Send an epoch's metrics to the loggers; warn (on rank 0) about unconverged settles and a
-    dead network (nearly all hidden units pinned, or an update of exactly zero)."""
-    if metrics.get("train_converged", 1.0) < 1.0 and is_main():
+def chance_accuracy(y: torch.Tensor) -> float:
+    """The accuracy of always guessing the commonest label in ``y``: 1/n_classes when the classes are balanced."""
+    return torch.bincount(y).max().item() / len(y) if len(y) else 1.0
+
+
+def _at_chance(metrics: dict[str, float], guess: float, data: Dataset) -> bool:
+    """Whether the epoch's training accuracy (else its validation accuracy) is no better than
+    ``guess`` by more than three binomial standard errors of a guess on that split. Never with
+    a single class (labels blanked), where every guess is right."""
+    for key, split in (("train_accuracy", data.train), ("val_accuracy", data.val)):
+        if key in metrics and guess < 1.0:
+            return metrics[key] <= guess + 3.0 * math.sqrt(guess * (1.0 - guess) / len(split))
+    return False
+
+
+def divergence(metrics: dict[str, float], model: torch.nn.Module, first_loss: float | None) -> str | None:
+    """Why the run has diverged, or ``None``: a training loss that is not finite or has grown
+    :data:`BLOWUP`-fold over the run's first batch's (``first_loss``), or weights that are not finite."""
+    loss = metrics.get("train_loss")
+    if loss is not None and not math.isfinite(loss):
+        return f"the training loss is {loss}"
+    if loss is not None and first_loss and loss > BLOWUP * abs(first_loss):
+        return f"the training loss {loss:.3g} is {loss / abs(first_loss):.2g} times the first batch's {first_loss:.3g}"
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        return "the weights are no longer finite"
+    return None
+
+
+def _warn(epoch: int, metrics: dict[str, float], rule: Rule, model: torch.nn.Module, history: History,
+          diverged: str | None, guess: float) -> None:
+    """A :class:`TrainingWarning` for a diverged run (every epoch), else for one whose accuracy
+    has stayed at chance for :data:`AT_CHANCE_EPOCHS` epochs, naming the options to change."""
+    if diverged is not None:
+        warnings.warn(f"epoch {epoch}: training diverged ({diverged}): the learning rate is most likely too "
+                      "large; lower optimizer.lr (or trainer.layer_lrs). Settles that fail to converge follow "
+                      "from it.", TrainingWarning, stacklevel=3)
+    elif history.chance_epochs == AT_CHANCE_EPOCHS:
+        accuracy = metrics.get("train_accuracy", metrics.get("val_accuracy"))
+        options = ["another learning rate (optimizer.lr, or trainer.layer_lrs per layer)"]
+        if hasattr(rule, "beta"):
+            options.append(f"another nudge (rule.beta, now {rule.beta:g})")
+        options.append("another activation (model.activation)")
+        if hasattr(model, "init_gain"):
+            options.append(f"larger initial weights (model.init_gain, now {model.init_gain:g}; 4 for the sigmoid)")
+        warnings.warn(f"epoch {epoch}: the accuracy has stayed at chance for {AT_CHANCE_EPOCHS} epochs "
+                      f"({percent(accuracy)}; guessing the commonest class: {percent(guess)}): the network is "
+                      f"not learning. Try {', '.join(options)}.", TrainingWarning, stacklevel=3)
+
+
+def _report(epoch: int, metrics: dict[str, float], loggers: Sequence[Logger], diverged: bool = False) -> None:
+    """Send an epoch's metrics to the loggers; warn (on rank 0) about unconverged settles (unless
+    the run ``diverged``, their cause) and a dead network (nearly all hidden units pinned, or an
+    update of exactly zero)."""
+    if metrics.get("train_converged", 1.0) < 1.0 and is_main() and not diverged:
         # The shortfall, never rounded to 0% or 100%: "100.0% reached" hid the few that did not.
         log.warning("epoch %d: %s of the samples did not reach the settle tolerance in some phase; "
                     "raise settle.max_time or loosen settle.atol", epoch, percent(1 - metrics["train_converged"]))

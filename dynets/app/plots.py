@@ -27,7 +27,7 @@ ALIGN_PREFIX = "align_cos/"
 """metrics.jsonl key prefix of alignment cosines; see :func:`alignment_metrics`."""
 
 ACCURACY_KEYS = ("train_accuracy", "val_accuracy", "test_accuracy")
-BITS_KEYS = ("val_kl_bits", "val_nll_bits")   # generative models' likelihood (dynets.likelihood)
+BITS_KEYS = ("kl_bits", "val_nll_bits")   # generative models' likelihood (dynets.likelihood)
 LOSS_KEYS = ("train_loss", "val_loss")
 
 
@@ -105,7 +105,7 @@ def metric_series(records: list[dict[str, Any]], key: str) -> tuple[np.ndarray, 
 
 def learning_curves(metrics_jsonl_path: str | os.PathLike, path: str | os.PathLike) -> Path:
     """Plot accuracies (``train/val/test_accuracy``), losses (``train/val_loss``) and a generative
-    model's ``val_kl_bits`` / ``val_nll_bits`` vs epoch from ``metrics_jsonl_path`` to the PNG ``path``; keys absent from the file
+    model's ``kl_bits`` / ``val_nll_bits`` vs epoch from ``metrics_jsonl_path`` to the PNG ``path``; keys absent from the file
     are left out, and so is a panel with none of its keys. Returns ``path``.
 
     Raises ValueError when the file has none of these keys."""

@@ -191,23 +191,33 @@ class LayeredHopfield(Layered, EnergyModel):
     Args:
         sizes: ``[in_features, hidden..., out_features]``; the first layer is clamped to x.
         activation: one of ``hard_sigmoid`` (ρ = clip(·, 0, 1)), ``sigmoid``, ``tanh``.
+        init_gain: the initial weights are ``init_gain`` × nn.Linear's U(±1/√fan_in) (biases
+            unchanged). A layer multiplies the spread of its input by about gain·ρ'/√3 at
+            initialisation, so with the sigmoid (ρ' ≤ 1/4) and gain 1 the input is lost
+            after two hidden layers and nothing learns; gain 4 = 1/ρ'(0) gives the sigmoid
+            the linear gain of the hard sigmoid and tanh (Glorot & Bengio 2010).
 
     The state is ``(s_1, ..., s_L)``; the symmetric coupling is one matrix ``W_l`` used
     in both directions, so weights are symmetric by construction.
     """
 
-    def __init__(self, sizes: list[int], activation: str = "hard_sigmoid") -> None:
+    def __init__(self, sizes: list[int], activation: str = "hard_sigmoid", init_gain: float = 1.0) -> None:
         super().__init__()
         if len(sizes) < 2 or any(int(n) < 1 for n in sizes):
             raise ValueError(f"sizes must list >= 2 positive layer sizes, got {list(sizes)}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; valid: {', '.join(ACTIVATIONS)}")
+        if not init_gain > 0:
+            raise ValueError(f"init_gain must be > 0, got {init_gain}")
         self.sizes = [int(n) for n in sizes]
-        self.activation = activation
+        self.activation, self.init_gain = activation, init_gain
         self.act = ACTIVATIONS[activation]
         self.in_features, self.out_features = self.sizes[0], self.sizes[-1]
-        # W_l maps layer l to l+1; its bias is b_{l+1}. nn.Linear's init (U(±1/√fan_in)).
+        # W_l maps layer l to l+1; its bias is b_{l+1}. nn.Linear's init (U(±1/√fan_in)), scaled.
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(self.sizes, self.sizes[1:]))
+        with torch.no_grad():
+            for layer in self.layers:
+                layer.weight.mul_(init_gain)
 
     def top_down(self) -> list[torch.Tensor]:
         """W_{l}, l ≥ 1: the same matrix carries layer l+1 down to l (symmetric couplings)."""

@@ -95,11 +95,13 @@ def run_entry(name: str, entry: Entry, data: Dataset, *, epochs: int, batch_size
     x, y = data.val.x[:probe], data.val.y[:probe]
     at_init = layer_cosines(model, rule, reference, x, y) if reference else {}
     collect = _Collect()
+    own = metric.name in getattr(metric.evaluate, "model_metrics", ())   # the model's alone (KL): no split
     summary = fit(model, rule, data, optimizer, epochs=epochs, batch_size=batch_size, seed=seed, loggers=[collect],
-                  evaluate=metric.evaluate, select=f"val_{metric.name}", goal=metric.goal)
+                  evaluate=metric.evaluate, select=metric.name if own else f"val_{metric.name}", goal=metric.goal)
     at_end = layer_cosines(model, rule, reference, x, y) if reference else {}
-    row: dict[str, Any] = {"rule": name, "seed": seed, f"test_{metric.name}": summary[f"test_{metric.name}"],
-                           f"val_{metric.name}": summary[f"val_{metric.name}"], "best_epoch": summary["best_epoch"],
+    test, val = (summary[metric.name],) * 2 if own else (summary[f"test_{metric.name}"], summary[f"val_{metric.name}"])
+    row: dict[str, Any] = {"rule": name, "seed": seed, f"test_{metric.name}": test,
+                           f"val_{metric.name}": val, "best_epoch": summary["best_epoch"],
                            "epoch_time_s": summary["wall_time_s"] / epochs}
     if getattr(model, "feedback_mode", "tied") != "tied":   # separate feedback B (Asymmetric): how far from Wᵀ
         row["feedback_angle"] = max(model.feedback_angles())
