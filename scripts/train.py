@@ -9,6 +9,8 @@
 
 Writes into the hydra run directory: .hydra/config.yaml (the composed config),
 metrics.jsonl (one object per epoch), summary.json, checkpoint.pt and checkpoint_prev.pt.
+A mistake in the config (dynets.app.USER_ERRORS) prints one message and exits with status 1;
+Ctrl-C prints the command that resumes the run and exits with status 130.
 """
 from __future__ import annotations
 
@@ -63,8 +65,10 @@ def main(cfg: DictConfig) -> float:
     if hydra_config.mode == RunMode.MULTIRUN:   # one wandb group per multirun or search
         config["logger"] = wandb_group(config["logger"], str(hydra_config.sweep.dir))
     run_dir = Path(cfg.resume) if isinstance(cfg.resume, str) else Path(hydra_config.runtime.output_dir)
+    # A user's mistake exits with its message alone, Ctrl-C with the command that resumes the run.
+    summary = app.run(config, run_dir, list(hydra_config.overrides.task), f"python {sys.argv[0]}")
     # What a hydra sweeper optimises: the validation metric that selects the best epoch.
-    return app.main(config, run_dir)[config["trainer"]["select"]]
+    return summary[config["trainer"]["select"]]
 
 
 if __name__ == "__main__":

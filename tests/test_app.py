@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from dynets import SettleOptions
 from dynets.app.run import build, check_config, instantiate
 from dynets.app.checkpoint import CheckpointError
+from dynets.app.options import ConfigError
 from dynets.models.base import DynamicalModel
 from dynets.rules import EquilibriumPropagation
 
@@ -34,7 +35,7 @@ def test_instantiate_builds_nested_targets_and_partials():
     optimizer = make([torch.nn.Parameter(torch.zeros(2))])
     assert (optimizer.defaults["lr"], optimizer.defaults["momentum"]) == (0.5, 0.9)
     assert instantiate({"a": [1, {"b": 2}]}) == {"a": [1, {"b": 2}]}   # plain data stays plain
-    with pytest.raises(ImportError, match="'dynets.rules.Nope' cannot be imported"):
+    with pytest.raises(ConfigError, match="'dynets.rules.Nope' cannot be imported"):
         instantiate({"_target_": "dynets.rules.Nope"})
 
 
@@ -56,7 +57,7 @@ class Leaky(DynamicalModel):
 def test_build_refuses_a_rule_that_cannot_train_the_model():
     config = composed()
     config["model"] = {"_target_": f"{__name__}.Leaky", "hidden": []}
-    with pytest.raises(TypeError, match="EquilibriumPropagation cannot train Leaky: it needs a model of class "
+    with pytest.raises(ConfigError, match="EquilibriumPropagation cannot train Leaky: it needs a model of class "
                                         "EnergyModel"):
         build(config)
     config["rule"] = composed("rule=implicit")["rule"]   # the exact gradient needs no energy

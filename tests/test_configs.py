@@ -12,6 +12,7 @@ from hydra.utils import get_class
 from omegaconf import OmegaConf, open_dict
 
 from dynets.app.run import build, instantiate
+from dynets.app.options import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -34,7 +35,10 @@ def npz_file(tmp_path_factory):
 
 
 def overrides_for(group, option, npz_file):
-    extra = {("data", "npz"): [f"data.path={npz_file}"], ("data", "mnist"): ["data.path=/nonexistent"]}
+    helmholtz = ["model=helmholtz", "data=bars"]   # binary data only
+    extra = {("data", "npz"): [f"data.path={npz_file}"], ("data", "mnist"): ["data.path=/nonexistent"],
+             ("model", "helmholtz"): ["rule=wake_sleep", "data=bars"], ("rule", "rws"): helmholtz,
+             ("rule", "wake_sleep"): helmholtz}
     choice = f"+{group}={option}" if group == "experiment" else f"{group}={option}"   # experiments are opt-in
     return [choice, "trainer.epochs=1"] + extra.get((group, option), [])
 
@@ -64,7 +68,7 @@ def composed(overrides):
 def test_every_config_composes_and_instantiates(group, option, npz_file):
     config = composed(overrides_for(group, option, npz_file))
     if (group, option) == ("data", "mnist"):
-        with pytest.raises(FileNotFoundError, match="data.path"):
+        with pytest.raises(ConfigError, match="data=mnist: looked for .* data.path"):
             build(config)
         return
     if config["data"]["_target_"].endswith("fashion_mnist") and not Path("/usr/share/datasets/fashion-mnist").exists():

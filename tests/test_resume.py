@@ -22,6 +22,7 @@ from dynets.app.run import checkpoint
 from dynets.app.run import resume_from
 from dynets.data import Dataset, Split
 from dynets.models import LayeredHopfield
+from dynets.app.options import ConfigError
 from dynets.rules import EquilibriumPropagation
 from dynets.rules.base import Rule
 from dynets.app.fit import fit
@@ -134,7 +135,7 @@ def test_resume_with_another_model_names_the_difference(runs, tmp_path):
 
 
 def test_resume_without_a_checkpoint(tmp_path, caplog):
-    with pytest.raises(FileNotFoundError, match="no checkpoint.pt there"):   # resume=<dir> names a run
+    with pytest.raises(ConfigError, match="no checkpoint.pt there"):   # resume=<dir> names a run
         resume_from({"resume": str(tmp_path)}, tmp_path)
     (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n')   # an epoch killed before its checkpoint
     with caplog.at_level(logging.WARNING, logger="dynets"):      # resume=true: a requeued job starts

@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from ..models.base import DynamicalModel, EnergyModel
 from ..settle import SettleOptions, residual_norm
 from ..phases import Condition
+from ..models.pc import PredictiveCoding
 
 ALIGN_PREFIX = "align_cos/"
 """metrics.jsonl key prefix of alignment cosines; see :func:`alignment_metrics`."""
@@ -200,14 +201,27 @@ def receptive_field_grid(weight: torch.Tensor, image_shape: tuple[int, int], n: 
     return grid
 
 
+def first_layer_fields(model: DynamicalModel) -> tuple[torch.Tensor, str]:
+    """``(units, pixels)``: each first-layer unit's weights on the input, and what they are.
+
+    Rows of ``model.layers[0].weight`` (``W x``: a unit's input weights, its receptive field),
+    except for generative predictive coding, whose first weights predict the pixels from the
+    first hidden layer (μ_0 = W_0 f(v_1) + b_0, ``W_0`` of shape ``(pixels, units)``): its
+    columns, the image each unit draws (its projective field)."""
+    weight = model.layers[0].weight
+    if isinstance(model, PredictiveCoding) and model.generative:
+        return weight.T, "Generative fields (the pixels each first-layer unit predicts)"
+    return weight, "First-layer receptive fields"
+
+
 def receptive_fields(model: DynamicalModel, path: str | os.PathLike,
                      image_shape: tuple[int, int] | None = None, n: int = 64) -> Path:
-    """Plot the first ``n`` hidden units' input weights (rows of ``model.layers[0].weight``)
-    as images, on one symmetric colour scale (blue < 0 < red), to the PNG ``path``.
+    """Plot the first ``n`` units of :func:`first_layer_fields` as images, on one symmetric
+    colour scale (blue < 0 < red), to the PNG ``path``.
 
     ``image_shape`` (h, w) defaults to :func:`square_shape` of the input size, which raises
     ValueError for a non-square input. Returns ``path``."""
-    weight = model.layers[0].weight
+    weight, title = first_layer_fields(model)
     shape = image_shape if image_shape is not None else square_shape(weight.shape[1])
     grid = receptive_field_grid(weight, shape, n)
     scale = np.nanmax(np.abs(grid))
@@ -215,7 +229,7 @@ def receptive_fields(model: DynamicalModel, path: str | os.PathLike,
     ax = fig.subplots()
     image = ax.imshow(grid, cmap="RdBu_r", vmin=-scale, vmax=scale, interpolation="nearest")
     ax.set_axis_off()
-    ax.set_title(f"First-layer receptive fields ({min(n, weight.shape[0])} of {weight.shape[0]} units)")
+    ax.set_title(f"{title}: {min(n, weight.shape[0])} of {weight.shape[0]} units", fontsize="small")
     fig.colorbar(image, ax=ax, shrink=0.8, label="weight")
     return _save(fig, path)
 

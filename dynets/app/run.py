@@ -10,21 +10,29 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import logging
 import os
-from collections.abc import Mapping
+import shlex
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .. import diagnostics, sampling
-from ..data import Dataset, unlabelled
+from ..data import Dataset, Split, unlabelled
+from ..evaluate import READBACKS
+from ..models.base import DynamicalModel
 from ..phases import Condition
 from ..rules import ImplicitDifferentiation
+from ..rules.base import Rule
 from . import checkpoint, distributed, plots
-from .fit import fit, layer_param_groups
+from .fit import fit, free_phase_metrics, layer_param_groups
 from .loggers import JsonLinesLogger, flatten
+from .options import ConfigError, check_values, either, fitting, option, options
 
 log = logging.getLogger("dynets")
 # Config keys that may change when a run is resumed, without a warning.
@@ -33,8 +41,15 @@ RESUMABLE_CHANGES = ("resume", "trainer.epochs", "logger")
 # its model, and other data (another split seed or fraction) moves samples between train,
 # validation and test.
 FIXED_ON_RESUME = {"model": "a different model", "data": "different data"}
-TASKS = ("supervised", "self_supervised")
 PROBE = 64   # validation samples of the alignment probe and the settling plot
+# The mistakes of a user, which scripts/train.py reports as one message (anything else is a bug
+# and keeps its traceback): a config that does not fit (ConfigError, raised here for what the
+# library's checks refuse while a group is built, for data too) and a checkpoint that does not
+# fit the run or cannot be read (CheckpointError).
+USER_ERRORS = (ConfigError, checkpoint.CheckpointError)
+SELF_SUPERVISED = ("model=readback with rule=ep or rule=chl; model=pc model.arrangement=generative rule=pc "
+                   "rule.variant=unsupervised; model=helmholtz with rule=wake_sleep or rule=rws (binary data: "
+                   "data=bars); model=boltzmann rule=boltzmann evaluate=likelihood")
 
 
 METHODS_THAT_FIT = ("generative predictive coding (PredictiveCoding with arrangement='generative', "
@@ -69,7 +84,8 @@ def instantiate(node: Any) -> Any:
     is returned as it is. (The part of ``hydra.utils.instantiate`` that configs/ uses.)
 
     Raises:
-        ImportError: ``_target_`` names nothing importable; the message names it.
+        ConfigError: ``_target_`` names nothing importable, or the fields are not arguments
+            of its target (a misspelt or missing option); the message names them.
     """
     if isinstance(node, list):
         return [instantiate(item) for item in node]
@@ -78,8 +94,9 @@ def instantiate(node: Any) -> Any:
     fields = {key: instantiate(value) for key, value in node.items() if key not in ("_target_", "_partial_")}
     if "_target_" not in node:
         return fields
-    target = locate(node["_target_"])
-    return functools.partial(target, **fields) if node.get("_partial_", False) else target(**fields)
+    target, partial = locate(node["_target_"]), node.get("_partial_", False)
+    check_arguments(target, fields, partial)
+    return functools.partial(target, **fields) if partial else target(**fields)
 
 
 def locate(path: str) -> Any:
@@ -88,7 +105,20 @@ def locate(path: str) -> Any:
     try:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError) as err:
-        raise ImportError(f"_target_: {path!r} cannot be imported ({err}); check its spelling in the config") from err
+        raise ConfigError(f"_target_: {path!r} cannot be imported ({err}); check its spelling in the config") from err
+
+
+def check_arguments(target, fields: Mapping[str, Any], partial: bool) -> None:
+    """Raise :class:`ConfigError` unless ``target`` takes ``fields`` (all it needs, unless ``partial``)."""
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):   # a builtin without one: its call will tell
+        return
+    try:
+        (signature.bind_partial if partial else signature.bind)(**fields)
+    except TypeError as err:
+        names = ", ".join(signature.parameters)
+        raise ConfigError(f"{target.__name__} {err} (its options: {names}); check the config's keys") from err
 
 
 def build_model(node: Mapping[str, Any], data: Dataset, labelled: bool = True) -> torch.nn.Module:
@@ -114,32 +144,81 @@ def resolve_device(name: str) -> torch.device:
 
 def build(config: Mapping[str, Any]):
     """Data, model, rule and optimizer of a composed config (seeded before the model), on
-    ``trainer.device``.
+    ``trainer.device``, after checking the config's values (:func:`dynets.app.options.check_values`).
 
     ``task: self_supervised``: the labels are replaced by zeros before anything sees them and
     the model has no label layer.
 
     Raises:
-        TypeError: the rule cannot train the model (before any training); the message
-            names the models it can train.
-        ValueError: an unknown task, or a method that needs labels under ``self_supervised``
-            (the message names the methods that fit).
+        ConfigError: a value of the wrong type or unset; a group the library refuses to build
+            (the message names the group's option); data the model cannot read; a rule that
+            cannot train the model, or that needs labels under ``self_supervised`` (the
+            message names the options that fit).
     """
+    check_values(config)
     task = config.get("task", "supervised")
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
     torch.manual_seed(config["seed"])
     device = resolve_device(config["trainer"]["device"])
-    data = instantiate(config["data"]).to(device)
+    with refused(option("data", config["data"])):
+        data = instantiate(config["data"]).to(device)
     data = unlabelled(data) if task == "self_supervised" else data
-    model = build_model(config["model"], data, labelled=task == "supervised").to(device)
-    rule = instantiate(config["rule"])
-    rule.check_model(model)
-    if task == "self_supervised":
-        check_self_supervised(model, rule)
+    with refused(option("model", config["model"])):
+        model = build_model(config["model"], data, labelled=task == "supervised").to(device)
+    with refused(option("rule", config["rule"])):
+        rule = instantiate(config["rule"])
+    check_pair(config, data, model, rule, labelled=task == "supervised")
+    with refused(f"{option('model', config['model'])} on {option('data', config['data'])}"):
+        model.check_input(data.train.x)
+    if task == "self_supervised" and not learns_without_labels(model, rule):
+        raise ConfigError(f"task=self_supervised: {option('rule', config['rule'])} trains "
+                          f"{option('model', config['model'])} from labels (its read-out is a label layer, or the "
+                          f"rule clamps or nudges it toward one). The methods that learn without labels: {SELF_SUPERVISED}")
     groups = layer_param_groups(model, config["optimizer"]["lr"], config["trainer"]["layer_lrs"])
-    optimizer = instantiate(config["optimizer"])(groups)
+    with refused(option("optimizer", config["optimizer"])):
+        optimizer = instantiate(config["optimizer"])(groups)
     return data, model, rule, optimizer
+
+
+@contextmanager
+def refused(name: str) -> Iterator[None]:
+    """What the library refuses while ``name`` (an option, e.g. ``data=npz``) is built — a
+    ValueError of its argument checks, a missing file or array — as a :class:`ConfigError` that
+    names the option."""
+    try:
+        yield
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"{name}: {err.args[0] if err.args else err}") from err
+
+
+def mismatch(model: DynamicalModel, rule: Rule) -> str | None:
+    """Why ``rule`` cannot train ``model``, ``None`` when it can: the rule's own check
+    (``Rule.check_model``), or a rule that trains a read-out toward a label (one that can train a
+    model with a label layer) given a model with no label layer and no target of its own."""
+    try:
+        rule.check_model(model)
+    except (TypeError, ValueError) as err:
+        return str(err)
+    inner = rule.wake if isinstance(getattr(rule, "wake", None), Rule) else rule   # SleepInterleaved
+    reads_labels = any(cls.supervised for cls in inner.models)
+    own_target = type(model).target is not DynamicalModel.target   # e.g. the read-back model's input
+    if reads_labels and not (model.supervised or own_target):
+        return f"{type(rule).__name__} trains a read-out toward a label, and {type(model).__name__} has no label layer"
+    return None
+
+
+def check_pair(config: Mapping[str, Any], data: Dataset, model, rule, labelled: bool) -> None:
+    """Raise :class:`ConfigError` if ``rule`` cannot train ``model``, naming the ``rule=``
+    options that train this model and the ``model=`` options this rule trains."""
+    problem = mismatch(model, rule)
+    if problem is None:
+        return
+    m, r = option("model", config["model"]), option("rule", config["rule"])
+    rules = fitting(config, "rule", lambda node: mismatch(model, instantiate(node)) is None)
+    models = fitting(config, "model", lambda node: mismatch(build_model(node, data, labelled), rule) is None)
+    raise ConfigError(f"{r} cannot train {m} ({problem}). With {m} use {either(rules) or 'no rule of configs/rule'}; "
+                      f"{r} trains {either(models) or 'no model of configs/model'}")
 
 
 def build_scheduler(config: Mapping[str, Any], optimizer: torch.optim.Optimizer):
@@ -187,8 +266,8 @@ def resume_from(config: Mapping[str, Any], run_dir: Path) -> dict | None:
         check_config(state["config"], dict(config), str(run_dir / checkpoint.CHECKPOINT))
         log.info("resuming %s after epoch %d", run_dir, state["epoch"])
     elif isinstance(resume, str):
-        raise FileNotFoundError(f"resume={resume}: no {checkpoint.CHECKPOINT} there to continue from "
-                                "(to start a new run, leave out resume=)")
+        raise ConfigError(f"resume={resume}: no {checkpoint.CHECKPOINT} there to continue from "
+                          "(to start a new run, leave out resume=)")
     else:
         log.warning("resume: %s holds no checkpoint, starting at epoch 1 (to continue a run, pass "
                     "hydra.run.dir=<its directory> resume=true, or resume=<its directory>; in a multirun, the same "
@@ -199,27 +278,29 @@ def resume_from(config: Mapping[str, Any], run_dir: Path) -> dict | None:
 
 
 def train(config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
-    """Build the run of ``config``, train it in ``run_dir`` (resuming if asked), write its
-    plots; return :func:`dynets.app.fit.fit`'s summary."""
+    """Build the run of ``config``, check its evaluation, train it in ``run_dir`` (resuming if
+    asked), write its plots; return :func:`dynets.app.fit.fit`'s summary."""
     data, model, rule, optimizer = build(config)
-    state = resume_from(config, run_dir)
+    supervised = config.get("task", "supervised") == "supervised"
     trainer, loggers = config["trainer"], []
+    select, goal = trainer.get("select", "val_accuracy"), trainer.get("goal", "maximize")
+    evaluate = checked_evaluation(config, data, model, rule, select, labelled=supervised)
+    state = resume_from(config, run_dir)
     if distributed.is_main():
         loggers = [instantiate(node) for node in config["logger"].values()]
         loggers.append(JsonLinesLogger(run_dir / "metrics.jsonl"))
     for logger in loggers:
         logger.start(dict(config), run_dir)
     x_probe, y_probe = data.val.x[:PROBE], data.val.y[:PROBE]
-    # The exact gradient the probe compares with is that of a labelled loss: none for a generative model.
-    probes = [alignment_probe(rule, x_probe, y_probe)] if trainer["alignment"] and model.supervised else []
+    # The exact gradient the probe compares with is that of a labelled loss: none for a generative
+    # model, and none without labels.
+    probes = [alignment_probe(rule, x_probe, y_probe)] if trainer["alignment"] and model.supervised and supervised else []
     summary = fit(model, rule, data, optimizer, epochs=trainer["epochs"], batch_size=trainer["batch_size"],
-                  seed=config["seed"], evaluate=evaluation(config.get("evaluate"), data),
-                  select=trainer.get("select", "val_accuracy"), goal=trainer.get("goal", "maximize"),
+                  seed=config["seed"], evaluate=evaluate, select=select, goal=goal,
                   loggers=loggers, run_dir=run_dir, resume_from=state, config=dict(config), probes=probes,
                   scheduler=build_scheduler(config, optimizer))
     if distributed.is_main():
-        write_plots(run_dir, model, Condition(x_probe, model.target(y_probe)) if model.supervised else None,
-                    rule.settle, config["seed"])
+        write_plots(run_dir, model, Split(x_probe, y_probe), rule.settle, config["seed"])
     for logger in loggers:   # after the plots: the wandb logger uploads the PNGs it finds
         logger.finish(summary)
     return summary
@@ -234,6 +315,54 @@ def evaluation(node: Mapping[str, Any] | None, data: Dataset):
     return evaluate
 
 
+def evaluations(model, labelled: bool, k: int | None = None) -> dict[str, str | None]:
+    """For each evaluation of ``configs/evaluate``, why it cannot evaluate ``model`` (``None``: it can)."""
+    # A discriminative PC net has the input below its errors, nothing that reconstructs it.
+    reconstructs = isinstance(model, tuple(READBACKS)) and getattr(model, "arrangement", "generative") == "generative"
+    return {"accuracy": None if labelled and model.supervised else
+            "it has no label layer" if labelled else "task=self_supervised has no labels",
+            "likelihood": None if hasattr(model, "log_prob") and (k is None or hasattr(model, "proposal"))
+            else "it has no likelihood to compute" if not hasattr(model, "log_prob") else
+            "it has no recognition model to importance-sample with: leave evaluate.k=null",
+            "reconstruction": None if reconstructs else "it does not reconstruct its input"}
+
+
+def evaluation_name(node: Mapping[str, Any] | None) -> str:
+    """The ``configs/evaluate`` option of a config's ``evaluate`` node (``None``: accuracy)."""
+    if not node:
+        return "accuracy"
+    named = [name for name, spec in options("evaluate").items()
+             if (spec.get("evaluate") or {}).get("_target_") == node.get("_target_")]
+    return named[0] if named else str(node.get("_target_"))
+
+
+def checked_evaluation(config: Mapping[str, Any], data: Dataset, model, rule, select: str, labelled: bool):
+    """The run's evaluation (as :func:`evaluation`), once it is known to fit ``model`` (one of
+    ``configs/evaluate``) and to give the metric ``select`` (tried on two validation samples),
+    before any training.
+
+    Raises:
+        ConfigError: naming the ``evaluate=`` options that fit the model, or the metrics to select.
+    """
+    node = config.get("evaluate")
+    name = evaluation_name(node)
+    fits = evaluations(model, labelled, (node or {}).get("k"))
+    if fits.get(name) is not None:
+        good = [f"evaluate={n}" for n, why in fits.items() if why is None]
+        raise ConfigError(f"evaluate={name} cannot evaluate {option('model', config['model'])} "
+                          f"({fits[name]}): use {either(good) or 'another model'}")
+    evaluate = evaluation(node, data)
+    trial = evaluate or functools.partial(free_phase_metrics, settle=rule.settle)
+    alone = set(getattr(evaluate, "model_metrics", ()))   # properties of the model, not of a split (fit)
+    found = [metric if metric in alone else f"val_{metric}"
+             for metric in trial(model, Split(data.val.x[:2], data.val.y[:2]))]
+    if select not in found:
+        raise ConfigError(f"trainer.select={select} is not a metric of evaluate={name} on "
+                          f"{option('data', config['data'])}: select one of {', '.join(found)}, e.g. "
+                          f"trainer.select={found[0]}")
+    return evaluate
+
+
 def main(config: Mapping[str, Any], run_dir: str | os.PathLike) -> dict[str, Any]:
     """:func:`train` as one process of a torchrun job (or alone); rank 0 speaks for all."""
     distributed.init_from_env()   # a no-op on one process
@@ -245,6 +374,27 @@ def main(config: Mapping[str, Any], run_dir: str | os.PathLike) -> dict[str, Any
         distributed.close()
 
 
+def run(config: Mapping[str, Any], run_dir: str | os.PathLike, overrides: list[str], command: str) -> dict[str, Any]:
+    """:func:`main` for the command line ``command`` with ``overrides``: a user's mistake
+    (:data:`USER_ERRORS`) exits with its message alone (status 1); Ctrl-C exits with status 130
+    and the command that resumes the run; any other exception is a bug and keeps its traceback."""
+    try:
+        return main(config, run_dir)
+    except USER_ERRORS as err:
+        raise SystemExit(f"error: {err}") from None
+    except KeyboardInterrupt:
+        print(f"\ninterrupted. {resume_hint(Path(run_dir), overrides, command)}", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def resume_hint(run_dir: Path, overrides: list[str], command: str) -> str:
+    """How to continue the run in ``run_dir``: the same overrides with ``resume=<run_dir>``."""
+    if not (run_dir / checkpoint.CHECKPOINT).exists():
+        return f"No epoch had ended: {run_dir} holds no checkpoint to resume from; run the command again."
+    kept = [o for o in overrides if o.lstrip("+~").partition("=")[0] != "resume"]
+    return f"To continue from the last complete epoch: {shlex.join([*shlex.split(command), *kept, f'resume={run_dir}'])}"
+
+
 def alignment_probe(rule, x: torch.Tensor, y: torch.Tensor):
     """Per-epoch cosine of the rule's update with the exact equilibrium gradient on a fixed
     validation batch, as ``align_cos/<parameter>`` metrics (the key plots read)."""
@@ -252,14 +402,17 @@ def alignment_probe(rule, x: torch.Tensor, y: torch.Tensor):
     return lambda model: plots.alignment_metrics(diagnostics.alignment(model, rule, reference, x, y))
 
 
-def write_plots(run_dir: Path, model, probe: Condition | None, settle_options, seed: int = 0) -> None:
-    """The run's PNGs (a generative model's: its dreams and learning curves); a failed plot is
-    a warning, never the loss of a finished run."""
+def write_plots(run_dir: Path, model, probe: Split, settle_options, seed: int = 0) -> None:
+    """The run's PNGs: a model that dreams from noise or a prior (and has no label layer), its
+    dreams and learning curves; any other, the settling of the ``probe`` inputs, learning
+    curves, alignment and receptive fields. A failed plot is a warning, never the loss of a
+    finished run."""
     try:
-        if probe is not None:
-            paths = plots.plot_run(run_dir, model, probe, settle_options)
-        else:
+        if not model.supervised and hasattr(model, "gibbs_blocks"):
             paths = plots.plot_generative_run(run_dir, dreams(model, PROBE, seed))
+        else:
+            condition = model.prepare(Condition(probe.x, model.target(probe.y)))
+            paths = plots.plot_run(run_dir, model, condition, settle_options)
         log.info("plots: %s", ", ".join(p.name for p in paths.values()))
     except Exception as err:  # noqa: BLE001 - any plotting failure must not sink the run
         log.warning("plots failed: %s", err)
