@@ -7,8 +7,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .phases import Condition
 from .rules import EquilibriumPropagation, PredictiveCodingRule
-from .settle import SettleOptions
+from .settle import SettleOptions, residual_norm
 
 
 class ReferenceEP:
@@ -22,7 +23,8 @@ class ReferenceEP:
         p.grad = −[∂Φ_β/∂θ(s^β) − ∂Φ_{−β}/∂θ(s^{−β})] / (2β·batch).
 
     The free phase takes ``free_steps`` steps from s = 0, each nudged phase ``nudged_steps``
-    from the free state. :meth:`rule` is dynets' rule with the same β, Δt and step budget.
+    from the free state. :meth:`rule` is dynets' rule with the same β, Δt and step budget;
+    :meth:`stopped_rule` stops each phase at the residual the reference leaves (:meth:`residuals`).
     """
 
     def __init__(self, layers: nn.ModuleList, beta: float = 0.5, step_size: float = 0.5,
@@ -59,12 +61,25 @@ class ReferenceEP:
         (-delta / x.shape[0]).backward()
 
     def rule(self, method: str = "fast_euler", compile: str = "off") -> EquilibriumPropagation:
-        """Centered EP with the same β, Δt and steps (``atol = 0`` never stops early; a check
-        every ``steps`` leaves only the start and end residual checks)."""
-        def budget(steps):
-            return SettleOptions(method=method, step_size=self.step_size, atol=0.0,
-                                 max_time=steps * self.step_size, check_every=steps, compile=compile)
-        return EquilibriumPropagation(self.beta, "centered", budget(self.free_steps), budget(self.nudged_steps))
+        """Centered EP with the same β, Δt and steps."""
+        free, nudged = (_budget(method, self.step_size, n, compile) for n in (self.free_steps, self.nudged_steps))
+        return EquilibriumPropagation(self.beta, "centered", free, nudged)
+
+    def residuals(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """The largest ‖ds/dt‖ of ``model``'s flow over the batch at the states the reference
+        leaves: ``free``, and ``nudged`` (the worse of ±β)."""
+        y = model.target(labels)
+        c, free = Condition(x, y), self.free_phase(x, y)
+        nudged = (_worst_residual(model, self.nudged_phase(x, y, free, b), c.nudged(b))
+                  for b in (self.beta, -self.beta))
+        return {"free": _worst_residual(model, free, c), "nudged": max(nudged)}
+
+    def stopped_rule(self, residuals: dict[str, float], method: str, step_size: float,
+                     compile: str = "off") -> EquilibriumPropagation:
+        """Centered EP whose phases stop as soon as every sample is within ``residuals``."""
+        free, nudged = (SettleOptions(method=method, step_size=step_size, atol=residuals[k], max_time=200,
+                                      compile=compile) for k in ("free", "nudged"))
+        return EquilibriumPropagation(self.beta, "centered", free, nudged)
 
 
 class ReferencePC:
@@ -76,7 +91,8 @@ class ReferencePC:
         F = Σ_l ½‖s_l − (W_l tanh(s_{l−1}) + b_l)‖² + β·½‖s_L − y‖²   (tanh(s_0) read as x),
         s ← s − Δt·∂F/∂s   (``steps`` times),      p.grad = ∂F/∂θ / (β·batch).
 
-    :meth:`rule` is dynets' rule with the same β, Δt and step budget.
+    :meth:`rule` is dynets' rule with the same β, Δt and step budget; :meth:`stopped_rule`
+    stops at the residual the reference leaves (:meth:`residuals`).
     """
 
     def __init__(self, layers: nn.ModuleList, beta: float = 0.1, step_size: float = 0.5, steps: int = 20) -> None:
@@ -108,9 +124,30 @@ class ReferencePC:
     def rule(self, method: str = "fast_euler", compile: str = "off") -> PredictiveCodingRule:
         """PC, nudged, with the same β, Δt and steps (the free phase starts at its
         equilibrium and takes none)."""
-        opts = SettleOptions(method=method, step_size=self.step_size, atol=0.0,
-                             max_time=self.steps * self.step_size, check_every=self.steps, compile=compile)
+        return PredictiveCodingRule(self.beta, "nudged", _budget(method, self.step_size, self.steps, compile))
+
+    def residuals(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """``nudged``: the largest ‖ds/dt‖ of ``model``'s flow over the batch at the state the reference leaves."""
+        y = model.target(labels)
+        return {"nudged": _worst_residual(model, self.settle(x, y), model.prepare(Condition(x, y, self.beta)))}
+
+    def stopped_rule(self, residuals: dict[str, float], method: str, step_size: float,
+                     compile: str = "off") -> PredictiveCodingRule:
+        """PC whose nudged phase stops as soon as every sample is within ``residuals``."""
+        opts = SettleOptions(method=method, step_size=step_size, atol=residuals["nudged"], max_time=200,
+                             check_every=self.steps, compile=compile)
         return PredictiveCodingRule(self.beta, "nudged", opts)
+
+
+def _budget(method: str, step_size: float, steps: int, compile: str) -> SettleOptions:
+    """Exactly ``steps`` steps: ``atol = 0`` never stops early, and a check every ``steps``
+    leaves only the start and end residual checks."""
+    return SettleOptions(method=method, step_size=step_size, atol=0.0, max_time=steps * step_size,
+                         check_every=steps, compile=compile)
+
+
+def _worst_residual(model: nn.Module, state, condition: Condition) -> float:
+    return residual_norm(model.vector_field(None, tuple(state), condition)).max().item()
 
 
 def grad_mismatch(model: nn.Module, reference: ReferenceEP | ReferencePC, rule, x: torch.Tensor,

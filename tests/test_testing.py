@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from dynets import SettleOptions
+from dynets import Condition, SettleOptions
 from dynets.models import LayeredHopfield, PredictiveCoding
 from dynets.rules import Backprop, ImplicitDifferentiation
 from dynets.testing import ReferenceEP, ReferencePC, check_same_grads, grad_mismatch
@@ -68,3 +68,23 @@ def test_reference_pc_is_backprop_in_the_limit():
     got = reference_grads(reference, x, model.target(y))
     want = flat_grads(model, Backprop(), x, y)
     assert (got - want).norm() / want.norm() < 1e-3
+
+
+def test_ep_residuals_are_what_dynets_settle_reports_after_the_same_steps():
+    """The residuals the benchmark stops at: ‖ds/dt‖ at the reference's states equals the residual of
+    dynets' own settles with the same steps from the same start (free, then each nudged phase from it)."""
+    model, x, y = problem(LayeredHopfield, "hard_sigmoid")
+    reference = ReferenceEP(copy.deepcopy(model.layers))
+    rule, c = reference.rule(), Condition(x, model.target(y))
+    free = rule.settle(model, c)
+    nudged = [rule.nudged_settle(model, c.nudged(b), init=free.state) for b in (reference.beta, -reference.beta)]
+    want = {"free": free.residual.max().item(), "nudged": max(eq.residual.max().item() for eq in nudged)}
+    assert reference.residuals(model, x, y) == pytest.approx(want, rel=1e-9)
+
+
+def test_pc_residual_is_what_dynets_settle_reports_after_the_same_steps():
+    model, x, y = problem(PredictiveCoding, "tanh")
+    reference = ReferencePC(copy.deepcopy(model.layers))
+    rule, c = reference.rule(), model.prepare(Condition(x, model.target(y)))
+    eq = rule.settle(model, c.nudged(reference.beta), init=rule.settle(model, c).state)
+    assert reference.residuals(model, x, y) == pytest.approx({"nudged": eq.residual.max().item()}, rel=1e-9)
