@@ -45,7 +45,8 @@ class SettleOptions:
             ``euler``, no torchdiffeq overhead, residual taken from the step's own ds/dt)
             and ``gauss_seidel`` (partitioned Euler over the blocks a model declares,
             e.g. a layered net's even and odd layers: same fixed points and cost per
-            step, about half the steps at ``step_size=1``).
+            step, about half the steps at ``step_size=1``; each block steps by
+            ``step_size`` times the step it declares, 1 for an exact block minimiser).
         step_size: Δt of fixed-grid methods; for adaptive ones, the chunk length unit.
         atol, rtol: steady-state tolerance ‖f(s_b)‖ ≤ atol + rtol·‖s_b‖.
         max_time: stop here, ``converged=False``, if not at steady state.
