@@ -139,3 +139,7 @@ def by_layer(layers: Mapping[int, torch.Tensor], rest: State, what: str) -> dict
 
 class DivergedError(RuntimeError):
     """A settle produced a non-finite state."""
+
+
+class UnconvergedError(RuntimeError):
+    """A rule was asked for a gradient from phases that did not reach steady state."""
