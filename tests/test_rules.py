@@ -330,3 +330,32 @@ def test_ep_converged_counts_the_nudged_phases():
     assert free.converged and min(fractions) < 1.0
     assert metrics["converged"] == min(fractions) and metrics["unconverged_updates"] == 1.0
     assert EquilibriumPropagation(0.1, "centered", TIGHT, allow_unconverged=True).grads(model, x, y)["unconverged_updates"] == 0.0
+
+
+def _rules_that_settle():
+    from dynets.models import Asymmetric, PredictiveCoding
+    from dynets.rules import (ContrastiveHebbian, DifferenceTargetPropagation, FeedbackAlignment, KolenPollack,
+                              NodePerturbation, PredictiveCodingRule, VectorFieldEP, WeightMirror,
+                              WeightPerturbation)
+    hopfield, asym = lambda: LayeredHopfield([4, 5, 3], "sigmoid"), lambda: Asymmetric([4, 5, 3], "learned", "sigmoid")
+    return [(EquilibriumPropagation, hopfield), (ContrastiveHebbian, hopfield), (ImplicitDifferentiation, hopfield),
+            (NodePerturbation, hopfield), (WeightPerturbation, hopfield),
+            (PredictiveCodingRule, lambda: PredictiveCoding([4, 5, 3])),
+            (FeedbackAlignment, asym), (VectorFieldEP, asym), (KolenPollack, asym), (WeightMirror, asym),
+            (DifferenceTargetPropagation, asym)]
+
+
+@pytest.mark.parametrize("rule_class, model_of", _rules_that_settle(), ids=lambda v: getattr(v, "__name__", ""))
+def test_every_rule_refuses_an_update_from_unconverged_phases_unless_allowed(rule_class, model_of):
+    """One settle step to a tolerance of 1e-12: some phase does not converge. Refused by
+    default (nothing written, an error naming the option); allowed, an update is written and
+    counted."""
+    torch.manual_seed(0)
+    model, x, y = model_of().double(), torch.rand(6, 4, dtype=torch.float64), torch.randint(0, 3, (6,))
+    short = SettleOptions(method="fast_euler", atol=1e-12, max_time=0.5)
+    with pytest.raises(UnconvergedError, match=r"phase left \d+ of \d+ samples .*rule\.allow_unconverged=true"):
+        rule_class(settle=short).grads(model, x, y)
+    assert all(p.grad is None for p in model.parameters())
+    metrics = rule_class(settle=short, allow_unconverged=True).grads(model, x, y)
+    assert metrics["unconverged_updates"] == 1.0
+    assert any(p.grad is not None for p in model.parameters())
