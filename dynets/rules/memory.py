@@ -108,16 +108,17 @@ class HebbianSleep(Rule):
         patience: measurements without improvement before stopping; None: only the drop
             rule stops (neither ``complete`` nor ``plateau``).
         seed: seed of ``generator``, the dreams' only source of randomness.
-        allow_unconverged: see :class:`~dynets.rules.base.Rule` (a dream that did not reach
-            an attractor).
+
+    A dream that does not reach an attractor within the settle's budget is left out of the
+    unlearning term and counted (``unconverged_dreams``), as perturbation rules treat a
+    probe that did not settle: it is one of many random draws, not a phase of the batch.
     """
 
     models = (AssociativeMemory,)
 
     def __init__(self, dreams: int = 100, settle: SettleOptions | None = None, monitor: RecallMonitor | None = None,
-                 monitor_every: int = 1, drop: float = 0.05, patience: int | None = 10, seed: int = 0,
-                 allow_unconverged: bool = False) -> None:
-        super().__init__(settle if settle is not None else DREAM_SETTLE, allow_unconverged=allow_unconverged)
+                 monitor_every: int = 1, drop: float = 0.05, patience: int | None = 10, seed: int = 0) -> None:
+        super().__init__(settle if settle is not None else DREAM_SETTLE)
         if dreams < 1 or monitor_every < 1 or (patience is not None and patience < 1):
             raise ValueError(f"dreams, monitor_every and patience must be >= 1; got {dreams}, {monitor_every}, {patience}")
         if not 0 <= drop < 1:
@@ -130,12 +131,14 @@ class HebbianSleep(Rule):
         self.last: dict[str, float] = {}
 
     def dream(self, model: AssociativeMemory) -> tuple[torch.Tensor, dict[str, float]]:
-        """``(D, N)`` attractors reached from random ±1 states, and the settle's metrics."""
+        """``(D', N)`` attractors reached from D random ±1 states (those that settled), and the
+        settle's metrics."""
         start = torch.randint(0, 2, (self.dreams, model.n), generator=self.generator).to(model.weight) * 2 - 1
         end = self.settle(model, Condition(batch_size=self.dreams), init=model.split(start))
-        metrics = {"steps_dream": float(end.steps), "converged": end.converged_fraction}
-        self.check_converged(metrics, {"dream": end})
-        return model.output(end.state), metrics
+        settled = end.residual <= end.tolerance
+        metrics = {"steps_dream": float(end.steps), "converged": end.converged_fraction,
+                   "unconverged_dreams": int((~settled).sum())}
+        return model.output(end.state)[settled], metrics
 
     def grads(self, model: AssociativeMemory, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, float]:
         """Dream and write the unlearning term, unless the monitor (measured on the stored
