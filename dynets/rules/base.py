@@ -24,7 +24,7 @@ class Rule(ABC):
         allow_unconverged: a rule computes its gradient from equilibria; by default a phase
             in which some sample did not reach the settle tolerance is an error
             (:class:`~dynets.types.UnconvergedError`, from :meth:`check_converged`), since the
-            update it gives is not the rule's (PC with 3× weights: cosine 0.35–0.98 with
+            update it gives is not the rule's (PC with 3× weights: cosine down to 0.35 with
             the converged one). ``True`` writes it anyway and reports ``unconverged_updates``
             (1 for such an update, else 0: its epoch mean is the fraction). Rules that drop
             the unconverged samples of a batch (perturbation, feedback rules) drop them
