@@ -11,7 +11,11 @@ import torch
 
 
 class Cost(ABC):
-    """C(o, y) per sample, and ∂C/∂o."""
+    """C(o, y) per sample, and ∂C/∂o. ``curvature``: bounds (low, high) of the eigenvalues of
+    ∂²C/∂o² over all o, or ``None`` if unknown (a Gauss–Seidel settle of a nudged
+    :class:`~dynets.models.PredictiveCoding` sizes its steps with them)."""
+
+    curvature: tuple[float, float] | None = None
 
     @abstractmethod
     def value(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -26,7 +30,9 @@ class Cost(ABC):
 
 
 class SquaredError(Cost):
-    """C = ½‖o − y‖², ∂C/∂o = o − y."""
+    """C = ½‖o − y‖², ∂C/∂o = o − y, ∂²C/∂o² = I."""
+
+    curvature = (1.0, 1.0)
 
     def value(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return 0.5 * (output - target).pow(2).sum(1)
@@ -37,7 +43,10 @@ class SquaredError(Cost):
 
 class CrossEntropy(Cost):
     """Cross-entropy of a softmax read-out, C = −Σ_i y_i log softmax(o)_i, ∂C/∂o = softmax(o) − y
-    (for targets that sum to 1, such as one-hot labels)."""
+    (for targets that sum to 1, such as one-hot labels). ∂²C/∂o² = diag(p) − ppᵀ (p the
+    softmax), whose eigenvalues lie in [0, ½] (Böhning 1992)."""
+
+    curvature = (0.0, 0.5)
 
     def value(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return -(target * torch.log_softmax(output, 1)).sum(1)

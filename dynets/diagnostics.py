@@ -27,10 +27,11 @@ def _compare(a: torch.Tensor, b: torch.Tensor) -> dict[str, float | bool]:
     return {"cosine": cos, "angle_deg": math.degrees(math.acos(cos)), "norm_ratio": ratio, "defined": True}
 
 
-def _updates(model: DynamicalModel, rule: Rule, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The gradients ``rule`` writes, by name; the parameters it does not train are absent."""
-    rule.grads(model, x, y)
-    return {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
+def _updates(model: DynamicalModel, rule: Rule, x: torch.Tensor,
+             y: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """The gradients ``rule`` writes, by name (the parameters it does not train are absent), and its metrics."""
+    metrics = rule.grads(model, x, y)
+    return {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}, metrics
 
 
 def alignment(model: DynamicalModel, rule: Rule, reference: Rule, x: torch.Tensor,
@@ -46,10 +47,12 @@ def alignment(model: DynamicalModel, rule: Rule, reference: Rule, x: torch.Tenso
     weights, one pathway per phase); the model's ``p.grad`` are left as they were.
     ``exclude`` names parameters left out of the comparison, e.g. feedback weights that a
     rule trains toward another goal than the loss (mirroring Wᵀ, inverting the forward pass).
+    A reference that reports ``adjoint_converged`` (implicit differentiation) adds
+    ``reference_converged`` to the ``"all"`` entry: False when its gradient is inexact.
     """
     saved = {name: p.grad for name, p in model.named_parameters()}
     try:
-        ours, ref = _updates(model, rule, x, y), _updates(model, reference, x, y)
+        (ours, _), (ref, ref_metrics) = _updates(model, rule, x, y), _updates(model, reference, x, y)
     finally:
         for name, p in model.named_parameters():
             p.grad = saved[name]
@@ -61,4 +64,6 @@ def alignment(model: DynamicalModel, rule: Rule, reference: Rule, x: torch.Tenso
     out = {name: _compare(ours[name], ref[name]) for name in ours}
     out["all"] = _compare(torch.cat([g.flatten() for g in ours.values()]),
                           torch.cat([ref[name].flatten() for name in ours]))
+    if "adjoint_converged" in (ref_metrics or {}):
+        out["all"]["reference_converged"] = bool(ref_metrics["adjoint_converged"])
     return out

@@ -19,9 +19,12 @@ LayerMap = Callable[[State], list[torch.Tensor]]
 """g(s) of some of the layers of a model in leaky form ds/dt = g(s) − s, as a function
 of the whole state."""
 
-Block = tuple[tuple[int, ...], LayerMap]
-"""A block of a Gauss–Seidel sweep: the state layers it updates, and g of those layers
-(the value a half-step at Δt = 1 sets them to), read from the whole current state."""
+Block = tuple[tuple[int, ...], LayerMap] | tuple[tuple[int, ...], LayerMap, tuple[float | torch.Tensor, ...]]
+"""A block of a Gauss–Seidel sweep: the state layers it updates, g of those layers (ds/dt =
+g(s) − s on them), read from the whole current state, and optionally a step α_l per layer
+(default 1): a half-step sets s_l ← s_l + Δt·α_l·(g_l − s_l). With α_l = 1, g is the value a
+half-step at Δt = 1 sets the layer to (the exact block minimiser, for LayeredHopfield); a
+model whose g is only a gradient step declares α_l below 2/(the block's curvature)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -136,3 +139,7 @@ def by_layer(layers: Mapping[int, torch.Tensor], rest: State, what: str) -> dict
 
 class DivergedError(RuntimeError):
     """A settle produced a non-finite state."""
+
+
+class UnconvergedError(RuntimeError):
+    """A rule was asked for a gradient from phases that did not reach steady state."""

@@ -45,7 +45,8 @@ class SettleOptions:
             ``euler``, no torchdiffeq overhead, residual taken from the step's own ds/dt)
             and ``gauss_seidel`` (partitioned Euler over the blocks a model declares,
             e.g. a layered net's even and odd layers: same fixed points and cost per
-            step, about half the steps at ``step_size=1``).
+            step, about half the steps at ``step_size=1``; each block steps by
+            ``step_size`` times the step it declares, 1 for an exact block minimiser).
         step_size: Δt of fixed-grid methods; for adaptive ones, the chunk length unit.
         atol: absolute part of the steady-state tolerance ‖f(s_b)‖ ≤ atol + rtol·‖s_b‖.
         rtol: relative part of the same tolerance.
@@ -57,7 +58,8 @@ class SettleOptions:
         precision: matmul precision inside the settle: ``fp32``; ``tf32`` (TensorFloat-32
             matmuls on NVIDIA GPUs since Ampere; no effect on CPU); ``bf16`` (autocast:
             matmuls in bfloat16, the state stays fp32). bf16 settles chatter at a residual
-            floor ≈ 2⁻⁸‖s‖: give them a fixed budget (``atol=0``) or an ``rtol`` above it.
+            floor ≈ 2⁻⁸‖s‖: give them an ``rtol`` above it, or a fixed budget (``atol=0``; a
+            budget never converges, so a rule needs ``allow_unconverged`` to learn from it).
         stability: 0 (off), or a fraction in (0, 1): ``fast_euler`` and ``euler`` then step by
             min(``step_size``, stability·2/ρ), where ρ is the largest |eigenvalue| of the flow's
             Jacobian at the start state (:func:`spectral_radius`, 20 Jacobian-vector products).

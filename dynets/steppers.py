@@ -49,17 +49,18 @@ def phase_field(model: Dynamical, condition: Condition) -> VectorField:
     return held
 
 
-def phase_blocks(model: Blocked, condition: Condition) -> list[Block]:
-    """The model's Gauss–Seidel blocks for ``condition``; a clamped layer's g is its clamp value."""
+def phase_blocks(model: Blocked, condition: Condition) -> list[tuple[tuple[int, ...], LayerMap, tuple]]:
+    """The model's Gauss–Seidel blocks for ``condition`` as ``(layers, g, steps)`` (a block that
+    declares no steps steps by 1 on each layer); a clamped layer's g is its clamp value."""
     clamp = _clamps(model, condition)
-    blocks = model.blocks(condition)
+    blocks = [(b[0], b[1], b[2] if len(b) > 2 else (1.0,) * len(b[0])) for b in model.blocks(condition)]
     if not clamp:
         return blocks
 
     def held(layers: tuple[int, ...], g: LayerMap) -> LayerMap:
         return lambda state: [clamp[l] if l in clamp else gl for l, gl in zip(layers, g(state))]
 
-    return [(layers, held(layers, g)) for layers, g in blocks]
+    return [(layers, held(layers, g), steps) for layers, g, steps in blocks]
 
 
 def euler_step(f: VectorField, t: torch.Tensor, state: State, ds: State, dt: float):
@@ -69,23 +70,26 @@ def euler_step(f: VectorField, t: torch.Tensor, state: State, ds: State, dt: flo
     return t, state, f(t, state)
 
 
-def gauss_seidel_step(blocks: list[Block], state: State, g_first: list[torch.Tensor], dt: float):
+def gauss_seidel_step(blocks: list, state: State, g_first: list[torch.Tensor], dt: float):
     """One sweep of ds/dt = g(s) − s from ``state`` whose first block's g is ``g_first``:
-    s_B ← s_B + Δt·(g_B − s_B) block after block, each read from the newest state.
-    Returns the new state and the first block's g there (the next sweep's first half,
-    computed once)."""
+    s_l ← s_l + Δt·α_l·(g_l − s_l) block after block, each read from the newest state, α_l the
+    step the block declares for layer l. Returns the new state and the first block's g there
+    (the next sweep's first half, computed once)."""
     state = list(state)
-    for k, (layers, g) in enumerate(blocks):
-        for l, gl in zip(layers, g_first if k == 0 else g(state)):
-            state[l] = _lerp(state[l], gl, dt)
+    for k, (layers, g, steps) in enumerate(blocks):
+        for l, gl, step in zip(layers, g_first if k == 0 else g(state), steps):
+            state[l] = _lerp(state[l], gl, dt * step)
     return tuple(state), blocks[0][1](state)
 
 
-def _lerp(s: torch.Tensor, g: torch.Tensor, dt: float) -> torch.Tensor:
-    """s + Δt·(g − s) in one op; g itself at Δt = 1 (the plain fixed-point update). g is
-    cast to the state's dtype: under bf16 autocast the maps return bf16, the state stays fp32."""
+def _lerp(s: torch.Tensor, g: torch.Tensor, w: float | torch.Tensor) -> torch.Tensor:
+    """s + w·(g − s) in one op; g itself at w = 1 (the plain fixed-point update). g and a
+    tensor w are cast to the state's dtype: under bf16 autocast the maps return bf16, the
+    state stays fp32."""
     g = g.to(s.dtype)
-    return g if dt == 1.0 else torch.lerp(s, g, dt)
+    if isinstance(w, torch.Tensor):
+        return torch.lerp(s, g, w.to(s.dtype))
+    return g if w == 1.0 else torch.lerp(s, g, w)
 
 
 _COMPILED: dict[Callable, Callable] = {}
@@ -130,7 +134,11 @@ class GaussSeidel:
     Δt = 1 a half-step sets a block to g; when g is the exact minimiser of the energy over
     the block given the rest (``LayeredHopfield``: every layer, the nudged top included),
     a sweep is exact block-coordinate descent on F (Scellier et al. 2023, "Energy-based
-    learning algorithms for analog computing"). A layered net's coupling is
+    learning algorithms for analog computing"). When g − s is only the block's gradient
+    −∂F/∂s_B (``PredictiveCoding``), the block declares its step α: on an energy a sweep
+    converges iff every block's step is below 2/λ_max(∂²F/∂s_B²) (the block-diagonal part
+    of the splitting dominates; Ortega & Rheinboldt 1970, §7.4), and a fixed step of 1
+    fails once a layer's curvature exceeds 2. A layered net's coupling is
     block-tridiagonal, so near the fixed point a sweep contracts by ρ(J)², J the Jacobian
     of the Euler (Jacobi) step at Δt = 1 (Young 1950): about half the steps. It carries
     the first block's g; a residual check computes the others'."""
@@ -150,7 +158,7 @@ class GaussSeidel:
 
     def residual(self, state: State, carry: list[torch.Tensor]) -> State:
         ds = list(state)
-        for k, (layers, g) in enumerate(self.blocks):
+        for k, (layers, g, _) in enumerate(self.blocks):
             for l, gl in zip(layers, carry if k == 0 else g(state)):
                 ds[l] = gl - state[l]
         return tuple(ds)

@@ -51,7 +51,6 @@ def main(cfg: DictConfig) -> None:
                     evaluation(OmegaConf.to_container(cfg.evaluate, resolve=True), data) if cfg.evaluate else None)
     rows = compare(entries, data, epochs=cfg.epochs, batch_size=cfg.batch_size, seeds=list(cfg.seeds),
                    probe=cfg.probe, reference_settle=instantiate(cfg.reference.settle),
-                   adjoint_step=cfg.reference.adjoint_step,
                    adjoint_max_steps=cfg.reference.adjoint_max_steps, metric=metric, progress=log.info)
     paths = write(rows, HydraConfig.get().runtime.output_dir, metric)
     log.info("%s, hidden %s, %d epochs, batch %d, seeds %s\n%s", data.name, list(cfg.hidden), cfg.epochs,

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from dynets import Condition, SettleOptions
+from dynets import Condition, SettleOptions, UnconvergedError
 from dynets.data import digits
 from dynets.models import LayeredHopfield
 from dynets.models.asymmetric import Asymmetric
@@ -220,13 +220,17 @@ def oscillator():
 
 
 def test_oscillating_dynamics_are_reported_and_never_learned_from():
+    """An error by default; allowed, the samples are dropped and counted, and no update is learned."""
     model, opts = oscillator(), SettleOptions(method="fast_euler", step_size=0.1, atol=1e-6, max_time=100)
     x, y = torch.zeros(4, 1, dtype=torch.float64), torch.zeros(4, dtype=torch.long)
     eq = opts(model, Condition(x))
     assert not eq.converged and eq.converged_fraction == 0.0 and eq.residual.min() > 0.5
-    for rule in (FeedbackAlignment(0.1, settle=opts), DifferenceTargetPropagation(0.1, settle=opts)):
+    with pytest.raises(UnconvergedError, match="free phase left 4 of 4 samples"):
+        FeedbackAlignment(0.1, settle=opts).grads(model, x, y)
+    for rule in (FeedbackAlignment(0.1, settle=opts, allow_unconverged=True),
+                 DifferenceTargetPropagation(0.1, settle=opts, allow_unconverged=True)):
         metrics = rule.grads(model, x, y)
-        assert metrics["unconverged"] == 4 and metrics["converged"] == 0.0
+        assert metrics["unconverged"] == 4 and metrics["converged"] == 0.0 and metrics["unconverged_updates"] == 1.0
         assert all(p.grad is not None and not p.grad.any() for n, p in model.named_parameters()
                    if n.startswith("layers."))
 

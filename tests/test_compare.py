@@ -29,7 +29,7 @@ def test_backprop_on_pc_is_the_gradient_of_the_same_mlp():
     for p, w in zip(model.parameters(), want, strict=True):
         torch.testing.assert_close(p.grad, w, rtol=1e-12, atol=1e-14)
     ImplicitDifferentiation(SettleOptions(method="fast_euler", step_size=0.2, atol=1e-12, max_time=100),
-                            adjoint_step=0.2, adjoint_tol=1e-12, adjoint_max_steps=20000).grads(model, x, y)
+                            adjoint_tol=1e-12, adjoint_max_steps=20000).grads(model, x, y)
     for p, w in zip(model.parameters(), want):
         torch.testing.assert_close(p.grad, w, rtol=1e-8, atol=1e-10)
 

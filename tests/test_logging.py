@@ -199,3 +199,12 @@ def test_unconverged_warning_gives_the_shortfall(caplog):
     with caplog.at_level(logging.WARNING, logger="dynets"):
         _report(3, {"train_converged": 1 - 0.996}, [])
     assert "epoch 3: 99.6% of the samples did not reach the settle tolerance" in caplog.text
+
+
+def test_unconverged_warning_says_how_many_updates_were_written_from_them(caplog):
+    with caplog.at_level(logging.WARNING, logger="dynets"):
+        _report(3, {"train_converged": 0.9}, [])
+        assert "allow_unconverged" not in caplog.text   # refused: none written
+        _report(4, {"train_converged": 0.9, "train_unconverged_updates": 0.25}, [])
+    assert "epoch 4: 10.0% of the samples" in caplog.text
+    assert "rule.allow_unconverged=true: 25.0% of the updates came from such phases" in caplog.text

@@ -123,6 +123,20 @@ def test_hebbian_weights_are_the_outer_products_by_hand():
     torch.testing.assert_close(model.coupling().detach(), by_hand)
 
 
+def test_unlearning_leaves_out_the_dreams_that_did_not_settle():
+    """A budget too short for some dreams: the unlearning term is Σ s*sᵀ over the dreams that
+    reached the tolerance only (the same draws, settled by hand), and the others are counted."""
+    model, xi = stored(12, 3)
+    short = SettleOptions(method="fast_euler", step_size=0.5, atol=1e-3, max_time=8.0)
+    rule = HebbianSleep(dreams=40, settle=short, seed=2)
+    states, metrics = rule.dream(model)
+    start = torch.randint(0, 2, (40, 12), generator=torch.Generator().manual_seed(2)).to(model.weight) * 2 - 1
+    end = short(model, Condition(batch_size=40), init=model.split(start))
+    ok = end.residual <= end.tolerance
+    assert 0 < metrics["unconverged_dreams"] == int((~ok).sum()) < 40
+    torch.testing.assert_close(dream_outer(states), dream_outer(model.output(end.state)[ok]))
+
+
 def test_storage_and_unlearning_grads_are_energy_gradients():
     """HebbianStorage's p.grad = (2/N) Σ ∂E/∂W(ξ); HebbianSleep's = −2 Σ ∂E/∂W(s*)."""
     model, xi = stored(12, 3)

@@ -16,7 +16,7 @@ from dynets.rules.perturbation import NodePerturbation, WeightPerturbation, driv
 TIGHT = SettleOptions(method="fast_euler", step_size=0.2, atol=1e-12, max_time=3000, check_every=20)
 # LayeredHopfield settles stably with twice the step: a third of the steps (fast tests).
 QUICK = SettleOptions(method="fast_euler", step_size=0.5, atol=1e-10, max_time=1000, check_every=20)
-REF = ImplicitDifferentiation(TIGHT, adjoint_step=0.05, adjoint_tol=1e-12, adjoint_max_steps=100000)
+REF = ImplicitDifferentiation(TIGHT, adjoint_tol=1e-12, adjoint_max_steps=100000)
 
 
 def problem(kind="hopfield", sizes=(6, 9, 7, 3), batch=4, seed=0):

@@ -45,9 +45,9 @@ METHODS = {
     "pc": Method(lambda s: PredictiveCoding(s, "tanh", "generative"),
                  lambda: PredictiveCodingRule(variant="unsupervised", settle=PC_SETTLE),
                  lambda ps: torch.optim.Adam(ps, lr=1e-3)),
-    "ep": Method(ReadBackHopfield, lambda: EquilibriumPropagation(beta=0.5, settle=GS),
+    "ep": Method(ReadBackHopfield, lambda: EquilibriumPropagation(beta=0.5, settle=GS, allow_unconverged=True),
                  lambda ps: torch.optim.Adam(ps, lr=1e-3)),
-    "chl": Method(ReadBackHopfield, lambda: ContrastiveHebbian(settle=GS), lambda ps: torch.optim.Adam(ps, lr=1e-3)),
+    "chl": Method(ReadBackHopfield, lambda: ContrastiveHebbian(settle=GS, allow_unconverged=True), lambda ps: torch.optim.Adam(ps, lr=1e-3)),
     "helmholtz": Method(Helmholtz, lambda: SleepInterleaved(WakeSleep(), ratio=1.0),
                         lambda ps: torch.optim.SGD(ps, lr=0.1), binarize=True),
 }

@@ -457,8 +457,12 @@ def _report(epoch: int, metrics: dict[str, float], loggers: Sequence[Logger], di
     update of exactly zero)."""
     if metrics.get("train_converged", 1.0) < 1.0 and is_main() and not diverged:
         # The shortfall, never rounded to 0% or 100%: "100.0% reached" hid the few that did not.
-        log.warning("epoch %d: %s of the samples did not reach the settle tolerance in some phase; "
-                    "raise settle.max_time or loosen settle.atol", epoch, percent(1 - metrics["train_converged"]))
+        # A rule refuses such updates unless rule.allow_unconverged=true: say how many it wrote.
+        written = metrics.get("train_unconverged_updates", 0.0)
+        log.warning("epoch %d: %s of the samples did not reach the settle tolerance in some phase%s; "
+                    "raise settle.max_time or loosen settle.atol", epoch, percent(1 - metrics["train_converged"]),
+                    f" (rule.allow_unconverged=true: {percent(written)} of the updates came from such phases)"
+                    if written else "")
     dead = []
     if metrics.get("val_pinned", 0.0) >= DEAD:
         dead.append(f"{percent(metrics['val_pinned'])} of the hidden units sit at a bound of their activation")

@@ -130,8 +130,12 @@ def learning_curves(metrics_jsonl_path: str | os.PathLike, path: str | os.PathLi
 
 def alignment_metrics(alignment: dict[str, dict[str, float]]) -> dict[str, float]:
     """Flatten the result of :func:`dynets.diagnostics.alignment` into the metrics keys that
-    :func:`alignment_curves` reads: ``{"align_cos/<param name>": cosine, ..., "align_cos/all": cosine}``."""
-    return {f"{ALIGN_PREFIX}{name}": values["cosine"] for name, values in alignment.items()}
+    :func:`alignment_curves` reads: ``{"align_cos/<param name>": cosine, ..., "align_cos/all": cosine}``,
+    and ``align_reference_converged`` (0 or 1) where the reference reports it."""
+    metrics = {f"{ALIGN_PREFIX}{name}": values["cosine"] for name, values in alignment.items()}
+    if "reference_converged" in alignment["all"]:
+        metrics["align_reference_converged"] = float(alignment["all"]["reference_converged"])
+    return metrics
 
 
 def alignment_keys(records: list[dict[str, Any]]) -> list[str]:

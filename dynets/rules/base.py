@@ -9,7 +9,7 @@ import torch
 from ..costs import Cost, SquaredError
 from ..models.base import DynamicalModel
 from ..settle import SettleOptions
-from ..phases import Condition, Equilibrium
+from ..phases import Condition, Equilibrium, UnconvergedError
 
 
 class Rule(ABC):
@@ -21,6 +21,14 @@ class Rule(ABC):
     Args:
         settle: how the free phase is settled (and the other phases unless a rule says).
         cost: the cost C of the read-out (default squared error).
+        allow_unconverged: a rule computes its gradient from equilibria; by default a phase
+            in which some sample did not reach the settle tolerance is an error
+            (:class:`~dynets.phases.UnconvergedError`, from :meth:`check_converged`), since the
+            update it gives is not the rule's (PC with 3× weights: cosine down to 0.35 with
+            the converged one). ``True`` writes it anyway and reports ``unconverged_updates``
+            (1 for such an update, else 0: its epoch mean is the fraction). Rules that drop
+            the unconverged samples of a batch (perturbation, feedback rules) drop them
+            instead of using them.
 
     ``models`` names the model classes a rule can train; :meth:`check_model` raises for
     any other. A stochastic rule keeps its ``torch.Generator`` as an attribute: every
@@ -30,9 +38,11 @@ class Rule(ABC):
 
     models: tuple[type, ...] = (DynamicalModel,)
 
-    def __init__(self, settle: SettleOptions | None = None, cost: Cost | None = None) -> None:
+    def __init__(self, settle: SettleOptions | None = None, cost: Cost | None = None,
+                 allow_unconverged: bool = False) -> None:
         self.settle = settle if settle is not None else SettleOptions()
         self.cost = cost if cost is not None else SquaredError()
+        self.allow_unconverged = bool(allow_unconverged)
 
     @abstractmethod
     def grads(self, model: DynamicalModel, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
@@ -50,6 +60,21 @@ class Rule(ABC):
         """Warn if ``optimizer`` defeats what this rule relies on (``fit`` calls it once; most
         rules rely on nothing and accept any optimizer)."""
 
+    def check_converged(self, metrics: dict[str, float], phases: Mapping[str, Equilibrium]) -> None:
+        """The one check before a rule writes a gradient from the equilibria ``phases``
+        (``{name: Equilibrium}``): raise :class:`~dynets.phases.UnconvergedError` if some sample
+        of some phase is above its tolerance, unless ``allow_unconverged``; then set
+        ``metrics["unconverged_updates"]`` to 1 (else 0)."""
+        late = {name: eq for name, eq in phases.items() if not eq.converged}
+        if self.allow_unconverged:
+            metrics["unconverged_updates"] = float(bool(late))
+            return
+        if late:
+            raise UnconvergedError(f"{type(self).__name__}: {_describe(late)}, so its update would come from states "
+                                   "that are not equilibria. Raise settle.max_time, loosen settle.atol, or lower "
+                                   "settle.step_size; or set rule.allow_unconverged=true to write such updates anyway "
+                                   "(counted in the metric unconverged_updates)")
+
     def condition(self, model: DynamicalModel, x: torch.Tensor, y: torch.Tensor) -> Condition:
         """The batch's free-phase condition, prepared (its constants shared by every phase)."""
         self.check_model(model)
@@ -65,6 +90,17 @@ class Rule(ABC):
         metrics = {"loss": loss, "accuracy": accuracy, "steps_free": free.steps,
                    "converged": free.converged_fraction}
         return condition, free, metrics
+
+
+def _describe(late: Mapping[str, Equilibrium]) -> str:
+    """Which phases did not converge, for how many samples, how far, after how long."""
+    parts = []
+    for name, eq in late.items():
+        above = eq.residual > eq.tolerance
+        parts.append(f"the {name} phase left {int(above.sum())} of {len(above)} samples above the settle "
+                     f"tolerance (‖ds/dt‖ up to {eq.residual.max().item():.3g} > {eq.tolerance.max().item():.3g} "
+                     f"at t={eq.t:g})")
+    return "; ".join(parts)
 
 
 def write_grads(model: torch.nn.Module, grads: Mapping[str, torch.Tensor]) -> None:

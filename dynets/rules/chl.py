@@ -31,18 +31,20 @@ class ContrastiveHebbian(Rule):
         clamped_settle: clamped-phase options (default: ``settle``); the clamped phase
             starts from the free equilibrium.
         cost: the cost reported as ``loss`` (the clamped phase needs none).
+        allow_unconverged: see :class:`~dynets.rules.base.Rule`.
     """
 
     models = (EnergyModel,)
 
     def __init__(self, settle: SettleOptions | None = None, clamped_settle: SettleOptions | None = None,
-                 cost: Cost | None = None) -> None:
-        super().__init__(settle, cost)
+                 cost: Cost | None = None, allow_unconverged: bool = False) -> None:
+        super().__init__(settle, cost, allow_unconverged)
         self.clamped_settle = clamped_settle if clamped_settle is not None else self.settle
 
     def grads(self, model: EnergyModel, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         condition, free, metrics = self.free_phase(model, x, y)
         clamped = self.clamped_settle(model, condition.clamped({-1: condition.target}), init=free.state)
         metrics.update(steps_clamped=clamped.steps, converged=min(metrics["converged"], clamped.converged_fraction))
+        self.check_converged(metrics, {"free": free, "clamped": clamped})
         write_grads(model, model.param_grad_difference(clamped.state, free.state, condition))
         return metrics

@@ -59,14 +59,15 @@ class DifferenceTargetPropagation(_Nudged):
         sigma: σ > 0 of the reconstruction noise.
         reg: λ ≥ 0.
         seed: seed of the rule's ``generator`` (checkpointed).
+        allow_unconverged: see :class:`~dynets.rules.feedback._Nudged`.
     """
 
     needs_learned_feedback = True
 
     def __init__(self, beta: float = 0.5, variant: str = "centered", targets: str = "settle", sigma: float = 0.1,
                  reg: float = 1.0, seed: int = 0, settle: SettleOptions | None = None,
-                 cost: Cost | None = None) -> None:
-        super().__init__(beta, variant, settle, cost)
+                 cost: Cost | None = None, allow_unconverged: bool = False) -> None:
+        super().__init__(beta, variant, settle, cost, allow_unconverged)
         if targets not in TARGETS:
             raise ValueError(f"unknown targets {targets!r}; valid: {', '.join(TARGETS)}")
         if not sigma > 0 or not reg >= 0:

@@ -27,13 +27,15 @@ class EquilibriumPropagation(Rule):
         settle: free-phase settle options.
         nudged_settle: nudged-phase options (default: ``settle``).
         cost: the cost C of the nudge (default squared error).
+        allow_unconverged: see :class:`~dynets.rules.base.Rule`.
     """
 
     models = (EnergyModel,)
 
     def __init__(self, beta: float = 0.5, variant: str = "centered", settle: SettleOptions | None = None,
-                 nudged_settle: SettleOptions | None = None, cost: Cost | None = None) -> None:
-        super().__init__(settle, cost)
+                 nudged_settle: SettleOptions | None = None, cost: Cost | None = None,
+                 allow_unconverged: bool = False) -> None:
+        super().__init__(settle, cost, allow_unconverged)
         if variant not in VARIANTS:
             raise ValueError(f"unknown EP variant {variant!r}; valid: {', '.join(VARIANTS)}")
         if not beta > 0:
@@ -43,16 +45,18 @@ class EquilibriumPropagation(Rule):
 
     def grads(self, model: EnergyModel, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         condition, free, metrics = self.free_phase(model, x, y)
-        ends = []
+        ends, phases = [], {"free": free}
         for k in VARIANTS[self.variant]:
             if k == 0.0:
                 ends.append((0.0, free))
                 continue
             nudged = condition.nudged(k * self.beta)
             eq = self.nudged_settle(model, nudged, init=free.state)
-            metrics[f"steps_nudged_{'+' if k > 0 else '-'}"] = eq.steps
+            name = f"nudged_{'+' if k > 0 else '-'}"
+            metrics[f"steps_{name}"], phases[name] = eq.steps, eq
             metrics["converged"] = min(metrics["converged"], eq.converged_fraction)
             ends.append((k * self.beta, eq))
         (b1, eq1), (b2, eq2) = ends
+        self.check_converged(metrics, phases)
         write_grads(model, model.param_grad_difference(eq2.state, eq1.state, condition, scale=1.0 / (b2 - b1)))
         return metrics

@@ -19,16 +19,18 @@ VARIANTS = {"centered": (-1.0, 1.0), "positive": (0.0, 1.0)}
 
 
 class _Nudged(Rule):
-    """Free phase and two phases nudged by ±β from it. A sample is used only if every one
-    of its settles converged; the others are left out of the batch mean and counted
-    (``unconverged``): an oscillating, non-equilibrium state is never learned from."""
+    """Free phase and two phases nudged by ±β from it. A phase with an unconverged sample is
+    an error (:meth:`~dynets.rules.base.Rule.check_converged`); with ``allow_unconverged`` a
+    sample is used only if every one of its settles converged, and the others are left out of
+    the batch mean and counted (``unconverged``): an oscillating, non-equilibrium state is
+    never learned from."""
 
     models = (Asymmetric,)
     needs_learned_feedback = False
 
     def __init__(self, beta: float = 0.5, variant: str = "centered", settle: SettleOptions | None = None,
-                 cost: Cost | None = None) -> None:
-        super().__init__(settle, cost)
+                 cost: Cost | None = None, allow_unconverged: bool = False) -> None:
+        super().__init__(settle, cost, allow_unconverged)
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
         if not beta > 0:
@@ -45,13 +47,15 @@ class _Nudged(Rule):
         """(condition, free, a, b, ok, scale, metrics): the nudged ends a (β₂) and b (β₁),
         the mask ``ok`` of samples that converged everywhere, and 1/(β₂ − β₁)."""
         condition, free, metrics = self.free_phase(model, x, y)
-        ends, ok = [], free.residual <= free.tolerance
+        ends, ok, settled = [], free.residual <= free.tolerance, {"free": free}
         for k in VARIANTS[self.variant]:
             eq = free if k == 0.0 else self.nudged(model, condition, free, k * self.beta)
             ok = ok & (eq.residual <= eq.tolerance)
             ends.append(eq.state)
             if k != 0.0:
-                metrics[f"steps_nudged_{'+' if k > 0 else '-'}"] = eq.steps
+                name = f"nudged_{'+' if k > 0 else '-'}"
+                metrics[f"steps_{name}"], settled[name] = eq.steps, eq
+        self.check_converged(metrics, settled)
         metrics["unconverged"] = int((~ok).sum())
         metrics["converged"] = ok.float().mean().item()
         k1, k2 = VARIANTS[self.variant]
@@ -95,6 +99,7 @@ class VectorFieldEP(_Nudged):
     Args:
         beta: the output nudge β, as in EquilibriumPropagation.
         variant: ``centered`` (nudges ±β) or ``positive`` (0 and β), as in EquilibriumPropagation.
+        allow_unconverged: see :class:`_Nudged`.
     """
 
     def trains(self, name: str, model: Asymmetric) -> bool:
@@ -141,8 +146,8 @@ class KolenPollack(_Nudged):
     needs_learned_feedback = True
 
     def __init__(self, beta: float = 0.5, variant: str = "centered", decay: float = 0.0,
-                 settle: SettleOptions | None = None, cost: Cost | None = None) -> None:
-        super().__init__(beta, variant, settle, cost)
+                 settle: SettleOptions | None = None, cost: Cost | None = None, allow_unconverged: bool = False) -> None:
+        super().__init__(beta, variant, settle, cost, allow_unconverged)
         if not decay >= 0:
             raise ValueError(f"decay must be >= 0, got {decay}")
         self.decay = float(decay)
@@ -192,8 +197,9 @@ class WeightMirror(_Nudged):
     needs_learned_feedback = True
 
     def __init__(self, beta: float = 0.5, variant: str = "centered", sigma: float = 1.0, samples: int = 1000,
-                 seed: int = 0, settle: SettleOptions | None = None, cost: Cost | None = None) -> None:
-        super().__init__(beta, variant, settle, cost)
+                 seed: int = 0, settle: SettleOptions | None = None, cost: Cost | None = None,
+                 allow_unconverged: bool = False) -> None:
+        super().__init__(beta, variant, settle, cost, allow_unconverged)
         if not sigma > 0 or int(samples) < 1:
             raise ValueError(f"sigma must be > 0 and samples >= 1, got sigma={sigma}, samples={samples}")
         self.sigma, self.samples = float(sigma), int(samples)

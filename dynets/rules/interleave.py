@@ -63,7 +63,7 @@ class SleepInterleaved(Rule):
 
     def __init__(self, wake: Rule, ratio: float = 1.0, start: str = "prior", noise: float = 1.0,
                  dreams: int | None = None, seed: int = 0) -> None:
-        super().__init__(wake.settle, wake.cost)
+        super().__init__(wake.settle, wake.cost, wake.allow_unconverged)
         if start not in STARTS:
             raise ValueError(f"unknown sleep start {start!r}; valid: {', '.join(STARTS)}")
         if ratio < 0 or noise < 0 or (dreams is not None and dreams < 1):

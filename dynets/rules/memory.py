@@ -108,6 +108,10 @@ class HebbianSleep(Rule):
         patience: measurements without improvement before stopping; None: only the drop
             rule stops (neither ``complete`` nor ``plateau``).
         seed: seed of ``generator``, the dreams' only source of randomness.
+
+    A dream that does not reach an attractor within the settle's budget is left out of the
+    unlearning term and counted (``unconverged_dreams``), as perturbation rules treat a
+    probe that did not settle: it is one of many random draws, not a phase of the batch.
     """
 
     models = (AssociativeMemory,)
@@ -127,10 +131,14 @@ class HebbianSleep(Rule):
         self.last: dict[str, float] = {}
 
     def dream(self, model: AssociativeMemory) -> tuple[torch.Tensor, dict[str, float]]:
-        """``(D, N)`` attractors reached from random ±1 states, and the settle's metrics."""
+        """``(D', N)`` attractors reached from D random ±1 states (those that settled), and the
+        settle's metrics."""
         start = torch.randint(0, 2, (self.dreams, model.n), generator=self.generator).to(model.weight) * 2 - 1
         end = self.settle(model, Condition(batch_size=self.dreams), init=model.split(start))
-        return model.output(end.state), {"steps_dream": float(end.steps), "converged": end.converged_fraction}
+        settled = end.residual <= end.tolerance
+        metrics = {"steps_dream": float(end.steps), "converged": end.converged_fraction,
+                   "unconverged_dreams": int((~settled).sum())}
+        return model.output(end.state)[settled], metrics
 
     def grads(self, model: AssociativeMemory, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, float]:
         """Dream and write the unlearning term, unless the monitor (measured on the stored

@@ -44,13 +44,14 @@ class PredictiveCodingRule(Rule):
         variant: one of ``nudged``, ``centered``, ``clamp``, ``unsupervised``.
         settle: how every phase is settled (nudged and clamped phases start from the free one).
         cost: the cost C of the read-out (default squared error).
+        allow_unconverged: see :class:`~dynets.rules.base.Rule`.
     """
 
     models = (PredictiveCoding,)
 
     def __init__(self, beta: float = 0.1, variant: str = "nudged", settle: SettleOptions | None = None,
-                 cost: Cost | None = None) -> None:
-        super().__init__(settle, cost)
+                 cost: Cost | None = None, allow_unconverged: bool = False) -> None:
+        super().__init__(settle, cost, allow_unconverged)
         if variant not in VARIANTS:
             raise ValueError(f"unknown predictive coding variant {variant!r}; valid: {', '.join(VARIANTS)}")
         if not beta > 0:
@@ -72,13 +73,16 @@ class PredictiveCodingRule(Rule):
             raise ValueError(f"PredictiveCodingRule variant {self.variant!r} cannot train a {model.arrangement} "
                              f"model: {why}")
         condition, free, metrics = self.free_phase(model, x, y)
-        grads: dict[str, torch.Tensor] = {}
-        for name, phase, weight in self.phases(condition):
-            eq = free if phase is None else self.settle(model, phase, init=free.state)
+        settled = {"free": free}
+        for name, phase, _ in self.phases(condition):
             if phase is not None:
+                settled[name] = eq = self.settle(model, phase, init=free.state)
                 metrics[f"steps_{name}"] = eq.steps
                 metrics["converged"] = min(metrics["converged"], eq.converged_fraction)
-            for key, g in model.param_grads(eq.state, condition).items():
+        self.check_converged(metrics, settled)
+        grads: dict[str, torch.Tensor] = {}
+        for name, _, weight in self.phases(condition):
+            for key, g in model.param_grads(settled[name].state, condition).items():
                 grads[key] = grads[key].add_(g, alpha=weight) if key in grads else g.mul_(weight)
         if model.generative:
             metrics["reconstruction"] = model.reconstruction(free.state, condition).mean().item()

@@ -26,8 +26,11 @@ class _Perturbation(Rule):
 
     unbiased as σ → 0 (E[ξξᵀ] = σ²I); the antithetic pair cancels the even orders of C, so
     the deterministic error for given directions is O(σ²) instead of O(σ). A perturbed
-    settle that does not converge is left out of the estimate and counted
-    (``perturbed_unconverged``, settles in the batch); so is a sample whose free settle did not.
+    settle that does not converge is a probe that failed: it is left out of the estimate
+    (which averages each sample's usable probes) and counted (``perturbed_unconverged``,
+    settles in the batch). The free phase, at which the update is computed, goes through
+    :meth:`~dynets.rules.base.Rule.check_converged`: an error if a sample did not converge,
+    or with ``allow_unconverged`` that sample is left out too.
 
     Args:
         sigma: noise scale σ > 0 (keep the settle's ``atol`` well below σ·‖∂C/∂ξ‖: the
@@ -40,11 +43,13 @@ class _Perturbation(Rule):
             per step; NaN when the adjoint does not converge).
         settle: settle options of the free and perturbed phases.
         cost: the cost C (default squared error).
+        allow_unconverged: see above and :class:`~dynets.rules.base.Rule`.
     """
 
     def __init__(self, sigma: float = 0.05, n_probes: int = 1, antithetic: bool = True, seed: int = 0,
-                 exact_cosine: bool = False, settle: SettleOptions | None = None, cost: Cost | None = None) -> None:
-        super().__init__(settle, cost)
+                 exact_cosine: bool = False, settle: SettleOptions | None = None, cost: Cost | None = None,
+                 allow_unconverged: bool = False) -> None:
+        super().__init__(settle, cost, allow_unconverged)
         if not sigma > 0:
             raise ValueError(f"sigma must be > 0 (the noise scale), got {sigma}")
         if int(n_probes) != n_probes or n_probes < 1:
@@ -60,6 +65,7 @@ class _Perturbation(Rule):
     def grads(self, model: DynamicalModel, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         exact = _exact_gradient(model, self, x, y) if self.exact_cosine else None
         condition, free, metrics = self.free_phase(model, x, y)
+        self.check_converged(metrics, {"free": free})
         grads, unconverged = self.estimate(model, condition, free)
         write_grads(model, grads)
         metrics["perturbed_unconverged"] = unconverged
@@ -189,7 +195,8 @@ def _exact_gradient(model: DynamicalModel, rule: Rule, x: torch.Tensor, y: torch
     if its adjoint did not converge; ``p.grad`` is left as it was."""
     saved = {n: p.grad for n, p in model.named_parameters()}
     try:
-        if not ImplicitDifferentiation(rule.settle, cost=rule.cost).grads(model, x, y)["adjoint_converged"]:
+        exact = ImplicitDifferentiation(rule.settle, cost=rule.cost, allow_unconverged=rule.allow_unconverged)
+        if not exact.grads(model, x, y)["adjoint_converged"]:
             return None   # no reference: the cosine is reported as NaN, never a made-up number
         return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
     finally:

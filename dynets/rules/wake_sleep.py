@@ -58,6 +58,7 @@ class WakeSleep(Rule):
         dreams: dreams per sleep phase (default: the batch size).
         settle: settle options of a ``settle`` wake phase.
         seed: seed of the rule's ``generator``, the only source of its random numbers.
+        allow_unconverged: see :class:`~dynets.rules.base.Rule` (a ``settle`` wake phase).
 
     Metrics: ``loss``, −log₂ p̂(x) per sample with the wake samples (the k-sample bound,
     ``sample`` wake); ``sleep_loss``, −log₂ q(dreamt causes | dream); ``steps_free`` and
@@ -67,8 +68,9 @@ class WakeSleep(Rule):
     models = (Helmholtz,)
 
     def __init__(self, variant: str = "plain", k: int = 1, q_update: str | None = None, wake: str = "sample",
-                 dreams: int | None = None, settle: SettleOptions | None = None, seed: int = 0) -> None:
-        super().__init__(settle)
+                 dreams: int | None = None, settle: SettleOptions | None = None, seed: int = 0,
+                 allow_unconverged: bool = False) -> None:
+        super().__init__(settle, allow_unconverged=allow_unconverged)
         for name, value, valid in (("variant", variant, VARIANTS), ("q_update", q_update or "wake", Q_UPDATES),
                                    ("wake", wake, WAKES)):
             if value not in valid:
@@ -111,6 +113,7 @@ class WakeSleep(Rule):
             eq = self.settle(model, Condition(x))
             hidden, weights = [m[None] for m in eq.state], x.new_ones(1, x.shape[0])
             metrics.update(steps_free=eq.steps, converged=eq.converged_fraction)
+            self.check_converged(metrics, {"wake": eq})
         else:
             hidden, log_q = model.proposal(x, self.k, self.generator)
             log_w = model.log_joint(x, hidden) - log_q

@@ -82,15 +82,15 @@ class Metric:
 
 
 def run_entry(name: str, entry: Entry, data: Dataset, *, epochs: int, batch_size: int, seed: int,
-              probe: int, reference_settle: SettleOptions, adjoint_step: float = 0.05,
-              adjoint_max_steps: int = 5000, metric: Metric = Metric()) -> dict[str, Any]:
+              probe: int, reference_settle: SettleOptions, adjoint_max_steps: int = 5000,
+              metric: Metric = Metric()) -> dict[str, Any]:
     """Train one rule with one seed; its measurements as a flat dict. The exact gradient
     is implicit differentiation at the free equilibrium of the rule's own cost (supervised
     models only: a generative model has no labelled loss to differentiate)."""
     torch.manual_seed(seed)
     model, rule = entry.model(seed), entry.rule(seed)
     optimizer = entry.optimizer(list(model.parameters()))
-    reference = ImplicitDifferentiation(reference_settle, adjoint_step=adjoint_step, adjoint_max_steps=adjoint_max_steps,
+    reference = ImplicitDifferentiation(reference_settle, adjoint_max_steps=adjoint_max_steps,
                                        cost=rule.cost) if model.supervised else None
     x, y = data.val.x[:probe], data.val.y[:probe]
     at_init = layer_cosines(model, rule, reference, x, y) if reference else {}
@@ -115,19 +115,18 @@ def run_entry(name: str, entry: Entry, data: Dataset, *, epochs: int, batch_size
 
 
 def compare(entries: dict[str, Entry], data: Dataset, *, epochs: int, batch_size: int, seeds: list[int],
-            probe: int = 64, reference_settle: SettleOptions | None = None, adjoint_step: float = 0.05,
-            adjoint_max_steps: int = 5000, metric: Metric = Metric(),
-            progress: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Every entry trained with every seed; one row per (rule, seed), with ``test_<metric>``. ``reference_settle``, ``adjoint_step`` and ``adjoint_max_steps`` set the exact
-    gradient's free settle and adjoint relaxation (PC's Hessian grows with its weights: a step of
-    0.2 diverged on a trained digits net, 0.05 did not)."""
+            probe: int = 64, reference_settle: SettleOptions | None = None, adjoint_max_steps: int = 5000,
+            metric: Metric = Metric(), progress: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Every entry trained with every seed; one row per (rule, seed), with ``test_<metric>``.
+    ``reference_settle`` and ``adjoint_max_steps`` set the exact gradient's free settle and
+    its adjoint solve (:class:`~dynets.rules.ImplicitDifferentiation`)."""
     reference_settle = reference_settle or SettleOptions(method="fast_euler", atol=1e-6, max_time=400)
     rows = []
     for name, entry in entries.items():
         for seed in seeds:
             t0 = time.perf_counter()
             rows.append(run_entry(name, entry, data, epochs=epochs, batch_size=batch_size, seed=seed,
-                                  probe=probe, reference_settle=reference_settle, adjoint_step=adjoint_step,
+                                  probe=probe, reference_settle=reference_settle,
                                   adjoint_max_steps=adjoint_max_steps, metric=metric))
             progress(f"{name} seed {seed}: test {metric.name} {rows[-1][f'test_{metric.name}']:.4f} "
                      f"({time.perf_counter() - t0:.1f} s)")
