@@ -52,7 +52,7 @@ def test_fit_creates_its_run_directory(small, tmp_path):
     run_dir = tmp_path / "runs" / "first"
     torch.manual_seed(0)
     model = LayeredHopfield([64, 16, 10])
-    summary = fit(model, EquilibriumPropagation(0.5, settle=FAST), small, torch.optim.Adam(model.parameters(), 3e-3),
+    summary = fit(model, EquilibriumPropagation(0.5, settle=GAUSS_SEIDEL), small, torch.optim.Adam(model.parameters(), 3e-3),
                   epochs=2, batch_size=32, run_dir=run_dir)
     assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"] == 2
     assert json.loads((run_dir / "summary.json").read_text()) == pytest.approx(summary)
