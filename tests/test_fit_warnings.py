@@ -1,6 +1,5 @@
 """What fit tells of a run that diverges or does not learn; its run directory; metrics of the model alone."""
 import json
-import logging
 import math
 import warnings
 
@@ -8,12 +7,12 @@ import pytest
 import torch
 
 import dynets
-from dynets import SettleOptions
+from dynets import SettleOptions, UnconvergedError
 from dynets.likelihood import Likelihood, kl_bits
 from dynets.models import Helmholtz, LayeredHopfield, PredictiveCoding
 from dynets.rules import EquilibriumPropagation, PredictiveCodingRule, WakeSleep
 from dynets.rules.base import Rule, write_grads
-from dynets.app.fit import AT_CHANCE_EPOCHS, BLOWUP, TrainingWarning, chance_accuracy, divergence, fit
+from dynets.app.fit import AT_CHANCE_EPOCHS, BLOWUP, TrainingDiverged, TrainingWarning, chance_accuracy, divergence, fit
 
 FAST = SettleOptions(method="fast_euler", atol=1e-3, max_time=40)
 GAUSS_SEIDEL = SettleOptions(method="gauss_seidel", step_size=1.0, atol=1e-3, max_time=400)
@@ -134,14 +133,23 @@ def test_a_loss_that_explodes_is_reported_every_epoch(small):
     assert [m.split(":")[0] for m in found] == ["epoch 1", "epoch 2"] and all("optimizer.lr" in m for m in found)
 
 
-def test_predictive_coding_at_a_huge_learning_rate_is_reported_as_divergence_not_settling(small, caplog):
+def test_predictive_coding_at_a_huge_learning_rate_is_reported_as_divergence_not_settling(small):
     torch.manual_seed(0)
     model = PredictiveCoding([64, 32, 10], "tanh")
     rule = PredictiveCodingRule(0.1, "nudged", SettleOptions(method="fast_euler", step_size=0.2, atol=1e-3,
                                                                max_time=40))
-    with caplog.at_level(logging.WARNING, logger="dynets"), pytest.warns(TrainingWarning, match="optimizer.lr"):
+    with pytest.raises(TrainingDiverged, match="optimizer.lr") as raised:
         fit(model, rule, small, torch.optim.Adam(model.parameters(), lr=1e6), epochs=1, batch_size=32)
-    assert "settle tolerance" not in caplog.text
+    assert isinstance(raised.value.__cause__, UnconvergedError)   # what the rule saw, kept as the cause
+
+
+def test_an_unconverged_settle_at_sane_weights_is_not_called_divergence(small):
+    torch.manual_seed(0)
+    model = PredictiveCoding([64, 32, 10], "tanh")
+    rule = PredictiveCodingRule(0.1, "nudged", SettleOptions(method="fast_euler", step_size=0.2, atol=1e-3,
+                                                               max_time=0.4))   # two steps: never settles
+    with pytest.raises(UnconvergedError, match="settle.max_time"):
+        fit(model, rule, small, torch.optim.Adam(model.parameters(), lr=1e-3), epochs=1, batch_size=32)
 
 
 def test_a_metric_of_the_model_alone_is_reported_once_and_split_metrics_per_split():

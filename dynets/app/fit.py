@@ -26,7 +26,7 @@ from .loggers import Logger, percent
 from ..models.base import DynamicalModel
 from ..rules.base import Rule, generators
 from ..settle import SettleOptions
-from ..phases import Condition, State
+from ..phases import Condition, State, UnconvergedError
 
 log = logging.getLogger("dynets")
 
@@ -75,6 +75,26 @@ BLOWUP = 1e3   # a training loss this many times the run's first one has diverge
 
 class TrainingWarning(UserWarning):
     """A run that has diverged or does not learn: what :func:`fit` saw, and the options to change."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The weights blew up within an epoch, so the settles stopped converging: the learning rate,
+    not the settle's tolerances, is what to change."""
+
+
+def weight_norm(model: torch.nn.Module) -> float:
+    """‖θ‖ over every parameter of ``model``."""
+    return math.sqrt(sum(p.detach().double().pow(2).sum().item() for p in model.parameters()))
+
+
+def _diverged_or(error: UnconvergedError, model: torch.nn.Module, start_norm: float) -> Exception:
+    """``error``, unless the weights have grown :data:`BLOWUP`-fold (or past finite) since the
+    epoch began: then a :class:`TrainingDiverged` naming the learning rate, with ``error`` as its cause."""
+    grown = weight_norm(model) / max(start_norm, 1e-12)
+    if math.isfinite(grown) and grown <= BLOWUP:
+        return error
+    return TrainingDiverged(f"training diverged: the weights grew {grown:.2g}-fold within the epoch, so the "
+                            "settles stopped converging; lower optimizer.lr (or trainer.layer_lrs)")
 
 
 def pinned_fraction(model: DynamicalModel, state: State, tol: float = 0.0) -> float | None:
@@ -155,10 +175,13 @@ def _train_epoch(model, rule, optimizer, split: Split, batch_size: int,
     over the split, and the loss of the first batch (before its step; ``None`` if the rule
     reports none)."""
     totals: dict[str, float] = {}
-    first_loss = None
+    first_loss, start_norm = None, weight_norm(model)
     batches = split.batches(batch_size, shuffle=True, generator=generator)
     for x, y in _bar(batches, total=math.ceil(len(split) / batch_size), desc="batches", leave=False):
-        metrics, n = train_step(model, rule, optimizer, x, y)
+        try:
+            metrics, n = train_step(model, rule, optimizer, x, y)
+        except UnconvergedError as error:
+            raise _diverged_or(error, model, start_norm) from error
         first_loss = metrics.get("loss") if not totals else first_loss
         for k, v in metrics.items():
             totals[k] = totals.get(k, 0.0) + v * n

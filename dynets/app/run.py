@@ -26,11 +26,11 @@ from .. import diagnostics, sampling
 from ..data import Dataset, Split, unlabelled
 from ..evaluate import READBACKS
 from ..models.base import DynamicalModel
-from ..phases import Condition
+from ..phases import Condition, UnconvergedError
 from ..rules import ImplicitDifferentiation
 from ..rules.base import Rule
 from . import checkpoint, distributed, plots
-from .fit import fit, free_phase_metrics, layer_param_groups
+from .fit import TrainingDiverged, fit, free_phase_metrics, layer_param_groups
 from .loggers import JsonLinesLogger, flatten
 from .options import ConfigError, check_values, either, fitting, option, options
 
@@ -46,7 +46,7 @@ PROBE = 64   # validation samples of the alignment probe and the settling plot
 # and keeps its traceback): a config that does not fit (ConfigError, raised here for what the
 # library's checks refuse while a group is built, for data too) and a checkpoint that does not
 # fit the run or cannot be read (CheckpointError).
-USER_ERRORS = (ConfigError, checkpoint.CheckpointError)
+USER_ERRORS = (ConfigError, checkpoint.CheckpointError, TrainingDiverged, UnconvergedError)
 SELF_SUPERVISED = ("model=readback with rule=ep or rule=chl; model=pc model.arrangement=generative rule=pc "
                    "rule.variant=unsupervised; model=helmholtz with rule=wake_sleep or rule=rws (binary data: "
                    "data=bars); model=boltzmann rule=boltzmann evaluate=likelihood")
