@@ -61,9 +61,10 @@ class ReferenceEP:
         (-delta / x.shape[0]).backward()
 
     def rule(self, method: str = "fast_euler", compile: str = "off") -> EquilibriumPropagation:
-        """Centered EP with the same β, Δt and steps."""
+        """Centered EP with the same β, Δt and steps (a fixed budget, as the reference's: its
+        phases end where the steps do, converged or not)."""
         free, nudged = (_budget(method, self.step_size, n, compile) for n in (self.free_steps, self.nudged_steps))
-        return EquilibriumPropagation(self.beta, "centered", free, nudged)
+        return EquilibriumPropagation(self.beta, "centered", free, nudged, allow_unconverged=True)
 
     def residuals(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         """The largest ‖ds/dt‖ of ``model``'s flow over the batch at the states the reference
@@ -123,8 +124,9 @@ class ReferencePC:
 
     def rule(self, method: str = "fast_euler", compile: str = "off") -> PredictiveCodingRule:
         """PC, nudged, with the same β, Δt and steps (the free phase starts at its
-        equilibrium and takes none)."""
-        return PredictiveCodingRule(self.beta, "nudged", _budget(method, self.step_size, self.steps, compile))
+        equilibrium and takes none; a fixed budget, as the reference's)."""
+        return PredictiveCodingRule(self.beta, "nudged", _budget(method, self.step_size, self.steps, compile),
+                                    allow_unconverged=True)
 
     def residuals(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         """``nudged``: the largest ‖ds/dt‖ of ``model``'s flow over the batch at the state the reference leaves."""
