@@ -12,7 +12,7 @@ from dynets import SettleOptions
 from dynets.likelihood import Likelihood, kl_bits
 from dynets.models import Helmholtz, LayeredHopfield, PredictiveCoding
 from dynets.rules import EquilibriumPropagation, PredictiveCodingRule, WakeSleep
-from dynets.rules.base import Rule, write_grads
+from dynets.rules.base import Rule, Update
 from dynets.app.fit import AT_CHANCE_EPOCHS, BLOWUP, TrainingWarning, chance_accuracy, divergence, fit
 
 FAST = SettleOptions(method="fast_euler", atol=1e-3, max_time=40)
@@ -30,15 +30,16 @@ def small(digits):
 
 
 class Scripted(Rule):
-    """Writes a zero update and reports the accuracy and loss it is given, one loss per batch."""
+    """Returns a zero update and reports the accuracy (None: none) and loss it is given, one loss per batch."""
 
     def __init__(self, accuracy: float, losses):
         super().__init__(FAST)
         self.accuracy, self.losses = accuracy, iter(losses)
 
-    def grads(self, model, x, y):
-        write_grads(model, {name: torch.zeros_like(p) for name, p in model.named_parameters()})
-        return {"accuracy": self.accuracy, "loss": next(self.losses)}
+    def update(self, model, x, y=None):
+        metrics = {"loss": next(self.losses)} if self.accuracy is None else \
+            {"accuracy": self.accuracy, "loss": next(self.losses)}
+        return Update({name: torch.zeros_like(p) for name, p in model.named_parameters()}, metrics)
 
 
 def training_warnings(run) -> list[str]:
@@ -52,7 +53,7 @@ def test_fit_creates_its_run_directory(small, tmp_path):
     run_dir = tmp_path / "runs" / "first"
     torch.manual_seed(0)
     model = LayeredHopfield([64, 16, 10])
-    summary = fit(model, EquilibriumPropagation(0.5, settle=FAST), small, torch.optim.Adam(model.parameters(), 3e-3),
+    summary = fit(model, EquilibriumPropagation(0.5, settle=FAST, allow_unconverged=True), small, torch.optim.Adam(model.parameters(), 3e-3),
                   epochs=2, batch_size=32, run_dir=run_dir)
     assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"] == 2
     assert json.loads((run_dir / "summary.json").read_text()) == pytest.approx(summary)
@@ -76,6 +77,18 @@ def test_an_accuracy_at_chance_for_several_epochs_is_reported_once(small, errors
                                           epochs=epochs, batch_size=32))
     assert len(found) == warns
     assert not warns or found[0].startswith(f"epoch {AT_CHANCE_EPOCHS}: the accuracy has stayed at chance")
+
+
+@pytest.mark.parametrize("at_chance", [True, False])
+def test_a_rule_that_reports_no_accuracy_is_judged_by_the_validation_accuracy(small, at_chance):
+    guess = chance_accuracy(small.train.y)
+    model = LayeredHopfield([64, 8, 10])
+    evaluate = lambda model, split: {"accuracy": guess if at_chance else 0.9}
+    found = training_warnings(lambda: fit(model, Scripted(None, [0.5] * 1000), small,
+                                          torch.optim.SGD(model.parameters(), lr=0.1), epochs=AT_CHANCE_EPOCHS,
+                                          batch_size=32, evaluate=evaluate))
+    assert len(found) == at_chance
+    assert not at_chance or "the accuracy has stayed at chance" in found[0]
 
 
 def test_a_deep_sigmoid_net_learns_with_the_sigmoid_gain_and_is_reported_without(digits):
@@ -138,7 +151,7 @@ def test_predictive_coding_at_a_huge_learning_rate_is_reported_as_divergence_not
     torch.manual_seed(0)
     model = PredictiveCoding([64, 32, 10], "tanh")
     rule = PredictiveCodingRule(0.1, "nudged", SettleOptions(method="fast_euler", step_size=0.2, atol=1e-3,
-                                                               max_time=40))
+                                                               max_time=40), allow_unconverged=True)
     with caplog.at_level(logging.WARNING, logger="dynets"), pytest.warns(TrainingWarning, match="optimizer.lr"):
         fit(model, rule, small, torch.optim.Adam(model.parameters(), lr=1e6), epochs=1, batch_size=32)
     assert "settle tolerance" not in caplog.text

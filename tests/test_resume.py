@@ -194,9 +194,9 @@ class RandomBeta(Rule):
         if device == "cpu":
             self.generator = torch.Generator().manual_seed(seed)
 
-    def grads(self, model, x, y):
+    def update(self, model, x, y=None):
         u = torch.rand((), generator=self.generator) if self.device == "cpu" else torch.rand((), device=self.device)
-        return EquilibriumPropagation(0.1 + u.item(), settle=self.settle, allow_unconverged=True).grads(model, x, y)
+        return EquilibriumPropagation(0.1 + u.item(), settle=self.settle, allow_unconverged=True).update(model, x, y)
 
 
 CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))
@@ -302,3 +302,4 @@ def test_a_learning_rate_schedule_follows_its_formula_and_resumes(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), reference.parameters()))
     with pytest.raises(checkpoint.CheckpointError, match="learning-rate schedule"):
         tiny_run(tmp_path, epochs=4, resume_from=tmp_path)
+
