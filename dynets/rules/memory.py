@@ -96,7 +96,8 @@ class HebbianSleep(Rule):
 
     Once stopped, ``stopped`` holds the reason, :meth:`update` holds no gradient (written,
     every ``p.grad`` is None: an optimizer leaves W alone) and its metrics carry ``stopped = 1``.
-    Damage between two measurements is not undone: a small ``monitor_every`` bounds it.
+    Damage between two measurements is not undone: a small ``monitor_every`` bounds it. The
+    stop rule's state is in :meth:`state_dict`, so a checkpointed run resumes exactly.
 
     Args:
         dreams: D, dreams per call.
@@ -151,6 +152,18 @@ class HebbianSleep(Rule):
             return Update({}, {**self.last, "stopped": 1.0})
         states, metrics = self.dream(model)
         return Update({"weight": dream_outer(states)}, {**self.last, **metrics, "stopped": 0.0})
+
+    def state_dict(self) -> dict:
+        """The stop rule's state: calls so far, measurements without improvement, the reason it
+        stopped (or None), the best and the last measurement. The dreams' generator is
+        checkpointed as an attribute (:func:`~dynets.rules.base.generators`)."""
+        return {"calls": self.calls, "stale": self.stale, "stopped": self.stopped,
+                "best": dict(self.best), "last": dict(self.last)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s stop rule (a checkpoint's: the run continues exactly)."""
+        self.calls, self.stale, self.stopped = int(state["calls"]), int(state["stale"]), state["stopped"]
+        self.best, self.last = dict(state["best"]), dict(state["last"])
 
     def _apply_stop_rule(self) -> None:
         now, best = self.last, self.best
