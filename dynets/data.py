@@ -70,6 +70,8 @@ class Dataset:
     distribution: tuple[torch.Tensor, torch.Tensor] | None = None
     """``(images (m, features), probabilities (m,) float64)``: the exact data distribution,
     where it is known (``bars``), for exact likelihood evaluation."""
+    labelled: bool = True
+    """False for :func:`unlabelled` data: a training loop gives its rule no labels."""
 
     def __post_init__(self) -> None:
         for part, split in (("train", self.train), ("val", self.val), ("test", self.test)):
@@ -341,9 +343,10 @@ def load(name: str, **kwargs) -> Dataset:
 
 
 def unlabelled(data: Dataset) -> Dataset:
-    """``data`` with every label replaced by 0: what a self-supervised method is trained on."""
+    """``data`` with every label replaced by 0 and ``labelled`` False: what a self-supervised
+    method is trained on (:func:`dynets.app.fit.fit` gives its rule no labels)."""
     blank = lambda s: Split(s.x, torch.zeros_like(s.y))
-    return replace(data, train=blank(data.train), val=blank(data.val), test=blank(data.test))
+    return replace(data, train=blank(data.train), val=blank(data.val), test=blank(data.test), labelled=False)
 
 
 def binarised(data: Dataset, threshold: float = 0.5) -> Dataset:

@@ -27,13 +27,6 @@ def _compare(a: torch.Tensor, b: torch.Tensor) -> dict[str, float | bool]:
     return {"cosine": cos, "angle_deg": math.degrees(math.acos(cos)), "norm_ratio": ratio, "defined": True}
 
 
-def _updates(model: DynamicalModel, rule: Rule, x: torch.Tensor,
-             y: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """The gradients ``rule`` writes, by name (the parameters it does not train are absent), and its metrics."""
-    metrics = rule.grads(model, x, y)
-    return {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}, metrics
-
-
 def alignment(model: DynamicalModel, rule: Rule, reference: Rule, x: torch.Tensor,
               y: torch.Tensor, exclude: tuple[str, ...] = ()) -> dict[str, dict[str, float | bool]]:
     """How ``rule``'s update lines up with ``reference``'s gradient on the same batch.
@@ -43,19 +36,16 @@ def alignment(model: DynamicalModel, rule: Rule, reference: Rule, x: torch.Tenso
     ``norm_ratio`` ‖a‖/‖b‖, and ``defined``: whether a and b are both nonzero and finite.
     Where they are not, cosine and angle are NaN (see :func:`_compare`): a rule is never
     reported aligned with a zero gradient. Only the parameters the rule trains are
-    compared (a rule that leaves a parameter's grad None does not train it: feedback
-    weights, one pathway per phase); the model's ``p.grad`` are left as they were.
+    compared (those of its :class:`~dynets.rules.base.Update`; not feedback weights, nor
+    the other pathway of a one-pathway-per-phase rule).
     ``exclude`` names parameters left out of the comparison, e.g. feedback weights that a
     rule trains toward another goal than the loss (mirroring Wᵀ, inverting the forward pass).
     A reference that reports ``adjoint_converged`` (implicit differentiation) adds
     ``reference_converged`` to the ``"all"`` entry: False when its gradient is inexact.
     """
-    saved = {name: p.grad for name, p in model.named_parameters()}
-    try:
-        (ours, _), (ref, ref_metrics) = _updates(model, rule, x, y), _updates(model, reference, x, y)
-    finally:
-        for name, p in model.named_parameters():
-            p.grad = saved[name]
+    update, theirs = rule.update(model, x, y), reference.update(model, x, y)
+    ref, ref_metrics = theirs.grads, theirs.metrics
+    ours = {name: update.grads[name] for name, _ in model.named_parameters() if name in update.grads}   # model order
     missing = set(ours) - set(ref)
     if missing:
         raise ValueError(f"the reference {type(reference).__name__} gives no gradient for {sorted(missing)}, "

@@ -21,7 +21,7 @@ from torch import nn
 
 from dynets.models import Asymmetric, Helmholtz, LayeredHopfield, PredictiveCoding
 from dynets.rules import (ContrastiveHebbian, DifferenceTargetPropagation, FeedbackAlignment, ImplicitDifferentiation,
-                          NodePerturbation, WakeSleep)
+                          NodePerturbation, WakeSleep, write_grads)
 from dynets.settle import SettleOptions
 from dynets.testing import ReferenceEP, ReferencePC, check_same_grads
 
@@ -46,8 +46,10 @@ FAMILIES = {   # name: (model of sizes, rule, binary inputs)
 
 
 def train_step(rule, model, x, labels) -> dict:
-    """The rule's update written to p.grad: the one call of the rule API here."""
-    return rule.grads(model, x, labels)
+    """The rule's update written to p.grad, its metrics returned: the one call of the rule API here."""
+    update = rule.update(model, x, labels)
+    write_grads(model, update.grads)
+    return update.metrics
 
 
 def with_adam(params, grads):

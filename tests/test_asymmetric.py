@@ -10,7 +10,7 @@ from dynets import Condition, SettleOptions, UnconvergedError
 from dynets.data import digits
 from dynets.models import LayeredHopfield
 from dynets.models.asymmetric import Asymmetric
-from dynets.rules import EquilibriumPropagation, ImplicitDifferentiation
+from dynets.rules import EquilibriumPropagation, ImplicitDifferentiation, write_grads
 from dynets.rules.dtp import DifferenceTargetPropagation, difference_targets
 from dynets.rules.feedback import FeedbackAlignment, KolenPollack, VectorFieldEP, WeightMirror
 from dynets.app.fit import fit
@@ -51,10 +51,11 @@ def test_tied_vector_field_ep_gives_eps_update():
     model, x, y = problem("tied")
     hopfield = LayeredHopfield(SIZES, "sigmoid").double()
     hopfield.load_state_dict(model.state_dict())
-    VectorFieldEP(0.2, "centered", TIGHT).grads(model, x, y)
-    EquilibriumPropagation(0.2, "centered", TIGHT).grads(hopfield, x, y)
-    for (name, p), (_, q) in zip(model.named_parameters(), hopfield.named_parameters(), strict=True):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-12, msg=name)
+    ours = VectorFieldEP(0.2, "centered", TIGHT).update(model, x, y).grads
+    ep = EquilibriumPropagation(0.2, "centered", TIGHT).update(hopfield, x, y).grads
+    assert ours.keys() == ep.keys() == dict(model.named_parameters()).keys()
+    for name in ours:
+        torch.testing.assert_close(ours[name], ep[name], rtol=1e-9, atol=1e-12, msg=name)
 
 
 def test_feedback_alignment_with_mirrored_feedback_is_the_exact_gradient():
@@ -86,7 +87,7 @@ def test_kolen_pollack_shrinks_the_mismatch_by_one_minus_lr_decay_per_sgd_step()
     lr, decay = 0.1, 0.3
     gap = lambda: [layer.weight.detach().t() - b.detach() for layer, b in zip(model.layers[1:], model.feedback)]
     before = gap()
-    KolenPollack(0.1, decay=decay, settle=TIGHT).grads(model, x, y)
+    write_grads(model, KolenPollack(0.1, decay=decay, settle=TIGHT).update(model, x, y).grads)
     torch.optim.SGD(model.parameters(), lr=lr).step()
     for new, old in zip(gap(), before, strict=True):
         torch.testing.assert_close(new, (1 - lr * decay) * old, rtol=1e-10, atol=1e-13)
@@ -106,7 +107,7 @@ def test_kolen_pollack_under_adamw_shrinks_the_mismatch_by_one_minus_lr_decay_pe
     else:
         rule, optimizer = KolenPollack(0.1, settle=TIGHT), torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=decay)
     for _ in range(steps):
-        rule.grads(model, x, y)
+        write_grads(model, rule.update(model, x, y).grads)
         optimizer.step()
     errors = [((new - (1 - lr * decay) ** steps * old).norm() / old.norm()).item()
               for new, old in zip(gap(), before, strict=True)]
@@ -174,11 +175,15 @@ def test_sweep_targets_and_updates_by_hand_on_one_hidden_layer():
         got = difference_targets(model, (h1, h2), model.prepare(Condition(x)), top)
         for a, b in zip(got, targets[sign], strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-15)
-    DifferenceTargetPropagation(beta, targets="sweep", settle=TIGHT).grads(model, x, y)
+    update = DifferenceTargetPropagation(beta, targets="sweep", settle=TIGHT).update(model, x, y)
     for l, pre in enumerate((x, h1)):
         d = (targets[1][l] - targets[-1][l]) / (2 * beta * len(x))
-        torch.testing.assert_close(model.layers[l].weight.grad, -d.T @ pre, rtol=1e-12, atol=1e-14)
-        torch.testing.assert_close(model.layers[l].bias.grad, -d.sum(0), rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(update.grads[f"layers.{l}.weight"], -d.T @ pre, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(update.grads[f"layers.{l}.bias"], -d.sum(0), rtol=1e-12, atol=1e-14)
+    # the feedback's loss comes back with the update, the one the feedback gradient is of
+    c = model.prepare(Condition(x, model.target(y)))
+    loss, _ = DifferenceTargetPropagation(beta, targets="sweep", settle=TIGHT).reconstruction(model, c, (h1, h2), x)
+    assert update.metrics["drl_loss"] == pytest.approx(loss, rel=1e-9)
 
 
 def test_reconstruction_loss_falls_to_the_damped_gauss_newton_minimum():
@@ -226,12 +231,13 @@ def test_oscillating_dynamics_are_reported_and_never_learned_from():
     eq = opts(model, Condition(x))
     assert not eq.converged and eq.converged_fraction == 0.0 and eq.residual.min() > 0.5
     with pytest.raises(UnconvergedError, match="free phase left 4 of 4 samples"):
-        FeedbackAlignment(0.1, settle=opts).grads(model, x, y)
+        FeedbackAlignment(0.1, settle=opts).update(model, x, y)
     for rule in (FeedbackAlignment(0.1, settle=opts, allow_unconverged=True),
                  DifferenceTargetPropagation(0.1, settle=opts, allow_unconverged=True)):
-        metrics = rule.grads(model, x, y)
+        update = rule.update(model, x, y)
+        metrics = update.metrics
         assert metrics["unconverged"] == 4 and metrics["converged"] == 0.0 and metrics["unconverged_updates"] == 1.0
-        assert all(p.grad is not None and not p.grad.any() for n, p in model.named_parameters()
+        assert all(n in update.grads and not update.grads[n].any() for n, _ in model.named_parameters()
                    if n.startswith("layers."))
 
 
@@ -248,4 +254,4 @@ def test_bad_feedback_shapes_name_both_layers():
 def test_a_rule_that_learns_feedback_names_the_option_to_set(rule, feedback):
     model = Asymmetric([5, 4, 3], feedback)
     with pytest.raises(ValueError, match="set feedback='learned'"):
-        rule.grads(model, torch.rand(2, 5), torch.tensor([0, 1]))
+        rule.update(model, torch.rand(2, 5), torch.tensor([0, 1]))

@@ -6,19 +6,18 @@ import torch
 
 from dynets import SettleOptions, diagnostics
 from dynets.models import LayeredHopfield
-from dynets.rules import EquilibriumPropagation, ImplicitDifferentiation, Rule, write_grads
+from dynets.rules import EquilibriumPropagation, ImplicitDifferentiation, Rule, Update
 
 
 class Fixed(Rule):
-    """A fake rule that writes given gradients, whatever the batch."""
+    """A fake rule that returns given gradients, whatever the batch."""
 
     def __init__(self, grads):
         super().__init__()
         self.fixed = grads
 
-    def grads(self, model, x, y):
-        write_grads(model, {name: torch.tensor(g, dtype=torch.float64) for name, g in self.fixed.items()})
-        return {}
+    def update(self, model, x, y=None):
+        return Update({name: torch.tensor(g, dtype=torch.float64) for name, g in self.fixed.items()})
 
 
 def tiny():
@@ -41,7 +40,6 @@ def test_alignment_of_two_rules_by_hand():
     model, x, y = tiny()
     ours = Fixed({"layers.0.weight": [[1, 0, 0], [0, 0, 0]], "layers.0.bias": [0, 2]})
     ref = Fixed({"layers.0.weight": [[1, 1, 0], [0, 0, 0]], "layers.0.bias": [0, -1]})
-    before = {name: p.grad for name, p in model.named_parameters()}
     got = diagnostics.alignment(model, ours, ref, x, y)
     # weight: (1,0,…)·(1,1,…) = 1, norms 1 and √2.  bias: (0,2)·(0,−1) = −2, norms 2 and 1.
     # all: ours (1,0,0,0,0,0,0,2), ref (1,1,0,0,0,0,0,−1): dot −1, norms √5 and √3.
@@ -54,7 +52,6 @@ def test_alignment_of_two_rules_by_hand():
         assert got[name]["cosine"] == pytest.approx(cos, abs=1e-12)
         assert got[name]["angle_deg"] == pytest.approx(angle, abs=1e-9)
         assert got[name]["norm_ratio"] == pytest.approx(ratio, abs=1e-12)
-    assert all(p.grad is before[name] for name, p in model.named_parameters())   # left as they were
 
 
 def test_excluded_parameters_leave_the_comparison():
@@ -98,8 +95,7 @@ def test_ep_against_the_zero_gradient_of_a_saturated_net_is_undefined():
     x, y = torch.rand(6, 4, dtype=torch.float64), torch.randint(0, 3, (6,))
     tight = SettleOptions(method="fast_euler", atol=1e-12, max_time=1000)
     ref = ImplicitDifferentiation(tight)
-    ref.grads(model, x, y)
-    assert all((p.grad == 0).all() for p in model.parameters())
+    assert all((g == 0).all() for g in ref.update(model, x, y).grads.values())
     # Euler at Δt = 0.5 oscillates on the top's curvature 1 + β; Gauss-Seidel's exact top update settles it.
     nudged = SettleOptions(method="gauss_seidel", step_size=1.0, atol=1e-12, max_time=1000)
     got = diagnostics.alignment(model, EquilibriumPropagation(20.0, "positive", tight, nudged), ref, x, y)["all"]
@@ -115,15 +111,13 @@ def test_alignment_compares_only_what_the_rule_trains():
     x, y = torch.rand(3, 4, dtype=torch.float64), torch.tensor([0, 1, 1])
 
     class FirstLayerOnly(Rule):
-        def grads(self, model, x, y):
-            write_grads(model, {"layers.0.weight": torch.ones(3, 4, dtype=torch.float64)})
-            return {}
+        def update(self, model, x, y=None):
+            return Update({"layers.0.weight": torch.ones(3, 4, dtype=torch.float64)})
 
     class Everything(Rule):
-        def grads(self, model, x, y):
-            write_grads(model, {n: torch.full_like(p, 2.0 if n == "layers.0.weight" else -5.0)
-                                for n, p in model.named_parameters()})
-            return {}
+        def update(self, model, x, y=None):
+            return Update({n: torch.full_like(p, 2.0 if n == "layers.0.weight" else -5.0)
+                           for n, p in model.named_parameters()})
 
     got = diagnostics.alignment(model, FirstLayerOnly(), Everything(), x, y)
     assert set(got) == {"layers.0.weight", "all"}

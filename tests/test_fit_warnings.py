@@ -11,7 +11,7 @@ from dynets import SettleOptions, UnconvergedError
 from dynets.likelihood import Likelihood, kl_bits
 from dynets.models import Helmholtz, LayeredHopfield, PredictiveCoding
 from dynets.rules import EquilibriumPropagation, PredictiveCodingRule, WakeSleep
-from dynets.rules.base import Rule, write_grads
+from dynets.rules.base import Rule, Update
 from dynets.app.fit import AT_CHANCE_EPOCHS, BLOWUP, TrainingDiverged, TrainingWarning, chance_accuracy, divergence, fit
 
 FAST = SettleOptions(method="fast_euler", atol=1e-3, max_time=40)
@@ -29,15 +29,16 @@ def small(digits):
 
 
 class Scripted(Rule):
-    """Writes a zero update and reports the accuracy and loss it is given, one loss per batch."""
+    """Returns a zero update and reports the accuracy (None: none) and loss it is given, one loss per batch."""
 
     def __init__(self, accuracy: float, losses):
         super().__init__(FAST)
         self.accuracy, self.losses = accuracy, iter(losses)
 
-    def grads(self, model, x, y):
-        write_grads(model, {name: torch.zeros_like(p) for name, p in model.named_parameters()})
-        return {"accuracy": self.accuracy, "loss": next(self.losses)}
+    def update(self, model, x, y=None):
+        metrics = {"loss": next(self.losses)} if self.accuracy is None else \
+            {"accuracy": self.accuracy, "loss": next(self.losses)}
+        return Update({name: torch.zeros_like(p) for name, p in model.named_parameters()}, metrics)
 
 
 def training_warnings(run) -> list[str]:
@@ -75,6 +76,18 @@ def test_an_accuracy_at_chance_for_several_epochs_is_reported_once(small, errors
                                           epochs=epochs, batch_size=32))
     assert len(found) == warns
     assert not warns or found[0].startswith(f"epoch {AT_CHANCE_EPOCHS}: the accuracy has stayed at chance")
+
+
+@pytest.mark.parametrize("at_chance", [True, False])
+def test_a_rule_that_reports_no_accuracy_is_judged_by_the_validation_accuracy(small, at_chance):
+    guess = chance_accuracy(small.train.y)
+    model = LayeredHopfield([64, 8, 10])
+    evaluate = lambda model, split: {"accuracy": guess if at_chance else 0.9}
+    found = training_warnings(lambda: fit(model, Scripted(None, [0.5] * 1000), small,
+                                          torch.optim.SGD(model.parameters(), lr=0.1), epochs=AT_CHANCE_EPOCHS,
+                                          batch_size=32, evaluate=evaluate))
+    assert len(found) == at_chance
+    assert not at_chance or "the accuracy has stayed at chance" in found[0]
 
 
 def test_a_deep_sigmoid_net_learns_with_the_sigmoid_gain_and_is_reported_without(digits):

@@ -14,6 +14,7 @@ from dynets.models import LayeredHopfield
 from dynets.models.helmholtz import Helmholtz
 from dynets.rules.interleave import SleepInterleaved
 from dynets.rules.wake_sleep import WakeSleep
+from dynets.rules import write_grads
 from dynets.sampling import SampleOptions, Sleep, sample
 from dynets.app.fit import fit
 
@@ -99,7 +100,7 @@ def test_reweighted_wake_descends_the_k_sample_bound_and_reports_it_in_bits():
     ``loss`` is −L_k in bits."""
     model, k, batch = machine((4, 3, 2)), 5, 6
     x = (torch.rand(batch, 4, generator=torch.Generator().manual_seed(1)) < 0.5).double()
-    metrics = WakeSleep("reweighted", k=k, seed=8).grads(model, x, None)
+    update = WakeSleep("reweighted", k=k, seed=8).update(model, x)
     hidden, _ = model.proposal(x, k, torch.Generator().manual_seed(8))   # the rule's draws
     layers = [x.expand(k, *x.shape), *hidden]
     log_q = sum(-torch.nn.functional.binary_cross_entropy_with_logits(r(layers[l]), layers[l + 1], reduction="none").sum(-1)
@@ -110,8 +111,8 @@ def test_reweighted_wake_descends_the_k_sample_bound_and_reports_it_in_bits():
     for objective, prefix in ((bound, ("generative.", "prior")), (wake_q, ("recognition.",))):
         names, params = zip(*[(n, p) for n, p in model.named_parameters() if n.startswith(prefix)])
         for name, p, want in zip(names, params, torch.autograd.grad(objective, params, retain_graph=True)):
-            torch.testing.assert_close(p.grad, -want, rtol=1e-10, atol=1e-12, msg=name)
-    assert metrics["loss"] == pytest.approx(-bound.item() / math.log(2), rel=1e-12)
+            torch.testing.assert_close(update.grads[name], -want, rtol=1e-10, atol=1e-12, msg=name)
+    assert update.metrics["loss"] == pytest.approx(-bound.item() / math.log(2), rel=1e-12)
 
 
 def test_wake_writes_only_the_generative_pathway_and_sleep_only_the_recognition_pathway():
@@ -120,13 +121,14 @@ def test_wake_writes_only_the_generative_pathway_and_sleep_only_the_recognition_
     wake, _ = WakeSleep(seed=3).wake(model, data)
     sleep, _ = WakeSleep(seed=3).sleep(model, 8)
     assert set(wake) == generative and set(sleep) == {n for n, _ in model.named_parameters()} - generative
-    # grads() writes the wake update into G and the sleep update into R, from one stream of draws.
+    # update() holds the wake update of G and the sleep update of R, from one stream of draws.
     reference, rule = WakeSleep(seed=3), WakeSleep(seed=3)
-    rule.grads(model, data, None)
+    grads = rule.update(model, data).grads
     wake, _ = reference.wake(model, data)
     expected = wake | reference.sleep(model, 8)[0]
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, expected[name], rtol=0, atol=0)
+    assert grads.keys() == expected.keys() == dict(model.named_parameters()).keys()
+    for name in expected:
+        torch.testing.assert_close(grads[name], expected[name], rtol=0, atol=0)
 
 
 def test_interleaved_sleep_trains_r_by_the_delta_rule_expected_over_the_model_s_dreams():
@@ -143,10 +145,10 @@ def test_interleaved_sleep_trains_r_by_the_delta_rule_expected_over_the_model_s_
     error = h[:, None] - torch.sigmoid(x @ R.T + r)                                           # (4 h, 8 x, 2)
     joint = (p_h[:, None] * p_x_h)[..., None]
     want_R, want_r = -torch.einsum("hxj,xi->ji", joint * error, x), -(joint * error).sum((0, 1))
-    SleepInterleaved(WakeSleep(seed=1), ratio=1.0, seed=2).grads(model, torch.ones(n, 3, dtype=torch.float64), None)
+    grads = SleepInterleaved(WakeSleep(seed=1), ratio=1.0, seed=2).update(model, torch.ones(n, 3, dtype=torch.float64)).grads
     # sampling error of a mean of n terms bounded by 1: ≤ 0.5/√n ≈ 0.001
-    torch.testing.assert_close(model.recognition[0].weight.grad, want_R, rtol=0, atol=0.006)
-    torch.testing.assert_close(model.recognition[0].bias.grad, want_r, rtol=0, atol=0.006)
+    torch.testing.assert_close(grads["recognition.0.weight"], want_R, rtol=0, atol=0.006)
+    torch.testing.assert_close(grads["recognition.0.bias"], want_r, rtol=0, atol=0.006)
 
 
 def test_exact_likelihood_sums_to_one_over_all_visible_vectors():
@@ -234,7 +236,7 @@ def test_wake_sleep_lowers_the_bars_kl_well_below_the_independent_pixel_model():
     before = kl_bits(model, data.distribution)
     g = torch.Generator().manual_seed(0)
     for _ in range(1500):
-        rule.grads(model, data.train.x[torch.randint(0, 2000, (32,), generator=g)], None)
+        write_grads(model, rule.update(model, data.train.x[torch.randint(0, 2000, (32,), generator=g)]).grads)
         optimizer.step()
     assert kl_bits(model, data.distribution) < 0.5 * factorised_kl_bits(data.distribution) < before
 
@@ -263,7 +265,7 @@ def test_bad_input_is_refused_clearly():
     with pytest.raises(TypeError, match="sleep phase dreams from a top-down generative model"):
         WakeSleep().check_model(LayeredHopfield([4, 3, 2]))
     with pytest.raises(ValueError, match="binary data"):
-        WakeSleep().grads(Helmholtz([4, 2]), torch.full((2, 4), 0.5), None)
+        WakeSleep().update(Helmholtz([4, 2]), torch.full((2, 4), 0.5))
     with pytest.raises(ValueError, match="at most 24"):
         Helmholtz([4, 20, 5]).log_prob(torch.zeros(1, 4))
     with pytest.raises(ValueError, match="valid: plain, reweighted"):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from dynets import Condition, SettleOptions, settle
-from dynets.rules.base import generators
+from dynets.rules.base import generators, write_grads
 from dynets.data import patterns
 from dynets.models.memory import AssociativeMemory, DenseAssociativeMemory, check_patterns, noisy_cues, overlaps
 from dynets.studies.recall import write
@@ -28,9 +28,16 @@ def stored(n, p, seed=0, gain=100.0, groups=1):
     """An AssociativeMemory holding p random patterns, stored by the rule and SGD(lr = 1)."""
     xi = patterns(p, n, seed=seed)
     model = AssociativeMemory(n, gain=gain, groups=groups)
-    HebbianStorage().grads(model, xi)
+    step(HebbianStorage(), model, xi)
     torch.optim.SGD(model.parameters(), lr=1.0).step()
     return model, xi
+
+
+def step(rule, model, xi):
+    """The rule's update written to p.grad (an optimizer step applies it); its metrics."""
+    update = rule.update(model, xi)
+    write_grads(model, update.grads)
+    return update.metrics
 
 
 def random_models():
@@ -138,13 +145,12 @@ def test_unlearning_leaves_out_the_dreams_that_did_not_settle():
 
 
 def test_storage_and_unlearning_grads_are_energy_gradients():
-    """HebbianStorage's p.grad = (2/N) Σ ∂E/∂W(ξ); HebbianSleep's = −2 Σ ∂E/∂W(s*)."""
+    """HebbianStorage's update = (2/N) Σ ∂E/∂W(ξ); HebbianSleep's = −2 Σ ∂E/∂W(s*)."""
     model, xi = stored(12, 3)
     c = Condition(batch_size=3)
     with torch.enable_grad():
         dE = torch.autograd.grad(model.energy(model.split(xi), c).sum(), model.weight)[0]
-    HebbianStorage().grads(model, xi)
-    torch.testing.assert_close(model.weight.grad, 2 / 12 * dE)
+    torch.testing.assert_close(HebbianStorage().update(model, xi).grads["weight"], 2 / 12 * dE)
     rule = HebbianSleep(dreams=5, seed=1)
     states, _ = rule.dream(model)
     with torch.enable_grad():
@@ -162,7 +168,7 @@ def test_stored_patterns_are_fixed_points_at_low_load_but_not_at_high_load():
 def unlearn(model, xi, rule, calls, epsilon):
     optimizer = torch.optim.SGD(model.parameters(), lr=epsilon)
     for _ in range(calls):
-        rule.grads(model, xi)
+        step(rule, model, xi)
         optimizer.step()
     return RecallMonitor(seed=7)(model, xi)   # other cues than the rule's monitor saw
 
@@ -188,7 +194,7 @@ def test_over_unlearning_stops_and_says_so(caplog):
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
     with caplog.at_level(logging.WARNING, logger="dynets"):
         for _ in range(200):
-            metrics = rule.grads(model, xi)
+            metrics = step(rule, model, xi)
             optimizer.step()
             if rule.stopped:
                 break
@@ -207,11 +213,11 @@ def test_a_plateau_stops_unlearning_after_patience_measurements_and_then_no_grad
     rule = HebbianSleep(dreams=8, monitor_every=2, patience=2, seed=0)
     with caplog.at_level(logging.INFO, logger="dynets"):
         for call in range(7):
-            metrics = rule.grads(model, xi)
+            update = rule.update(model, xi)
             if call == 3:
-                assert rule.stopped is None and metrics["stopped"] == 0.0 and model.weight.grad.abs().sum() > 0
+                assert rule.stopped is None and update.metrics["stopped"] == 0.0 and update.grads["weight"].abs().sum() > 0
                 drawn = rule.generator.get_state()
-    assert rule.stopped == "plateau" and metrics["stopped"] == 1.0 and model.weight.grad is None
+    assert rule.stopped == "plateau" and update.metrics["stopped"] == 1.0 and update.grads == {}
     assert torch.equal(rule.generator.get_state(), drawn)
     assert "have not improved in 2 measurements" in caplog.text
 
@@ -260,7 +266,7 @@ def test_patterns_that_are_not_pm1_are_rejected(bad, message):
         with pytest.raises(ValueError, match=message):
             DenseAssociativeMemory(bad)
         with pytest.raises(ValueError, match=message):
-            HebbianStorage().grads(AssociativeMemory(3), bad)
+            HebbianStorage().update(AssociativeMemory(3), bad)
 
 
 @pytest.mark.parametrize("make,message", [

@@ -10,7 +10,7 @@ import torch
 
 from dynets import Condition, SettleOptions, diagnostics
 from dynets.models import LayeredHopfield, PredictiveCoding
-from dynets.rules import ImplicitDifferentiation
+from dynets.rules import ImplicitDifferentiation, write_grads
 from dynets.rules.perturbation import NodePerturbation, WeightPerturbation, drive_to_params
 
 TIGHT = SettleOptions(method="fast_euler", step_size=0.2, atol=1e-12, max_time=3000, check_every=20)
@@ -27,8 +27,8 @@ def problem(kind="hopfield", sizes=(6, 9, 7, 3), batch=4, seed=0):
 
 
 def grads_of(model, rule, x, y):
-    rule.grads(model, x, y)
-    return {n: p.grad.clone() for n, p in model.named_parameters()}
+    grads = rule.update(model, x, y).grads
+    return {n: grads[n] for n, _ in model.named_parameters()}
 
 
 def flat(grads, names=None):
@@ -140,7 +140,9 @@ def test_perturbation_training_lowers_the_loss(cls):
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
     losses = []
     for _ in range(30):
-        losses.append(rule.grads(model, x, y)["loss"])
+        update = rule.update(model, x, y)
+        write_grads(model, update.grads)
+        losses.append(update.metrics["loss"])
         optimizer.step()
     assert np.mean(losses[-5:]) < 0.85 * losses[0], losses   # the wrong sign would raise it
 
@@ -150,7 +152,7 @@ def test_a_weight_perturbation_step_leaves_exactly_the_optimizer_step():
     the old one plus SGD's −lr·grad (editing p.data by +ξ then −ξ would leave rounding)."""
     model, x, y = problem()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    WeightPerturbation(0.1, 3, settle=TIGHT).grads(model, x, y)
+    write_grads(model, WeightPerturbation(0.1, 3, settle=TIGHT).update(model, x, y).grads)
     torch.optim.SGD(model.parameters(), lr=0.3).step()
     for n, p in model.named_parameters():
         assert p.grad.abs().sum() > 0
@@ -174,10 +176,12 @@ def test_unconverged_perturbed_settles_are_counted_and_left_out(cls, antithetic)
     model, x, y = problem("pc")
     short = SettleOptions(method="fast_euler", step_size=0.2, atol=1e-12, max_time=0.2)
     rule = cls(0.1, 3, antithetic, settle=short)
-    metrics = rule.grads(model, x, y)
+    update = rule.update(model, x, y)
+    metrics = update.metrics
     assert metrics["converged"] == 1.0
     assert metrics["perturbed_unconverged"] == len(rule.signs) * 3 * (len(y) if cls is NodePerturbation else len(y))
-    assert all(torch.count_nonzero(p.grad) == 0 for p in model.parameters())
+    assert update.grads.keys() == dict(model.named_parameters()).keys()
+    assert all(torch.count_nonzero(g) == 0 for g in update.grads.values())
 
 
 class EverySecondProbeFails:
@@ -209,8 +213,8 @@ def test_half_of_the_probes_unconverged_still_estimate_the_gradient(cls, probes)
     exact = flat(grads_of(model, REF, x, y))
     rule = cls(1e-3, probes, settle=QUICK)
     rule.settle = EverySecondProbeFails(QUICK, cls is NodePerturbation, probes, len(y))
-    metrics = rule.grads(model, x, y)
-    estimate = flat({n: p.grad for n, p in model.named_parameters()})
+    update = rule.update(model, x, y)
+    metrics, estimate = update.metrics, flat({n: update.grads[n] for n, _ in model.named_parameters()})
     assert metrics["perturbed_unconverged"] == probes * len(y) // (2 if cls is NodePerturbation else 1)
     assert cosine(estimate, exact) >= 0.9
     assert 0.8 < (estimate.norm() / exact.norm()).item() < 1.25
@@ -218,7 +222,7 @@ def test_half_of_the_probes_unconverged_still_estimate_the_gradient(cls, probes)
 
 def test_the_exact_cosine_metric_is_the_alignment_with_implicit_differentiation():
     model, x, y = problem()
-    metrics = NodePerturbation(0.01, 5, settle=TIGHT, seed=4, exact_cosine=True).grads(model, x, y)
+    metrics = NodePerturbation(0.01, 5, settle=TIGHT, seed=4, exact_cosine=True).update(model, x, y).metrics
     reference = ImplicitDifferentiation(TIGHT)
     aligned = diagnostics.alignment(model, NodePerturbation(0.01, 5, settle=TIGHT, seed=4), reference, x, y)
     assert metrics["cosine_exact"] == pytest.approx(aligned["all"]["cosine"], abs=1e-9)

@@ -194,9 +194,9 @@ class RandomBeta(Rule):
         if device == "cpu":
             self.generator = torch.Generator().manual_seed(seed)
 
-    def grads(self, model, x, y):
+    def update(self, model, x, y=None):
         u = torch.rand((), generator=self.generator) if self.device == "cpu" else torch.rand((), device=self.device)
-        return EquilibriumPropagation(0.1 + u.item(), settle=self.settle, allow_unconverged=True).grads(model, x, y)
+        return EquilibriumPropagation(0.1 + u.item(), settle=self.settle, allow_unconverged=True).update(model, x, y)
 
 
 CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))
@@ -302,3 +302,67 @@ def test_a_learning_rate_schedule_follows_its_formula_and_resumes(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), reference.parameters()))
     with pytest.raises(checkpoint.CheckpointError, match="learning-rate schedule"):
         tiny_run(tmp_path, epochs=4, resume_from=tmp_path)
+
+
+# HebbianSleep's stop rule carries state from call to call (calls, best, stale): a memory run
+# SIGKILLed mid-sleep, before the stop rule has stopped, must resume to the uninterrupted end.
+MEMORY_EPOCHS, MEMORY_STALL = 12, 4   # the child stalls in epoch 4's log: its checkpoint is epoch 3's
+
+CHILD = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from test_resume import memory_run
+
+class Stall:
+    def log(self, metrics, step):
+        if step == {stall}:
+            open({marker!r}, "w").close()
+            time.sleep(3600)
+
+memory_run({run_dir!r}, {epochs}, loggers=[Stall()])
+"""
+
+
+def memory_run(run_dir, epochs, resume=False, loggers=()):
+    """N = 64 units holding 16 patterns (α = 0.25) by Hebbian storage, then one HebbianSleep call
+    per epoch (monitored every second call) with SGD at ε = 3e-4; its summary and last checkpoint."""
+    from dynets.data import patterns
+    from dynets.models.memory import AssociativeMemory
+    from dynets.rules import HebbianSleep, HebbianStorage, write_grads
+    from dynets.rules.memory import RecallMonitor
+    xi = patterns(16, 64, seed=0)
+    data = Dataset("patterns", *(Split(xi, torch.zeros(16, dtype=torch.long)) for _ in range(3)), 64, 1)
+    model = AssociativeMemory(64)
+    write_grads(model, HebbianStorage().update(model, xi).grads)
+    torch.optim.SGD(model.parameters(), lr=1.0).step()
+    rule = HebbianSleep(dreams=20, monitor_every=2, patience=3, seed=0)
+    summary = fit(model, rule, data, torch.optim.SGD(model.parameters(), lr=3e-4), epochs=epochs, batch_size=16,
+                  evaluate=lambda m, split: RecallMonitor()(m, split.x), select="val_overlap", run_dir=run_dir,
+                  resume_from=run_dir if resume else None, loggers=loggers)
+    summary.pop("wall_time_s")
+    return summary, checkpoint.load(run_dir)
+
+
+def test_a_memory_killed_mid_sleep_resumes_its_stop_rule_bit_identically(tmp_path):
+    """Killed (SIGKILL) after epoch 3's checkpoint, the stop rule not yet stopped, and resumed with a
+    rule built anew: weights, stop rule and summary as the uninterrupted run's (losing the stop
+    rule's state measures at other calls against another best: another end)."""
+    killed, marker = tmp_path / "killed", tmp_path / "stalled"
+    with tempfile.TemporaryFile("w+") as output:
+        child = subprocess.Popen([sys.executable, "-c", CHILD.format(
+            tests=str(ROOT / "tests"), stall=MEMORY_STALL, marker=str(marker), run_dir=str(killed),
+            epochs=MEMORY_EPOCHS)], cwd=ROOT, stdout=output, stderr=subprocess.STDOUT, text=True)
+        while not marker.exists():
+            if child.poll() is not None:
+                output.seek(0)
+                pytest.fail(f"the child exited before stalling:\n{output.read()}")
+            time.sleep(0.05)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    saved = checkpoint.load(killed)
+    assert saved["epoch"] == MEMORY_STALL - 1 and saved["rule"]["stopped"] is None and saved["rule"]["calls"] == 3
+    resumed, end = memory_run(killed, MEMORY_EPOCHS, resume=True)
+    whole, reference = memory_run(tmp_path / "whole", MEMORY_EPOCHS)
+    assert reference["rule"]["stopped"] is not None   # the stop rule acted after the kill
+    assert resumed == whole and end["rule"] == reference["rule"]
+    assert torch.equal(end["model"]["weight"], reference["model"]["weight"])

@@ -10,7 +10,7 @@ import torch
 from dynets import Condition, SettleOptions, UnconvergedError, diagnostics
 from dynets.models import LayeredHopfield
 from dynets.models.base import EnergyModel
-from dynets.rules import BackpropThroughTime, EquilibriumPropagation, ImplicitDifferentiation
+from dynets.rules import BackpropThroughTime, EquilibriumPropagation, ImplicitDifferentiation, write_grads
 
 TIGHT = SettleOptions(method="fast_euler", atol=1e-12, max_time=3000, check_every=1)
 
@@ -26,8 +26,8 @@ def problem(activation="sigmoid", sizes=(6, 9, 7, 3), batch=5, scale=2.0):
 
 
 def flat_grads(model, rule, x, y):
-    rule.grads(model, x, y)
-    return torch.cat([p.grad.flatten() for p in model.parameters()])
+    grads = rule.update(model, x, y).grads
+    return torch.cat([grads[name].flatten() for name, _ in model.named_parameters()])
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_parameter_gradient_is_the_hebbian_outer_product(activation):
 def test_ep_step_lowers_the_loss():
     model, x, y = problem("hard_sigmoid", batch=16)
     before = loss_at_equilibrium(model, x, y)
-    EquilibriumPropagation(0.1, "centered", TIGHT).grads(model, x, y)
+    write_grads(model, EquilibriumPropagation(0.1, "centered", TIGHT).update(model, x, y).grads)
     torch.optim.SGD(model.parameters(), lr=0.05).step()
     assert loss_at_equilibrium(model, x, y) < before
 
@@ -177,7 +177,7 @@ def test_reused_condition_reads_the_current_weights():
     model, x, y = problem("hard_sigmoid")
     c = Condition(x, model.target(y))
     TIGHT(model, c)
-    EquilibriumPropagation(0.1, "centered", TIGHT).grads(model, x, y)
+    write_grads(model, EquilibriumPropagation(0.1, "centered", TIGHT).update(model, x, y).grads)
     torch.optim.SGD(model.parameters(), lr=0.5).step()
     torch.testing.assert_close(TIGHT(model, c.nudged(0.2)).state, TIGHT(model, Condition(x, model.target(y), 0.2)).state,
                                rtol=0, atol=0)
@@ -248,7 +248,7 @@ def test_nudged_phases_start_from_the_free_equilibrium():
     x, target = torch.zeros(3, 1, dtype=torch.float64), model.target(y)
     free = SettleOptions(method="fast_euler", step_size=dt, atol=1e-14, max_time=500)
     nudged = SettleOptions(method="fast_euler", step_size=dt, atol=atol, max_time=500, check_every=1)
-    metrics = EquilibriumPropagation(beta, "centered", free, nudged).grads(model, x, y)
+    metrics = EquilibriumPropagation(beta, "centered", free, nudged).update(model, x, y).metrics
     s0 = model.b.detach() / a
     for sign, b in (("+", beta), ("-", -beta)):
         s_beta = (s0 + b * target) / (a + b)
@@ -265,7 +265,8 @@ def test_adjoint_converged_is_false_at_the_step_cap(exact, caplog):
 
     def run(cap):
         rule = ImplicitDifferentiation(TIGHT, adjoint_tol=1e-8, adjoint_max_steps=cap)
-        return rule.grads(model, x, y), torch.cat([p.grad.flatten() for p in model.parameters()])
+        update = rule.update(model, x, y)
+        return update.metrics, torch.cat([update.grads[name].flatten() for name, _ in model.named_parameters()])
 
     enough, _ = run(100000)
     n = enough["adjoint_steps"]
@@ -308,10 +309,10 @@ def test_adjoint_solves_the_linear_system_where_relaxation_diverges():
         want = torch.autograd.grad(f, list(model.parameters()), grad_outputs=tuple(w.split(sizes, 1)))
         backprop = torch.autograd.grad(model.cost(model.feedforward(c), c).mean(), list(model.parameters()))
     rule = ImplicitDifferentiation(TIGHT, cost=cost, adjoint_tol=1e-12)
-    metrics = rule.grads(model, x, y)
-    assert metrics["adjoint_converged"] == 1.0
-    for p, a, b in zip(model.parameters(), want, backprop, strict=True):
-        torch.testing.assert_close(p.grad, a, rtol=1e-9, atol=1e-12)
+    update = rule.update(model, x, y)
+    assert update.metrics["adjoint_converged"] == 1.0
+    for (name, _), a, b in zip(model.named_parameters(), want, backprop, strict=True):
+        torch.testing.assert_close(update.grads[name], a, rtol=1e-9, atol=1e-12)
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
@@ -322,14 +323,14 @@ def test_ep_converged_counts_the_nudged_phases():
     model, x, y = problem("hard_sigmoid")
     one_step = SettleOptions(method="fast_euler", atol=1e-12, max_time=0.5)
     with pytest.raises(UnconvergedError, match=r"nudged_\+ phase left .* rule\.allow_unconverged=true"):
-        EquilibriumPropagation(0.1, "centered", TIGHT, one_step).grads(model, x, y)
-    metrics = EquilibriumPropagation(0.1, "centered", TIGHT, one_step, allow_unconverged=True).grads(model, x, y)
+        EquilibriumPropagation(0.1, "centered", TIGHT, one_step).update(model, x, y)
+    metrics = EquilibriumPropagation(0.1, "centered", TIGHT, one_step, allow_unconverged=True).update(model, x, y).metrics
     c = Condition(x, model.target(y))
     free = TIGHT(model, c)
     fractions = [one_step(model, c.nudged(b), init=free.state).converged_fraction for b in (0.1, -0.1)]
     assert free.converged and min(fractions) < 1.0
     assert metrics["converged"] == min(fractions) and metrics["unconverged_updates"] == 1.0
-    assert EquilibriumPropagation(0.1, "centered", TIGHT, allow_unconverged=True).grads(model, x, y)["unconverged_updates"] == 0.0
+    assert EquilibriumPropagation(0.1, "centered", TIGHT, allow_unconverged=True).update(model, x, y).metrics["unconverged_updates"] == 0.0
 
 
 def _rules_that_settle():
@@ -348,14 +349,12 @@ def _rules_that_settle():
 @pytest.mark.parametrize("rule_class, model_of", _rules_that_settle(), ids=lambda v: getattr(v, "__name__", ""))
 def test_every_rule_refuses_an_update_from_unconverged_phases_unless_allowed(rule_class, model_of):
     """One settle step to a tolerance of 1e-12: some phase does not converge. Refused by
-    default (nothing written, an error naming the option); allowed, an update is written and
-    counted."""
+    default (an error naming the option); allowed, an update is returned and counted."""
     torch.manual_seed(0)
     model, x, y = model_of().double(), torch.rand(6, 4, dtype=torch.float64), torch.randint(0, 3, (6,))
     short = SettleOptions(method="fast_euler", atol=1e-12, max_time=0.5)
     with pytest.raises(UnconvergedError, match=r"phase left \d+ of \d+ samples .*rule\.allow_unconverged=true"):
-        rule_class(settle=short).grads(model, x, y)
-    assert all(p.grad is None for p in model.parameters())
-    metrics = rule_class(settle=short, allow_unconverged=True).grads(model, x, y)
-    assert metrics["unconverged_updates"] == 1.0
-    assert any(p.grad is not None for p in model.parameters())
+        rule_class(settle=short).update(model, x, y)
+    update = rule_class(settle=short, allow_unconverged=True).update(model, x, y)
+    assert update.metrics["unconverged_updates"] == 1.0
+    assert update.grads

@@ -184,8 +184,8 @@ def test_fast_path_and_torchdiffeq_give_the_same_equilibrium_and_ep_update(metho
         torch.testing.assert_close(sa, sb, rtol=0, atol=1e-5)
     grads = []
     for opts in (fast, slow):
-        EquilibriumPropagation(0.2, "centered", opts).grads(model, c.x, y)
-        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        update = EquilibriumPropagation(0.2, "centered", opts).update(model, c.x, y)
+        grads.append(torch.cat([update.grads[n].flatten() for n, _ in model.named_parameters()]))
     assert (grads[0] - grads[1]).norm() <= 1e-3 * grads[1].norm()
 
 

@@ -1,5 +1,5 @@
 """dynets' EP and PC rules against the textbook autograd implementations of dynets.testing
-(same weights, batch and step budget: the same p.grad), and those references against the
+(same weights, batch and step budget: the same gradients), and those references against the
 exact gradient, so that a wrong sign or β anywhere shows up as a number."""
 import copy
 
@@ -27,14 +27,14 @@ def reference_grads(reference, x, y):
 
 
 def flat_grads(model, rule, x, y):
-    rule.grads(model, x, y)
-    return torch.cat([p.grad.flatten() for p in model.parameters()])
+    grads = rule.update(model, x, y).grads
+    return torch.cat([grads[name].flatten() for name, _ in model.named_parameters()])
 
 
 @pytest.mark.parametrize("reference_class, model_class, activation",
                          [(ReferenceEP, LayeredHopfield, "hard_sigmoid"), (ReferencePC, PredictiveCoding, "tanh")])
 def test_rule_writes_the_references_grads(reference_class, model_class, activation):
-    """Both dynets solvers (its own Euler loop and torchdiffeq's) give the textbook p.grad to rounding."""
+    """Both dynets solvers (its own Euler loop and torchdiffeq's) give the textbook gradients to rounding."""
     model, x, y = problem(model_class, activation)
     check_same_grads(model, reference_class(copy.deepcopy(model.layers)), x, y, tol=1e-10)
 

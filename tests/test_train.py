@@ -13,7 +13,7 @@ from dynets import SettleOptions
 from dynets.app.loggers import JsonLinesLogger
 from dynets.models import LayeredHopfield
 from dynets.rules import EquilibriumPropagation
-from dynets.rules.base import Rule, write_grads
+from dynets.rules.base import Rule, Update
 from dynets.data import Split
 from dynets.app.fit import fit, free_phase_metrics, layer_param_groups, pinned_fraction
 
@@ -143,9 +143,8 @@ def test_the_best_epoch_follows_validation_when_test_disagrees(digits):
 class Silent(Rule):
     """EP that reports no metrics: the loop may not expect any (train_steps_free, train_converged...)."""
 
-    def grads(self, model, x, y):
-        EquilibriumPropagation(0.5, settle=self.settle, allow_unconverged=True).grads(model, x, y)
-        return {}
+    def update(self, model, x, y=None):
+        return Update(EquilibriumPropagation(0.5, settle=self.settle, allow_unconverged=True).update(model, x, y).grads)
 
 
 def test_metrics_a_rule_does_not_report_are_absent(digits):
@@ -184,9 +183,8 @@ def test_pinned_fraction_counts_hidden_units_at_a_bound_of_the_activation():
 class Inert(Rule):
     """A rule whose update is exactly zero."""
 
-    def grads(self, model, x, y):
-        write_grads(model, {name: torch.zeros_like(p) for name, p in model.named_parameters()})
-        return {}
+    def update(self, model, x, y=None):
+        return Update({name: torch.zeros_like(p) for name, p in model.named_parameters()})
 
 
 @pytest.mark.parametrize("rule,lr,dead", [

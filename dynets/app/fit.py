@@ -24,7 +24,7 @@ from ..data import Dataset, Split
 from .distributed import all_sum, average_grads, broadcast_parameters, is_main, rank_and_size, shard
 from .loggers import Logger, percent
 from ..models.base import DynamicalModel
-from ..rules.base import Rule, generators
+from ..rules.base import Rule, Update, generators, write_grads
 from ..settle import SettleOptions
 from ..phases import Condition, State, UnconvergedError
 
@@ -138,10 +138,11 @@ def free_phase_metrics(model: DynamicalModel, split: Split, settle: SettleOption
 
 
 def train_step(model: DynamicalModel, rule: Rule, optimizer: torch.optim.Optimizer,
-               x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, float], int]:
-    """One optimizer step on the batch ``x`` ``(batch, in)``, ``y`` ``(batch,)``.
+               x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[dict[str, float], int]:
+    """One optimizer step on the batch ``x`` ``(batch, in)``, ``y`` ``(batch,)`` (``None``: no labels):
+    the rule's :class:`~dynets.rules.base.Update`, written to ``p.grad`` (:func:`write_grads`).
 
-    Under torch.distributed each process runs ``rule.grads`` on its contiguous shard of the
+    Under torch.distributed each process runs ``rule.update`` on its contiguous shard of the
     batch, and the gradients are averaged weighted by shard size before the step, so the
     step is the single-process step on the whole batch, up to float rounding and up to the
     settle tolerance (each shard stops settling when its own samples have settled).
@@ -149,18 +150,18 @@ def train_step(model: DynamicalModel, rule: Rule, optimizer: torch.optim.Optimiz
     Returns this process's metrics (the rule's, means over its shard, and ``update_norm``, the
     :func:`update_norm` of the step's update; empty for an empty shard) and its shard size.
     """
-    xs, ys = shard(x, y)
-    if len(ys):
-        metrics = rule.grads(model, xs, ys)
-    else:  # a last batch smaller than the number of processes leaves some shards empty:
-        metrics = {}   # no gradient here; average_grads counts it as zero
-        for p in model.parameters():
-            p.grad = None
-    average_grads(model, len(ys) / len(y))
-    if len(ys):   # the update, the same on every process now
+    xs, ys = shard(x, x if y is None else y)
+    n = len(xs)
+    # A last batch smaller than the number of processes leaves some shards empty: no
+    # gradient there; average_grads counts it as zero.
+    update = rule.update(model, xs, None if y is None else ys) if n else Update()
+    write_grads(model, update.grads)
+    average_grads(model, n / len(x))
+    metrics = dict(update.metrics)
+    if n:   # the update, the same on every process now
         metrics["update_norm"] = update_norm(model)
     optimizer.step()
-    return metrics, len(ys)
+    return metrics, n
 
 
 def update_norm(model: torch.nn.Module) -> float:
@@ -169,17 +170,17 @@ def update_norm(model: torch.nn.Module) -> float:
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item() if grads else 0.0
 
 
-def _train_epoch(model, rule, optimizer, split: Split, batch_size: int,
-                 generator: torch.Generator) -> tuple[dict[str, float], float | None]:
-    """One pass over ``split`` in the order drawn from ``generator``: the rule's metrics, means
-    over the split, and the loss of the first batch (before its step; ``None`` if the rule
-    reports none)."""
+def _train_epoch(model, rule, optimizer, split: Split, batch_size: int, generator: torch.Generator,
+                 labelled: bool = True) -> tuple[dict[str, float], float | None]:
+    """One pass over ``split`` in the order drawn from ``generator`` (the rule given no labels
+    unless ``labelled``): the rule's metrics, means over the split, and the loss of the first
+    batch (before its step; ``None`` if the rule reports none)."""
     totals: dict[str, float] = {}
     first_loss, start_norm = None, weight_norm(model)
     batches = split.batches(batch_size, shuffle=True, generator=generator)
     for x, y in _bar(batches, total=math.ceil(len(split) / batch_size), desc="batches", leave=False):
         try:
-            metrics, n = train_step(model, rule, optimizer, x, y)
+            metrics, n = train_step(model, rule, optimizer, x, y if labelled else None)
         except UnconvergedError as error:
             raise _diverged_or(error, model, start_norm) from error
         first_loss = metrics.get("loss") if not totals else first_loss
@@ -416,7 +417,7 @@ def _epoch(model, rule, optimizer, data: Dataset, batch_size: int, generator: to
     """Train one epoch; its metrics with the probes', the validation metrics and the epoch's
     time, and the loss of its first batch."""
     t0 = time.perf_counter()
-    metrics, first_loss = _train_epoch(model, rule, optimizer, data.train, batch_size, generator)
+    metrics, first_loss = _train_epoch(model, rule, optimizer, data.train, batch_size, generator, data.labelled)
     for probe in probes:
         metrics.update(probe(model))
     alone = _model_metrics(evaluate)

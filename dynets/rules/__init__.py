@@ -1,6 +1,7 @@
-"""Rules: turn the equilibria of the phases they need into ``p.grad``."""
+"""Rules: turn the equilibria of the phases they need into an :class:`Update` (gradients by
+parameter name, and metrics), which :func:`write_grads` writes to ``p.grad``."""
 from .backprop import Backprop
-from .base import Rule, write_grads
+from .base import Rule, Update, write_grads
 from .boltzmann import BoltzmannLearning
 from .chl import ContrastiveHebbian
 from .dtp import DifferenceTargetPropagation
@@ -13,7 +14,7 @@ from .perturbation import NodePerturbation, WeightPerturbation
 from .reference import BackpropThroughTime, ImplicitDifferentiation
 from .wake_sleep import WakeSleep
 
-__all__ = ["Rule", "Backprop", "ContrastiveHebbian", "EquilibriumPropagation", "PredictiveCodingRule", "ImplicitDifferentiation", "BackpropThroughTime",
+__all__ = ["Rule", "Update", "Backprop", "ContrastiveHebbian", "EquilibriumPropagation", "PredictiveCodingRule", "ImplicitDifferentiation", "BackpropThroughTime",
            "WakeSleep", "BoltzmannLearning", "HebbianStorage", "HebbianSleep", "RecallMonitor", "NodePerturbation",
            "WeightPerturbation", "VectorFieldEP", "FeedbackAlignment", "KolenPollack", "WeightMirror",
            "DifferenceTargetPropagation", "SleepInterleaved", "write_grads"]

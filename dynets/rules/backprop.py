@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..models.base import DynamicalModel
-from .base import Rule, write_grads
+from .base import Rule, Update, readout
 
 
 class Backprop(Rule):
@@ -21,13 +21,10 @@ class Backprop(Rule):
             raise TypeError(f"Backprop cannot train {type(model).__name__}: it needs a model whose free "
                             "equilibrium is a feedforward pass (a feedforward method): PredictiveCoding")
 
-    def grads(self, model: DynamicalModel, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def update(self, model: DynamicalModel, x: torch.Tensor, y: torch.Tensor | None = None) -> Update:
         condition = self.condition(model, x, y)
         with torch.enable_grad():
             state = model.feedforward(condition)
             loss = model.cost(state, condition).mean()
             grads = torch.autograd.grad(loss, list(model.parameters()))
-        write_grads(model, model.named_grads(grads))
-        accuracy = (model.output(state).argmax(1) == y).float().mean()
-        loss, accuracy = torch.stack([loss.detach(), accuracy.to(loss.dtype)]).tolist()
-        return {"loss": loss, "accuracy": accuracy, "steps_free": 0, "converged": 1.0}
+        return Update(model.named_grads(grads), {**readout(model, state, condition, y), "steps_free": 0, "converged": 1.0})

@@ -1,7 +1,9 @@
-"""The rule interface: settle the phases a rule needs, write ``p.grad``, return metrics."""
+"""The rule interface: settle the phases a rule needs; return the update (gradients by
+parameter name, and metrics)."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from typing import Mapping
 
 import torch
@@ -12,11 +14,27 @@ from ..settle import SettleOptions
 from ..phases import Condition, Equilibrium, UnconvergedError
 
 
+@dataclass(frozen=True)
+class Update:
+    """What one step of a rule gives: ``grads``, its estimate of +∂L/∂θ by parameter name
+    (torch's descent sign, what ``p.grad`` holds: ``optimizer.step()`` subtracts it) for the
+    parameters it trains, and only those; ``metrics``, named numbers about the step (those
+    a rule does not produce are absent). :func:`write_grads` applies it to a model.
+
+    Args:
+        grads: ``{name: tensor of the parameter's shape}``.
+        metrics: ``{name: float}``.
+    """
+
+    grads: dict[str, torch.Tensor] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
 class Rule(ABC):
-    """A learning rule. ``grads`` sets ``p.grad`` of the parameters the rule trains to its
-    estimate of +∂L/∂θ (torch's descent convention: ``optimizer.step()`` subtracts it),
-    where L is the batch mean of the cost at the free equilibrium; the others keep
-    ``grad = None``, so an optimizer leaves them alone.
+    """A learning rule. :meth:`update` returns, for the parameters the rule trains, its
+    estimate of +∂L/∂θ (an :class:`Update`), where L is the batch mean of the cost at the
+    free equilibrium; it never touches ``p.grad``. :func:`write_grads` applies an update
+    (the parameters it leaves out get ``grad = None``, so an optimizer leaves them alone).
 
     Args:
         settle: how the free phase is settled (and the other phases unless a rule says).
@@ -33,10 +51,17 @@ class Rule(ABC):
     ``models`` names the model classes a rule can train; :meth:`check_model` raises for
     any other. A stochastic rule keeps its ``torch.Generator`` as an attribute: every
     generator attribute is saved in checkpoints and restored on resume
-    (:mod:`dynets.app.checkpoint`), so a seeded run resumes bit-identically.
+    (:mod:`dynets.app.checkpoint`), so a seeded run resumes bit-identically; a rule that
+    carries any other state from step to step (chains, a stop rule) has ``state_dict`` and
+    ``load_state_dict``, which checkpoints save and restore.
+
+    Labels are optional: a rule whose phases need a target (a nudge or clamp of the read-out
+    toward it, a loss) has ``needs_target`` and raises, in :meth:`condition`, when it gets
+    no labels and the model makes no target of its own.
     """
 
     models: tuple[type, ...] = (DynamicalModel,)
+    needs_target: bool = True
 
     def __init__(self, settle: SettleOptions | None = None, cost: Cost | None = None,
                  allow_unconverged: bool = False) -> None:
@@ -45,9 +70,10 @@ class Rule(ABC):
         self.allow_unconverged = bool(allow_unconverged)
 
     @abstractmethod
-    def grads(self, model: DynamicalModel, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        """Write ``p.grad`` for a batch ``x`` ``(batch, in)``, labels ``y`` ``(batch,)``;
-        return metrics (at least ``loss``, ``accuracy``, ``steps_free``, ``converged``)."""
+    def update(self, model: DynamicalModel, x: torch.Tensor, y: torch.Tensor | None = None) -> Update:
+        """The update for a batch ``x`` ``(batch, in)`` with labels ``y`` ``(batch,)`` or ``None``.
+        A rule that settles a free phase reports ``steps_free`` and ``converged``, ``loss``
+        when it has a target and ``accuracy`` when it has labels and the model a label read-out."""
 
     def check_model(self, model: DynamicalModel) -> None:
         """Raise if this rule cannot train ``model``, naming the models it can."""
@@ -75,19 +101,29 @@ class Rule(ABC):
                                    "settle.step_size; or set rule.allow_unconverged=true to write such updates anyway "
                                    "(counted in the metric unconverged_updates)")
 
-    def condition(self, model: DynamicalModel, x: torch.Tensor, y: torch.Tensor) -> Condition:
-        """The batch's free-phase condition, prepared (its constants shared by every phase)."""
-        self.check_model(model)
-        return model.prepare(Condition(x, model.target(y), cost=self.cost))
+    def condition(self, model: DynamicalModel, x: torch.Tensor, y: torch.Tensor | None = None) -> Condition:
+        """The batch's free-phase condition, prepared (its constants shared by every phase);
+        its target is ``model.target(y)``, or the model's own (``None`` without labels).
 
-    def free_phase(self, model: DynamicalModel, x: torch.Tensor, y: torch.Tensor) -> tuple[Condition, Equilibrium, dict[str, float]]:
-        """Settle with x clamped and no nudging; metrics of that equilibrium."""
+        Raises:
+            ValueError: the rule ``needs_target`` and there is none.
+        """
+        self.check_model(model)
+        condition = model.prepare(Condition(x, None if y is None else model.target(y), cost=self.cost))
+        if self.needs_target and condition.target is None:
+            raise ValueError(f"{type(self).__name__} needs labels y (its phases nudge or clamp the read-out of "
+                             f"{type(model).__name__} toward a target), and got y=None. Without labels use a rule "
+                             "that needs none (WakeSleep, BoltzmannLearning, HebbianStorage, HebbianSleep, "
+                             "PredictiveCodingRule(variant='unsupervised') on a generative model) or a model that "
+                             "makes its own target (ReadBackHopfield)")
+        return condition
+
+    def free_phase(self, model: DynamicalModel, x: torch.Tensor,
+                   y: torch.Tensor | None = None) -> tuple[Condition, Equilibrium, dict[str, float]]:
+        """Settle with x clamped and no nudging; metrics of that equilibrium (see :func:`readout`)."""
         condition = self.condition(model, x, y)
         free = self.settle(model, condition)
-        loss = model.cost(free.state, condition).mean()
-        accuracy = (model.output(free.state).argmax(1) == y).to(loss.dtype).mean()
-        loss, accuracy = torch.stack([loss, accuracy]).tolist()   # one sync for both
-        metrics = {"loss": loss, "accuracy": accuracy, "steps_free": free.steps,
+        metrics = {**readout(model, free.state, condition, y), "steps_free": free.steps,
                    "converged": free.converged_fraction}
         return condition, free, metrics
 
@@ -103,9 +139,25 @@ def _describe(late: Mapping[str, Equilibrium]) -> str:
     return "; ".join(parts)
 
 
+def readout(model: DynamicalModel, state, condition: Condition, y: torch.Tensor | None) -> dict[str, float]:
+    """``loss``, the batch mean of the cost at ``state`` when ``condition`` has a target, and
+    ``accuracy`` of the argmax read-out when there are labels ``y`` and the model has a label
+    read-out (``model.supervised``); absent otherwise."""
+    values = {}
+    if condition.target is not None:
+        values["loss"] = model.cost(state, condition).mean()
+    if y is not None and model.supervised:
+        correct = model.output(state).argmax(1) == y
+        values["accuracy"] = correct.to(values["loss"].dtype if "loss" in values else torch.float32).mean()
+    if not values:
+        return {}
+    return dict(zip(values, torch.stack([v.detach() for v in values.values()]).tolist()))   # one sync for all
+
+
 def write_grads(model: torch.nn.Module, grads: Mapping[str, torch.Tensor]) -> None:
-    """Set ``p.grad`` of the named parameters; every other parameter gets ``grad = None``
-    (an optimizer skips it). A name the model does not have is an error."""
+    """Set ``p.grad`` of the named parameters (an :class:`Update`'s ``grads``); every other
+    parameter gets ``grad = None`` (an optimizer skips it). A name the model does not have
+    is an error."""
     params = dict(model.named_parameters())
     unknown = set(grads) - set(params)
     if unknown:

@@ -8,7 +8,7 @@ import torch
 from ..models.boltzmann import BoltzmannMachine
 from ..sampling import SampleOptions, Sleep
 from ..phases import Condition, State
-from .base import Rule, write_grads
+from .base import Rule, Update
 
 # Where the free phase's chains start: kept from the previous step, or at the batch's data.
 STARTS = {"pcd": "persistent", "cd": "data"}
@@ -61,8 +61,8 @@ class BoltzmannLearning(Rule):
         self.generator = torch.Generator().manual_seed(seed)
         self.chain: State | None = None   # the persistent chains' (v, h), pcd only
 
-    def grads(self, model: BoltzmannMachine, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, float]:
-        """Write ``p.grad`` = ⟨·⟩_free − ⟨·⟩_clamped for the batch ``x`` ``(batch, n_visible)``;
+    def update(self, model: BoltzmannMachine, x: torch.Tensor, y: torch.Tensor | None = None) -> Update:
+        """The gradients ⟨·⟩_free − ⟨·⟩_clamped for the batch ``x`` ``(batch, n_visible)``;
         ``y`` is ignored (the rule learns without labels)."""
         self.check_model(model)
         if x.dim() != 2 or x.shape[1] != model.sizes[0]:
@@ -70,10 +70,10 @@ class BoltzmannLearning(Rule):
         with torch.no_grad():
             dream = self.dream(model, x)
             awake, asleep = statistics(model, x), statistics(model, dream.state[0])
-            write_grads(model, {name: asleep[name] - awake[name] for name in awake})
+            grads = {name: asleep[name] - awake[name] for name in awake}
             error = (torch.sigmoid(model.visible_field(torch.sigmoid(model.hidden_field(x)))) - x).pow(2).mean()
             error, changed = torch.stack([error, dream.changed.mean().to(error.dtype)]).tolist()
-        return {"reconstruction_error": error, "chain_changed": changed}
+        return Update(grads, {"reconstruction_error": error, "chain_changed": changed})
 
     def dream(self, model: BoltzmannMachine, x: torch.Tensor):
         """The free phase: ``k`` Gibbs sweeps from the persistent chains (``pcd``) or from ``x`` (``cd``)."""

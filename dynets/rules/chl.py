@@ -6,7 +6,7 @@ import torch
 from ..costs import Cost
 from ..models.base import EnergyModel
 from ..settle import SettleOptions
-from .base import Rule, write_grads
+from .base import Rule, Update
 
 
 class ContrastiveHebbian(Rule):
@@ -41,10 +41,9 @@ class ContrastiveHebbian(Rule):
         super().__init__(settle, cost, allow_unconverged)
         self.clamped_settle = clamped_settle if clamped_settle is not None else self.settle
 
-    def grads(self, model: EnergyModel, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def update(self, model: EnergyModel, x: torch.Tensor, y: torch.Tensor | None = None) -> Update:
         condition, free, metrics = self.free_phase(model, x, y)
         clamped = self.clamped_settle(model, condition.clamped({-1: condition.target}), init=free.state)
         metrics.update(steps_clamped=clamped.steps, converged=min(metrics["converged"], clamped.converged_fraction))
         self.check_converged(metrics, {"free": free, "clamped": clamped})
-        write_grads(model, model.param_grad_difference(clamped.state, free.state, condition))
-        return metrics
+        return Update(model.param_grad_difference(clamped.state, free.state, condition), metrics)

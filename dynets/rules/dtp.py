@@ -9,6 +9,7 @@ from ..costs import Cost
 from ..models.asymmetric import Asymmetric
 from ..settle import SettleOptions
 from ..phases import Condition, Equilibrium, State
+from .base import Update
 from .feedback import _Nudged
 
 TARGETS = ("settle", "sweep")
@@ -83,10 +84,9 @@ class DifferenceTargetPropagation(_Nudged):
             state = difference_targets(model, free.state, condition, top)
         return Equilibrium(state, free.t, free.residual, free.tolerance, free.converged, 0, 0)
 
-    def update(self, model, condition, free, a, b, x, scale):
+    def phase_update(self, model, condition, free, a, b, x, scale):
         loss, grads = self.reconstruction(model, condition, free, x)
-        self.last_loss = loss
-        return {**model.delta_rule(a, b, free, x, scale), **grads}
+        return Update({**model.delta_rule(a, b, free, x, scale), **grads}, {"drl_loss": loss})
 
     def reconstruction(self, model: Asymmetric, condition: Condition, free: State,
                        x: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:
@@ -111,8 +111,7 @@ class DifferenceTargetPropagation(_Nudged):
         z = torch.randn(like.shape, generator=self.generator, dtype=like.dtype)
         return z.to(like.device).mul_(self.sigma)
 
-    def grads(self, model: Asymmetric, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        self.last_loss = float("nan")
-        metrics = super().grads(model, x, y)
-        metrics["drl_loss"] = self.last_loss
-        return metrics
+    def update(self, model: Asymmetric, x: torch.Tensor, y: torch.Tensor | None = None) -> Update:
+        step = super().update(model, x, y)
+        step.metrics.setdefault("drl_loss", float("nan"))   # no converged sample: no reconstruction ran
+        return step

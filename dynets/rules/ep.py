@@ -6,7 +6,7 @@ import torch
 from ..costs import Cost
 from ..models.base import EnergyModel
 from ..settle import SettleOptions
-from .base import Rule, write_grads
+from .base import Rule, Update
 
 # Nudging strengths of the two phases compared, in units of β.
 VARIANTS = {"centered": (-1.0, 1.0), "positive": (0.0, 1.0), "negative": (-1.0, 0.0)}
@@ -43,7 +43,7 @@ class EquilibriumPropagation(Rule):
         self.beta, self.variant = float(beta), variant
         self.nudged_settle = nudged_settle if nudged_settle is not None else self.settle
 
-    def grads(self, model: EnergyModel, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def update(self, model: EnergyModel, x: torch.Tensor, y: torch.Tensor | None = None) -> Update:
         condition, free, metrics = self.free_phase(model, x, y)
         ends, phases = [], {"free": free}
         for k in VARIANTS[self.variant]:
@@ -58,5 +58,4 @@ class EquilibriumPropagation(Rule):
             ends.append((k * self.beta, eq))
         (b1, eq1), (b2, eq2) = ends
         self.check_converged(metrics, phases)
-        write_grads(model, model.param_grad_difference(eq2.state, eq1.state, condition, scale=1.0 / (b2 - b1)))
-        return metrics
+        return Update(model.param_grad_difference(eq2.state, eq1.state, condition, scale=1.0 / (b2 - b1)), metrics)

@@ -12,7 +12,7 @@ from ..costs import Cost
 from ..models.asymmetric import Asymmetric
 from ..settle import SettleOptions
 from ..phases import Condition, Equilibrium, State
-from .base import Rule, write_grads
+from .base import Rule, Update
 
 # Nudging strengths of the two phases compared, in units of β (as EquilibriumPropagation).
 VARIANTS = {"centered": (-1.0, 1.0), "positive": (0.0, 1.0)}
@@ -43,7 +43,7 @@ class _Nudged(Rule):
             raise ValueError(f"{type(self).__name__} trains the feedback weights B, but this model has "
                              f"feedback={model.feedback_mode!r}; set feedback='learned'")
 
-    def phases(self, model: Asymmetric, x: torch.Tensor, y: torch.Tensor):
+    def phases(self, model: Asymmetric, x: torch.Tensor, y: torch.Tensor | None):
         """(condition, free, a, b, ok, scale, metrics): the nudged ends a (β₂) and b (β₁),
         the mask ``ok`` of samples that converged everywhere, and 1/(β₂ − β₁)."""
         condition, free, metrics = self.free_phase(model, x, y)
@@ -65,24 +65,26 @@ class _Nudged(Rule):
         """The phase nudged by ``beta``, settled from the free equilibrium."""
         return self.settle(model, condition.nudged(beta), init=free.state)
 
-    def grads(self, model: Asymmetric, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def update(self, model: Asymmetric, x: torch.Tensor, y: torch.Tensor | None = None) -> Update:
         condition, free, a, b, ok, scale, metrics = self.phases(model, x, y)
         pick = lambda s: tuple(t[ok] for t in s)
-        grads = self.update(model, condition, pick(free.state), pick(a), pick(b), x[ok], scale) if ok.any() else \
-            {n: torch.zeros_like(p) for n, p in model.named_parameters() if self.trains(n, model)}
-        write_grads(model, grads)
+        if ok.any():
+            step = self.phase_update(model, condition, pick(free.state), pick(a), pick(b), x[ok], scale)
+        else:
+            step = Update({n: torch.zeros_like(p) for n, p in model.named_parameters() if self.trains(n, model)})
+        metrics.update(step.metrics)
         metrics.update({f"feedback_angle_{l}": v for l, v in enumerate(model.feedback_angles())})
-        return metrics
+        return Update(step.grads, metrics)
 
     def trains(self, name: str, model: Asymmetric) -> bool:
         """Whether this rule writes a gradient for parameter ``name``."""
         return name.startswith("layers.") or (self.needs_learned_feedback and name.startswith("feedback."))
 
-    def update(self, model: Asymmetric, condition: Condition, free: State, a: State, b: State,
-               x: torch.Tensor, scale: float) -> dict[str, torch.Tensor]:
-        """``{name: gradient}`` from the phases of the converged samples (forward weights:
-        the delta rule on the postsynaptic activity difference)."""
-        return model.delta_rule(a, b, free, x, scale)
+    def phase_update(self, model: Asymmetric, condition: Condition, free: State, a: State, b: State,
+                     x: torch.Tensor, scale: float) -> Update:
+        """The update from the phases of the converged samples (forward weights: the delta
+        rule on the postsynaptic activity difference); its metrics join the step's."""
+        return Update(model.delta_rule(a, b, free, x, scale))
 
 
 class VectorFieldEP(_Nudged):
@@ -105,8 +107,8 @@ class VectorFieldEP(_Nudged):
     def trains(self, name: str, model: Asymmetric) -> bool:
         return name.startswith("layers.") or model.learns_feedback
 
-    def update(self, model, condition, free, a, b, x, scale):
-        return model.hebbian_difference(a, b, x, scale)
+    def phase_update(self, model, condition, free, a, b, x, scale):
+        return Update(model.hebbian_difference(a, b, x, scale))
 
 
 class FeedbackAlignment(_Nudged):
@@ -166,14 +168,14 @@ class KolenPollack(_Nudged):
                           "that shrinks W and B alike: B will not converge to Wᵀ. Use decay=0 with "
                           "AdamW's weight_decay > 0 (optimizer=adamw), or SGD with decay > 0", stacklevel=2)
 
-    def update(self, model, condition, free, a, b, x, scale):
+    def phase_update(self, model, condition, free, a, b, x, scale):
         grads = model.delta_rule(a, b, free, x, scale)
         for l, fb in enumerate(model.feedback):   # the transposed update, before W's own decay is added
             grads[f"feedback.{l}"] = grads[f"layers.{l + 1}.weight"].T + self.decay * fb.detach()
         if self.decay:
             for l, layer in enumerate(model.layers):
                 grads[f"layers.{l}.weight"] = grads[f"layers.{l}.weight"] + self.decay * layer.weight.detach()
-        return grads
+        return Update(grads)
 
 
 class WeightMirror(_Nudged):
@@ -218,6 +220,6 @@ class WeightMirror(_Nudged):
             grads[f"feedback.{l}"] = fb.detach() - xi.T @ current / (self.samples * self.sigma ** 2)
         return grads
 
-    def update(self, model, condition, free, a, b, x, scale):
-        return {**model.delta_rule(a, b, free, x, scale), **self.sleep_grads(model)}
+    def phase_update(self, model, condition, free, a, b, x, scale):
+        return Update({**model.delta_rule(a, b, free, x, scale), **self.sleep_grads(model)})
 

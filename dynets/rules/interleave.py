@@ -10,7 +10,7 @@ from ..models.helmholtz import Helmholtz
 from ..sampling import sample
 from ..settle import SettleOptions
 from ..phases import Condition
-from .base import Rule, generators, write_grads
+from .base import Rule, Update, generators
 from .wake_sleep import WakeSleep
 
 STARTS = ("prior", "replay")
@@ -77,7 +77,7 @@ class SleepInterleaved(Rule):
     def check_model(self, model) -> None:
         self.wake.check_model(model)
 
-    def grads(self, model, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def update(self, model, x: torch.Tensor, y: torch.Tensor | None = None) -> Update:
         grads, metrics = self._wake(model, x, y)
         self.credit += self.ratio
         sleeps, self.credit = int(self.credit), self.credit - int(self.credit)
@@ -85,24 +85,18 @@ class SleepInterleaved(Rule):
             for name, g in self._sleep(model, x, y).items():
                 grads[name] = grads[name] + g if name in grads else g
         metrics["sleeps"] = sleeps
-        write_grads(model, grads)
-        return metrics
+        return Update(grads, metrics)
 
-    def _wake(self, model, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    def _wake(self, model, x: torch.Tensor, y: torch.Tensor | None) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         if isinstance(self.wake, WakeSleep):
             self.wake.check_model(model)
             model.check_input(x)
             with torch.no_grad():
                 return self.wake.wake(model, x)
-        return self._run(self.wake, model, x, y)
+        wake = self.wake.update(model, x, y)
+        return dict(wake.grads), dict(wake.metrics)
 
-    @staticmethod
-    def _run(rule: Rule, model, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-        """A rule's gradients (read back from ``p.grad``) and metrics."""
-        metrics = rule.grads(model, x, y)
-        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, metrics
-
-    def _sleep(self, model, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _sleep(self, model, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, torch.Tensor]:
         n = self.dreams or len(x)
         if isinstance(model, Helmholtz):
             return self._helmholtz_sleep(model, x, n)
@@ -113,7 +107,7 @@ class SleepInterleaved(Rule):
             code = state[getattr(model, "code_layer", -1)][:n]
             code = code + self.noise * torch.randn(code.shape, generator=self.generator, dtype=code.dtype).to(code.device)
         dream = top_down(model, code, self.settle)
-        return self._run(self.wake, model, dream, y[:len(dream)])[0]
+        return self.wake.update(model, dream, None if y is None else y[:len(dream)]).grads
 
     @torch.no_grad()
     def _helmholtz_sleep(self, model: Helmholtz, x: torch.Tensor, n: int) -> dict[str, torch.Tensor]:

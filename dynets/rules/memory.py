@@ -11,7 +11,7 @@ import torch
 from ..models.memory import AssociativeMemory, Memory, check_patterns, noisy_cues, overlaps
 from ..settle import SettleOptions
 from ..phases import Condition
-from .base import Rule, write_grads
+from .base import Rule, Update
 
 log = logging.getLogger("dynets")
 
@@ -38,11 +38,10 @@ class HebbianStorage(Rule):
 
     models = (AssociativeMemory,)
 
-    def grads(self, model: AssociativeMemory, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, float]:
+    def update(self, model: AssociativeMemory, x: torch.Tensor, y: torch.Tensor | None = None) -> Update:
         self.check_model(model)
         check_patterns(x, model.n)
-        write_grads(model, {"weight": -hebbian(x.to(model.weight.dtype))})
-        return {"patterns": float(len(x))}
+        return Update({"weight": -hebbian(x.to(model.weight.dtype))}, {"patterns": float(len(x))})
 
 
 @dataclass(frozen=True)
@@ -85,7 +84,7 @@ class HebbianSleep(Rule):
     small ε (≈ 0.01/N) and many dreams.
 
     Every ``monitor_every`` calls, before the update, the :class:`RecallMonitor` measures
-    the stored patterns x (the batch passed to :meth:`grads`) and the stop rule is applied:
+    the stored patterns x (the batch passed to :meth:`update`) and the stop rule is applied:
 
     - ``destroying``: the stable or the recall fraction or the mean overlap fell more than
       ``drop`` below its best so far: a warning is logged;
@@ -95,9 +94,10 @@ class HebbianSleep(Rule):
       before a drop stopped it, in ``scripts/recall.py`` without this rule);
     - ``plateau``: none of them rose above its best for ``patience`` measurements.
 
-    Once stopped, ``stopped`` holds the reason, :meth:`grads` writes no gradient (every
-    ``p.grad`` is None: an optimizer leaves W alone) and its metrics carry ``stopped = 1``.
-    Damage between two measurements is not undone: a small ``monitor_every`` bounds it.
+    Once stopped, ``stopped`` holds the reason, :meth:`update` holds no gradient (written,
+    every ``p.grad`` is None: an optimizer leaves W alone) and its metrics carry ``stopped = 1``.
+    Damage between two measurements is not undone: a small ``monitor_every`` bounds it. The
+    stop rule's state is in :meth:`state_dict`, so a checkpointed run resumes exactly.
 
     Args:
         dreams: D, dreams per call.
@@ -140,8 +140,8 @@ class HebbianSleep(Rule):
                    "unconverged_dreams": int((~settled).sum())}
         return model.output(end.state)[settled], metrics
 
-    def grads(self, model: AssociativeMemory, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, float]:
-        """Dream and write the unlearning term, unless the monitor (measured on the stored
+    def update(self, model: AssociativeMemory, x: torch.Tensor, y: torch.Tensor | None = None) -> Update:
+        """Dream and return the unlearning term, unless the monitor (measured on the stored
         patterns ``x`` every ``monitor_every`` calls) says stop; y is ignored."""
         self.check_model(model)
         if self.stopped is None and self.calls % self.monitor_every == 0:
@@ -149,11 +149,21 @@ class HebbianSleep(Rule):
             self._apply_stop_rule()
         self.calls += 1
         if self.stopped is not None:
-            write_grads(model, {})
-            return {**self.last, "stopped": 1.0}
+            return Update({}, {**self.last, "stopped": 1.0})
         states, metrics = self.dream(model)
-        write_grads(model, {"weight": dream_outer(states)})
-        return {**self.last, **metrics, "stopped": 0.0}
+        return Update({"weight": dream_outer(states)}, {**self.last, **metrics, "stopped": 0.0})
+
+    def state_dict(self) -> dict:
+        """The stop rule's state: calls so far, measurements without improvement, the reason it
+        stopped (or None), the best and the last measurement. The dreams' generator is
+        checkpointed as an attribute (:func:`~dynets.rules.base.generators`)."""
+        return {"calls": self.calls, "stale": self.stale, "stopped": self.stopped,
+                "best": dict(self.best), "last": dict(self.last)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s stop rule (a checkpoint's: the run continues exactly)."""
+        self.calls, self.stale, self.stopped = int(state["calls"]), int(state["stale"]), state["stopped"]
+        self.best, self.last = dict(state["best"]), dict(state["last"])
 
     def _apply_stop_rule(self) -> None:
         now, best = self.last, self.best

@@ -9,7 +9,7 @@ from ..costs import Cost
 from ..models.pc import PredictiveCoding
 from ..settle import SettleOptions
 from ..phases import Condition
-from .base import Rule, write_grads
+from .base import Rule, Update
 
 VARIANTS = ("nudged", "centered", "clamp", "unsupervised")
 # Variants that give nothing useful on one arrangement, and why.
@@ -58,15 +58,23 @@ class PredictiveCodingRule(Rule):
             raise ValueError(f"beta must be > 0, got {beta}")
         self.beta, self.variant = float(beta), variant
 
+    @property
+    def needs_target(self) -> bool:
+        """Every variant but ``unsupervised`` nudges or clamps the read-out toward the target."""
+        return self.variant != "unsupervised"
+
     def phases(self, condition: Condition) -> list[tuple[str, Condition | None, float]]:
         """``(name, condition, weight)`` of each phase the update sums; ``None``: the free phase."""
-        b = self.beta
-        return {"nudged": [("nudged_+", condition.nudged(b), 1 / b)],
-                "centered": [("nudged_+", condition.nudged(b), 0.5 / b), ("nudged_-", condition.nudged(-b), -0.5 / b)],
-                "clamp": [("clamped", condition.clamped({-1: condition.target}), 1.0)],
-                "unsupervised": [("free", None, 1.0)]}[self.variant]
+        b = self.beta   # only this variant's phases: the unsupervised one has no target to nudge toward
+        if self.variant == "nudged":
+            return [("nudged_+", condition.nudged(b), 1 / b)]
+        if self.variant == "centered":
+            return [("nudged_+", condition.nudged(b), 0.5 / b), ("nudged_-", condition.nudged(-b), -0.5 / b)]
+        if self.variant == "clamp":
+            return [("clamped", condition.clamped({-1: condition.target}), 1.0)]
+        return [("free", None, 1.0)]
 
-    def grads(self, model: PredictiveCoding, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def update(self, model: PredictiveCoding, x: torch.Tensor, y: torch.Tensor | None = None) -> Update:
         self.check_model(model)
         why = INVALID.get((self.variant, model.arrangement))
         if why:
@@ -86,5 +94,4 @@ class PredictiveCodingRule(Rule):
                 grads[key] = grads[key].add_(g, alpha=weight) if key in grads else g.mul_(weight)
         if model.generative:
             metrics["reconstruction"] = model.reconstruction(free.state, condition).mean().item()
-        write_grads(model, grads)
-        return metrics
+        return Update(grads, metrics)

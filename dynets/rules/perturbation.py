@@ -14,7 +14,7 @@ from ..models.base import DynamicalModel
 from ..settle import SettleOptions
 from ..steppers import phase_field
 from ..phases import Condition, Equilibrium, State
-from .base import Rule, write_grads
+from .base import Rule, Update
 from .reference import ImplicitDifferentiation
 
 
@@ -62,16 +62,15 @@ class _Perturbation(Rule):
     def estimate(self, model: DynamicalModel, condition: Condition, free: Equilibrium) -> tuple[dict[str, torch.Tensor], int]:
         """``({name: estimate of ∂L/∂θ}, number of perturbed settles that did not converge)``."""
 
-    def grads(self, model: DynamicalModel, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def update(self, model: DynamicalModel, x: torch.Tensor, y: torch.Tensor | None = None) -> Update:
         exact = _exact_gradient(model, self, x, y) if self.exact_cosine else None
         condition, free, metrics = self.free_phase(model, x, y)
         self.check_converged(metrics, {"free": free})
         grads, unconverged = self.estimate(model, condition, free)
-        write_grads(model, grads)
         metrics["perturbed_unconverged"] = unconverged
         if self.exact_cosine:
             metrics["cosine_exact"] = _cosine(grads, exact) if exact is not None else float("nan")
-        return metrics
+        return Update(grads, metrics)
 
     @property
     def signs(self) -> tuple[float, ...]:
@@ -190,18 +189,12 @@ def drive_to_params(model: DynamicalModel, condition: Condition, free: Equilibri
     return {n: gr for (n, _), gr in zip(named, grads)}
 
 
-def _exact_gradient(model: DynamicalModel, rule: Rule, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor] | None:
+def _exact_gradient(model: DynamicalModel, rule: Rule, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, torch.Tensor] | None:
     """The exact gradient of the rule's loss (implicit differentiation), by name, or ``None``
-    if its adjoint did not converge; ``p.grad`` is left as it was."""
-    saved = {n: p.grad for n, p in model.named_parameters()}
-    try:
-        exact = ImplicitDifferentiation(rule.settle, cost=rule.cost, allow_unconverged=rule.allow_unconverged)
-        if not exact.grads(model, x, y)["adjoint_converged"]:
-            return None   # no reference: the cosine is reported as NaN, never a made-up number
-        return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-    finally:
-        for n, p in model.named_parameters():
-            p.grad = saved[n]
+    if its adjoint did not converge."""
+    exact = ImplicitDifferentiation(rule.settle, cost=rule.cost, allow_unconverged=rule.allow_unconverged).update(model, x, y)
+    # no reference: the cosine is reported as NaN, never a made-up number
+    return exact.grads if exact.metrics["adjoint_converged"] else None
 
 
 def _cosine(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:

@@ -9,7 +9,7 @@ from ..models.base import DynamicalModel
 from ..costs import Cost
 from ..settle import SettleOptions, residual_norm
 from ..steppers import phase_field
-from .base import Rule, write_grads
+from .base import Rule, Update, readout
 
 log = logging.getLogger("dynets")
 
@@ -47,7 +47,7 @@ class ImplicitDifferentiation(Rule):
                              f"{adjoint_tol}, {adjoint_max_steps}, {adjoint_restart}")
         self.adjoint_tol, self.adjoint_max_steps, self.adjoint_restart = adjoint_tol, adjoint_max_steps, adjoint_restart
 
-    def grads(self, model: DynamicalModel, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def update(self, model: DynamicalModel, x: torch.Tensor, y: torch.Tensor | None = None) -> Update:
         condition, free, metrics = self.free_phase(model, x, y)
         self.check_converged(metrics, {"free": free})
         params = list(model.parameters())
@@ -59,14 +59,13 @@ class ImplicitDifferentiation(Rule):
             g = torch.autograd.grad(loss, s, allow_unused=True, materialize_grads=True)
             w, residual, steps = self._adjoint(f, s, g)
             grads = torch.autograd.grad(f, params, grad_outputs=w)
-        write_grads(model, model.named_grads(grads))
         done = residual <= self.adjoint_tol
         if not done:
             log.warning("ImplicitDifferentiation: the adjoint did not converge in %d steps (relative residual %.3g > "
                         "adjoint_tol=%g): the reference gradient is inexact; raise adjoint_max_steps", steps,
                         residual, self.adjoint_tol)
         metrics.update(adjoint_steps=steps, adjoint_converged=float(done), adjoint_residual=residual)
-        return metrics
+        return Update(model.named_grads(grads), metrics)
 
     def _adjoint(self, f, s, g) -> tuple[tuple[torch.Tensor, ...], float, int]:
         """w with −(∂f/∂s)ᵀ w = ∂L/∂s, its relative residual (largest sample's, over the
@@ -132,7 +131,7 @@ class BackpropThroughTime(Rule):
             raise ValueError(f"steps must be >= 1, got {steps}")
         self.steps, self.step_size = steps, step_size
 
-    def grads(self, model: DynamicalModel, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def update(self, model: DynamicalModel, x: torch.Tensor, y: torch.Tensor | None = None) -> Update:
         condition = self.condition(model, x, y)
         with torch.enable_grad():
             f = phase_field(model, condition)
@@ -140,7 +139,7 @@ class BackpropThroughTime(Rule):
             for k in range(self.steps):
                 s = tuple(si + self.step_size * di for si, di in zip(s, f(torch.tensor(k * self.step_size), s)))
             loss = model.cost(s, condition).mean()
-            write_grads(model, model.named_grads(torch.autograd.grad(loss, list(model.parameters()))))
+            grads = model.named_grads(torch.autograd.grad(loss, list(model.parameters())))
             residual = residual_norm(f(torch.tensor(self.steps * self.step_size), s))
-        return {"loss": loss.item(), "accuracy": (model.output(s).argmax(1) == y).float().mean().item(),
-                "steps_free": self.steps, "converged": (residual <= self.settle.atol).float().mean().item()}
+        return Update(grads, {**readout(model, s, condition, y), "steps_free": self.steps,
+                              "converged": (residual <= self.settle.atol).float().mean().item()})

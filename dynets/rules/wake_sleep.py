@@ -9,7 +9,7 @@ from ..models.helmholtz import Helmholtz, bernoulli_log_prob
 from ..sampling import SampleOptions, Sleep
 from ..settle import SettleOptions
 from ..phases import Condition
-from .base import Rule, write_grads
+from .base import Rule, Update
 
 VARIANTS = ("plain", "reweighted")
 Q_UPDATES = ("wake", "sleep", "both")
@@ -94,8 +94,8 @@ class WakeSleep(Rule):
                             "Helmholtz (dynets.models.helmholtz.Helmholtz)")
 
     @torch.no_grad()
-    def grads(self, model: Helmholtz, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, float]:
-        """Write the wake update into G's and the prior's gradients and the q update into R's."""
+    def update(self, model: Helmholtz, x: torch.Tensor, y: torch.Tensor | None = None) -> Update:
+        """The wake update of G and the prior, and the q update of R; ``y`` is ignored."""
         self.check_model(model)
         model.check_input(x)
         grads, metrics = self.wake(model, x)
@@ -103,8 +103,7 @@ class WakeSleep(Rule):
             sleep, metrics["sleep_loss"] = self.sleep(model, self.dreams or x.shape[0])
             for name, g in sleep.items():
                 grads[name] = (grads[name] + g) / 2 if name in grads else g
-        write_grads(model, grads)
-        return metrics
+        return Update(grads, metrics)
 
     def wake(self, model: Helmholtz, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """The wake phase's gradients (G and prior; R too for a wake q update) and metrics."""

@@ -35,8 +35,7 @@ def single_probe_cosine(p: int) -> float:
 
 
 def _grads(model: torch.nn.Module, rule, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-    rule.grads(model, x, y)
-    return {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+    return rule.update(model, x, y).grads
 
 
 def _flat(grads: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 
 from ..data import patterns
 from ..models.memory import AssociativeMemory, DenseAssociativeMemory
+from ..rules import write_grads
 from ..rules.memory import HebbianSleep, HebbianStorage, RecallMonitor
 
 Variant = Callable[[torch.Tensor, int], tuple[torch.nn.Module, dict[str, Any]]]
@@ -32,7 +33,7 @@ def hebbian_memory(gain: float) -> Variant:
     """Storage alone: W = (1/N) Σ ξξᵀ by :class:`HebbianStorage` and SGD with lr = 1."""
     def build(xi: torch.Tensor, seed: int) -> tuple[AssociativeMemory, dict[str, Any]]:
         model = AssociativeMemory(xi.shape[1], gain=gain)
-        HebbianStorage().grads(model, xi)
+        write_grads(model, HebbianStorage().update(model, xi).grads)
         torch.optim.SGD(model.parameters(), lr=1.0).step()
         return model, {}
     return build
@@ -49,7 +50,7 @@ def slept_memory(gain: float, epsilon: float, max_calls: int, sleep: dict[str, A
         optimizer = torch.optim.SGD(model.parameters(), lr=epsilon)
         calls = 0
         while calls < max_calls and rule.stopped is None:
-            rule.grads(model, xi)
+            write_grads(model, rule.update(model, xi).grads)
             optimizer.step()
             calls += 1
         dreams = rule.dreams * (calls - (rule.stopped is not None))   # the stopping call dreams nothing

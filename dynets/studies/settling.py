@@ -13,7 +13,7 @@ import torch
 from ..data import digits
 from ..models import LayeredHopfield
 from ..phases import Condition
-from ..rules import EquilibriumPropagation
+from ..rules import EquilibriumPropagation, write_grads
 from ..settle import SettleOptions
 
 BETA = 0.5
@@ -32,7 +32,7 @@ def steps_vs_width(device, widths, batch: int = 128, atol: float = 1e-4,
             model = LayeredHopfield([784, width, 10]).to(device)
             x, labels = torch.rand(batch, 784, device=device), torch.randint(10, (batch,), device=device)
             opts = SettleOptions(method=method, step_size=dt, atol=atol, max_time=500)
-            metrics = EquilibriumPropagation(BETA, "centered", opts).grads(model, x, labels)
+            metrics = EquilibriumPropagation(BETA, "centered", opts).update(model, x, labels).metrics
             rows.append({"method": method, "width": width, **{k: metrics[k] for k in PHASES}})
     progress(f"steps to ‖ds/dt‖ <= {atol:g} vs width (784-w-10, batch {batch}, at init)")
     for row in rows:
@@ -103,7 +103,7 @@ def _main_job_net(device, beta: float, opts: SettleOptions):
     order = torch.Generator().manual_seed(0)
     for _ in range(3):
         for x, y in data.train.batches(32, shuffle=True, generator=order):
-            rule.grads(model, x.to(device), y.to(device))
+            write_grads(model, rule.update(model, x.to(device), y.to(device)).grads)
             opt.step()
     return data, model
 
