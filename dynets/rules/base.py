@@ -1,11 +1,14 @@
 """The rule interface: settle the phases a rule needs, write ``p.grad``, return metrics."""
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from typing import Mapping
 
 import torch
 
+from .. import models
+from ..capabilities import Dynamical, missing
 from ..costs import Cost, SquaredError
 from ..models.base import DynamicalModel
 from ..settle import SettleOptions
@@ -30,13 +33,15 @@ class Rule(ABC):
             the unconverged samples of a batch (perturbation, feedback rules) drop them
             instead of using them.
 
-    ``models`` names the model classes a rule can train; :meth:`check_model` raises for
-    any other. A stochastic rule keeps its ``torch.Generator`` as an attribute: every
+    ``needs`` names the capabilities (:mod:`dynets.capabilities`) a model must have for the rule
+    to train it; :meth:`check_model` raises for a model that lacks one, naming it. ``reads_labels``
+    says whether the rule trains a read-out toward a label. A stochastic rule keeps its ``torch.Generator`` as an attribute: every
     generator attribute is saved in checkpoints and restored on resume
     (:mod:`dynets.app.checkpoint`), so a seeded run resumes bit-identically.
     """
 
-    models: tuple[type, ...] = (DynamicalModel,)
+    needs: tuple[type, ...] = (Dynamical,)
+    reads_labels: bool = True
 
     def __init__(self, settle: SettleOptions | None = None, cost: Cost | None = None,
                  allow_unconverged: bool = False) -> None:
@@ -50,11 +55,10 @@ class Rule(ABC):
         return metrics (at least ``loss``, ``accuracy``, ``steps_free``, ``converged``)."""
 
     def check_model(self, model: DynamicalModel) -> None:
-        """Raise if this rule cannot train ``model``, naming the models it can."""
-        if not isinstance(model, self.models):
-            names = ", ".join(m.__name__ for m in self.models)
-            raise TypeError(f"{type(self).__name__} cannot train {type(model).__name__}: it needs a model "
-                            f"of class {names} (or a subclass)")
+        """Raise if ``model`` lacks a capability of :attr:`needs`, naming it and the models that have it."""
+        why = missing(model, self.needs, type(self).__name__, _known_models())
+        if why:
+            raise TypeError(why)
 
     def check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """Warn if ``optimizer`` defeats what this rule relies on (``fit`` calls it once; most
@@ -90,6 +94,11 @@ class Rule(ABC):
         metrics = {"loss": loss, "accuracy": accuracy, "steps_free": free.steps,
                    "converged": free.converged_fraction}
         return condition, free, metrics
+
+
+def _known_models() -> list[type]:
+    """The concrete model classes dynets exports, named in errors as examples of a capability."""
+    return [c for c in map(models.__dict__.get, models.__all__) if isinstance(c, type) and not inspect.isabstract(c)]
 
 
 def _describe(late: Mapping[str, Equilibrium]) -> str:
