@@ -2,7 +2,7 @@
 
 The engine and the rules ask ``isinstance(model, Capability)``, never for a class: a new model
 gets a rule, a settle method or an evaluation by defining the methods below, and a rule names
-the capabilities it needs in ``Rule.needs`` (:meth:`dynets.rules.Rule.check_model` refuses a
+the capabilities it needs in ``Rule.needs`` (:meth:`dynets.rules.base.Rule.check_model` refuses a
 model that lacks one, naming it). Every member of a capability is a method or a class
 attribute, so :func:`provides` answers for a class as ``isinstance`` does for its instances.
 The table of capabilities, with the code that uses each: ``docs/extending.md``.
