@@ -241,23 +241,41 @@ class Stateful(Protocol):
 
 
 def code_layer(model: object) -> int:
-    """The state index of ``model``'s code: its ``code_layer`` (:class:`Decoder`), else the top (−1)."""
+    """The state index of ``model``'s code: its ``code_layer`` (:class:`Decoder`), else the top (−1).
+
+    Args:
+        model: any model.
+    """
     return model.code_layer if isinstance(model, Decoder) else -1
 
 
 def members(capability: type) -> list[str]:
-    """The names a capability declares (its methods, properties and attributes)."""
+    """The names a capability declares (its methods, properties and attributes).
+
+    Args:
+        capability: one of this module's protocols.
+    """
     names = [n for n in vars(capability) if not n.startswith("_")]
     return names + [n for n in getattr(capability, "__annotations__", {}) if n not in names]
 
 
 def provides(cls: type, capability: type) -> bool:
-    """Whether instances of the class ``cls`` have ``capability`` (members are class-level)."""
+    """Whether instances of the class ``cls`` have ``capability`` (its members are class-level,
+    so the class answers as ``isinstance`` does for an instance).
+
+    Args:
+        cls: a model (or rule) class.
+        capability: one of this module's protocols.
+    """
     return all(hasattr(cls, name) for name in members(capability))
 
 
 def describe(capability: type) -> str:
-    """``capability Energy: methods energy(state, condition), ...``, for error messages."""
+    """``capability Energy: members energy(state, condition), ...``, for error messages.
+
+    Args:
+        capability: one of this module's protocols.
+    """
     parts = []
     for name in members(capability):
         value = vars(capability).get(name)
@@ -271,15 +289,25 @@ def describe(capability: type) -> str:
 
 
 def summary(capability: type) -> str:
-    """The first line of the capability's docstring, lower-cased ("an energy ...")."""
+    """The first line of the capability's docstring, lower-cased ("an energy ...").
+
+    Args:
+        capability: one of this module's protocols.
+    """
     line = inspect.getdoc(capability).splitlines()[0].rstrip(".")
     return line[0].lower() + line[1:]
 
 
 def missing(model: object, needs: Iterable[type], owner: str, providers: Iterable[type] = ()) -> str | None:
-    """Why ``owner`` cannot use ``model`` (``None`` when ``model`` has every capability of
-    ``needs``): each missing capability named, with what it declares and the ``providers``
-    (classes) that have it."""
+    """Why ``owner`` cannot use ``model``, ``None`` when it can: each missing capability
+    named, with what it declares and the classes that have it.
+
+    Args:
+        model: the model to check.
+        needs: the capabilities ``owner`` needs.
+        owner: who needs them, as the message names it (a rule's class name).
+        providers: classes to name as having a missing capability (read only on failure).
+    """
     lacking = [c for c in needs if not isinstance(model, c)]
     if not lacking:
         return None

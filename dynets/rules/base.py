@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import torch
 
@@ -35,9 +35,9 @@ class Rule(ABC):
 
     ``needs`` names the capabilities (:mod:`dynets.capabilities`) a model must have for the rule
     to train it; :meth:`check_model` raises for a model that lacks one, naming it. ``reads_labels``
-    says whether the rule trains a read-out toward a label. A stochastic rule keeps its ``torch.Generator`` as an attribute: every
-    generator attribute is saved in checkpoints and restored on resume
-    (:mod:`dynets.app.checkpoint`), so a seeded run resumes bit-identically.
+    says whether the rule trains a read-out toward a label. A stochastic rule keeps its
+    ``torch.Generator`` as an attribute: every generator attribute is saved in checkpoints and
+    restored on resume (:mod:`dynets.app.checkpoint`), so a seeded run resumes bit-identically.
     """
 
     needs: tuple[type, ...] = (Dynamical,)
@@ -96,9 +96,11 @@ class Rule(ABC):
         return condition, free, metrics
 
 
-def _known_models() -> list[type]:
-    """The concrete model classes dynets exports, named in errors as examples of a capability."""
-    return [c for c in map(models.__dict__.get, models.__all__) if isinstance(c, type) and not inspect.isabstract(c)]
+def _known_models() -> Iterator[type]:
+    """The concrete model classes dynets exports, named in errors as examples of a capability
+    (a generator: listed only when an error is raised, not on every rule call)."""
+    classes = map(models.__dict__.get, models.__all__)
+    yield from (c for c in classes if isinstance(c, type) and not inspect.isabstract(c))
 
 
 def _describe(late: Mapping[str, Equilibrium]) -> str:
