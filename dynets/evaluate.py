@@ -3,48 +3,35 @@ and the studies): the settled state of a batch and the model's reconstruction of
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
+from .capabilities import Reconstructs, code_layer, describe
 from .data import Split
-from .models.helmholtz import Helmholtz
-from .models.pc import PredictiveCoding
-from .models.readback import ReadBackHopfield
 from .phases import Condition, State
 from .settle import SettleOptions
-
-READBACKS: dict[type, Callable[..., torch.Tensor]] = {
-    # x̂ = μ_0, the top-down prediction of the data: x − ε_0
-    PredictiveCoding: lambda model, state, condition: condition.x - model.errors(state, condition)[0],
-    # the generative mean of the visible units given the settled rates of the first hidden layer
-    Helmholtz: lambda model, state, condition: torch.sigmoid(model.generative[0](state[0])),
-    # the read-back layer itself
-    ReadBackHopfield: lambda model, state, condition: state[-1],
-}
 
 
 @torch.no_grad()
 def settled(model, x: torch.Tensor, settle: SettleOptions, batch_size: int = 1000) -> tuple[State, torch.Tensor]:
     """The free equilibrium of ``model`` with ``x`` ``(n, in)`` clamped, in batches: its state
-    (each layer ``(n, units)``) and the model's reconstruction of ``x`` ``(n, in)``."""
-    readback = next((READBACKS[c] for c in type(model).__mro__ if c in READBACKS), None)
-    if readback is None:
-        raise TypeError(f"no reconstruction is defined for {type(model).__name__}; "
-                        f"known: {', '.join(c.__name__ for c in READBACKS)}")
+    (each layer ``(n, units)``) and the model's reconstruction of ``x`` ``(n, in)`` (its
+    ``reconstruct``, capability :class:`~dynets.capabilities.Reconstructs`)."""
+    if not isinstance(model, Reconstructs):
+        raise TypeError(f"{type(model).__name__} does not reconstruct its input: it has no {describe(Reconstructs)}")
     layers, recon = [], []
     for xb in x.split(batch_size):
         condition = model.prepare(Condition(xb))
         state = settle(model, condition).state
         layers.append(state)
-        recon.append(readback(model, state, condition))
+        recon.append(model.reconstruct(state, condition))
     return tuple(torch.cat(parts) for parts in zip(*layers)), torch.cat(recon)
 
 
 def pick_layer(model, state: State, layer: int | None) -> torch.Tensor:
     """Layer ``layer`` of a settled state (``None``: the model's ``code_layer``, else the top);
     a layer that does not exist is an error naming those that do."""
-    index = getattr(model, "code_layer", -1) if layer is None else layer
+    index = code_layer(model) if layer is None else layer
     if not -len(state) <= index < len(state):
         sizes = ", ".join(f"{l}: {s.shape[1]} units" for l, s in enumerate(state))
         raise ValueError(f"probe layer {index} does not exist: {type(model).__name__}'s settled state has layers "

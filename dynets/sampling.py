@@ -8,7 +8,8 @@ reached from data) and how it runs: deterministically through :func:`dynets.sett
 Every random number is drawn from the phase's ``condition.generator``, so a seeded run is
 reproducible and resumes bit-identically.
 
-What a model provides for Gibbs sampling (the binary counterpart of ``blocks``):
+What a model provides for Gibbs sampling (capability :class:`~dynets.capabilities.GibbsBlocked`,
+the binary counterpart of ``blocks``):
 
 - ``unit_values``: ``(off, on)``, the two values of its binary units, e.g. ``(0., 1.)`` or ``(-1., 1.)``;
 - ``gibbs_blocks(condition) -> [(layers, field), ...]``: a partition of the state layers into
@@ -25,6 +26,7 @@ from typing import Callable
 
 import torch
 
+from .capabilities import ChecksCondition, Dreams, Dynamical, GibbsBlocked, describe, summary
 from .settle import SettleOptions
 from .steppers import _clamps, phase_field
 from .phases import Condition, Equilibrium, State
@@ -52,10 +54,10 @@ class Sample:
     trajectory: list[State] | None = None
 
 
-def _needs(model, what: str, method: str) -> None:
-    if not hasattr(model, what):
-        raise TypeError(f"{type(model).__name__} has no {what}: it cannot be sampled with method={method!r} "
-                        f"(Gibbs needs binary units with gibbs_blocks and unit_values; Langevin needs dynamics)")
+def _needs(model, capability: type, method: str) -> None:
+    if not isinstance(model, capability):
+        raise TypeError(f"{type(model).__name__} cannot be sampled with method={method!r}: it has no "
+                        f"{summary(capability)} ({describe(capability)})")
 
 
 def _gibbs_sweep(blocks, clamp, values, state: State, temperature: float, generator) -> State:
@@ -150,10 +152,10 @@ def sample(model, condition: Condition, init: State | None = None, *, method: st
 def _stepper(model, condition: Condition, method: str, temperature: float, step_size: float) -> Callable:
     """``step(state, clamp) -> state`` of one sweep of ``method``."""
     if method == "gibbs":
-        _needs(model, "gibbs_blocks", method)
+        _needs(model, GibbsBlocked, method)
         blocks, values = model.gibbs_blocks(condition), model.unit_values
         return lambda state, clamp: _gibbs_sweep(blocks, clamp, values, state, temperature, condition.generator)
-    _needs(model, "dynamics", method)
+    _needs(model, Dynamical, method)
     f = phase_field(model, condition)
     return lambda state, clamp: _langevin_step(f, clamp, state, step_size, temperature, condition.generator)
 
@@ -202,7 +204,7 @@ class Sleep:
         """Run the dream of ``condition`` (no input: ``Condition(batch_size=n, generator=g)``)."""
         if condition.x is not None:
             raise ValueError("a sleep phase has no input: pass Condition(batch_size=n, generator=g), not x")
-        if hasattr(model, "check_condition"):   # before the start state is built: a model that cannot run free says so
+        if isinstance(model, ChecksCondition):   # before the start state is built: a model that cannot run free says so
             model.check_condition(condition)
         return self.run(model, condition, self.initial(model, condition, chain, data))
 
@@ -221,17 +223,17 @@ class Sleep:
 
 
 def _needs_prior(model) -> None:
-    if not hasattr(model, "prior_state"):
-        raise TypeError(f"{type(model).__name__} has no top-level prior (prior_state): use start='noise'")
+    if not isinstance(model, Dreams):
+        raise TypeError(f"{type(model).__name__} has no top-level prior ({describe(Dreams)}): use start='noise'")
 
 
 def noise_state(model, condition: Condition) -> State:
-    """A random state of ``model``'s shapes from ``condition.generator``: binary units (models with
-    ``unit_values``) each on with probability 1/2, continuous units ~ N(0, 1)."""
+    """A random state of ``model``'s shapes from ``condition.generator``: binary units (capability
+    :class:`~dynets.capabilities.GibbsBlocked`, valued ``unit_values``) each on with probability 1/2, continuous units ~ N(0, 1)."""
     if condition.generator is None:
         raise ValueError("a noise start draws from the condition's generator: pass Condition(..., generator=g)")
     rest = model.init_state(condition)
-    if hasattr(model, "unit_values"):
+    if isinstance(model, GibbsBlocked):
         off, on = model.unit_values
         return tuple(torch.where(_draw(torch.rand, s, condition.generator) < 0.5, on, off).to(s.dtype) for s in rest)
     return tuple(_draw(torch.randn, s, condition.generator) for s in rest)

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torchdiffeq import odeint
 
-from .steppers import STEPPERS, Dynamical, phase_field
+from .capabilities import ChecksCondition, Dynamical
+from .steppers import STEPPERS, phase_field
 from .phases import Condition, DivergedError, Equilibrium, State, VectorField, by_layer
 
 FIXED_GRID = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams")
@@ -140,7 +141,7 @@ def settle(model: Dynamical, condition: Condition, init: State | None = None, *,
     opts = options if options is not None else SettleOptions(**kwargs)
     if options is not None and kwargs:
         raise TypeError("pass either options= or SettleOptions fields, not both")
-    if hasattr(model, "check_condition"):
+    if isinstance(model, ChecksCondition):
         model.check_condition(condition)
     with torch.no_grad():
         state = _initial(model, condition, init)

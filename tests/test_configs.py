@@ -12,6 +12,7 @@ from hydra.utils import get_class
 from omegaconf import OmegaConf, open_dict
 
 from dynets.app.run import build, instantiate
+from dynets.capabilities import provides
 from dynets.app.options import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,9 +45,9 @@ def overrides_for(group, option, npz_file):
 
 
 def trains(rule: str, model: str) -> bool:
-    """Whether the rule config ``rule`` can train the model config ``model`` (``Rule.models``)."""
+    """Whether the rule config ``rule`` can train the model config ``model`` (``Rule.needs``)."""
     target = lambda group, option: yaml.safe_load((CONFIGS / group / f"{option}.yaml").read_text())["_target_"]
-    return issubclass(get_class(target("model", model)), get_class(target("rule", rule)).models)
+    return all(provides(get_class(target("model", model)), cap) for cap in get_class(target("rule", rule)).needs)
 
 
 def composed(overrides):

@@ -93,7 +93,7 @@ def test_a_rule_writes_only_the_gradients_it_trains():
         write_grads(model, {"layers.9.weight": torch.zeros(1)})
 
 
-def test_rule_and_model_mismatch_names_the_compatible_models():
+def test_rule_and_model_mismatch_names_the_missing_capability_and_models_that_have_it():
     class Leaky(DynamicalModel):   # a dynamical system with no energy
         in_features, out_features = 5, 3
 
@@ -107,7 +107,8 @@ def test_rule_and_model_mismatch_names_the_compatible_models():
         def init_state(self, condition):
             return (condition.x.new_zeros(condition.batch, 3),)
 
-    with pytest.raises(TypeError, match="EnergyModel"):
+    with pytest.raises(TypeError, match=r"ContrastiveHebbian needs a model with an energy .*capability Energy.*"
+                                        r"e\.g\. LayeredHopfield.*; Leaky has none"):
         ContrastiveHebbian().update(Leaky(), torch.rand(2, 5), torch.tensor([0, 1]))
 
 

@@ -262,7 +262,8 @@ def test_a_seeded_run_resumes_bit_identically(tmp_path):
 
 
 def test_bad_input_is_refused_clearly():
-    with pytest.raises(TypeError, match="sleep phase dreams from a top-down generative model"):
+    with pytest.raises(TypeError, match="WakeSleep needs a model with a recognition pathway .* and a prior over "
+                                        "its top layer to dream from .*; LayeredHopfield has none"):
         WakeSleep().check_model(LayeredHopfield([4, 3, 2]))
     with pytest.raises(ValueError, match="binary data"):
         WakeSleep().update(Helmholtz([4, 2]), torch.full((2, 4), 0.5))

@@ -176,7 +176,7 @@ def test_bad_phases_fail_loudly():
     with pytest.raises(ValueError, match="no input"):
         Sleep().dream(model, Condition(torch.zeros(4, 3)))
     hopfield = LayeredHopfield([4, 3, 2])
-    with pytest.raises(TypeError, match="no gibbs_blocks"):
+    with pytest.raises(TypeError, match="method='gibbs': it has no stochastic binary units .*capability GibbsBlocked"):
         sample(hopfield, Condition(torch.rand(4, 4), generator=torch.Generator()))
     with pytest.raises(ValueError, match="needs an input"):   # no free-running dynamics without input
         Sleep(run=SampleOptions(method="langevin")).dream(hopfield, phase(4))

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import checkpoint
+from ..capabilities import Stateful
 from ..data import Dataset, Split
 from .distributed import all_sum, average_grads, broadcast_parameters, is_main, rank_and_size, shard
 from .loggers import Logger, percent
@@ -236,7 +237,7 @@ def _state(model, rule, optimizer, generator: torch.Generator, history: History,
     """Everything a resumed run needs to continue exactly (the random streams of every process)."""
     return {"epoch": history.epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "rule": rule.state_dict() if hasattr(rule, "state_dict") else None,
+            "rule": rule.state_dict() if isinstance(rule, Stateful) else None,
             "rng": checkpoint.rng_state(_streams(rule, generator)),
             "history": dict(vars(history)), "model_signature": checkpoint.model_signature(model),
             "config": config}

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 
 from .. import diagnostics, sampling
+from ..capabilities import Dreams, GibbsBlocked, Likelihood, Recognition, Reconstructs
 from ..data import Dataset, Split, unlabelled
-from ..evaluate import READBACKS
 from ..models.base import DynamicalModel
 from ..phases import Condition, UnconvergedError
 from ..rules import ImplicitDifferentiation
@@ -201,9 +201,9 @@ def mismatch(model: DynamicalModel, rule: Rule) -> str | None:
     except (TypeError, ValueError) as err:
         return str(err)
     inner = rule.wake if isinstance(getattr(rule, "wake", None), Rule) else rule   # SleepInterleaved
-    reads_labels = any(cls.supervised for cls in inner.models)
+    needs_target = inner.needs_target
     own_target = type(model).target is not DynamicalModel.target   # e.g. the read-back model's input
-    if reads_labels and not (model.supervised or own_target):
+    if needs_target and not (model.supervised or own_target):
         return f"{type(rule).__name__} trains a read-out toward a label, and {type(model).__name__} has no label layer"
     return None
 
@@ -318,11 +318,11 @@ def evaluation(node: Mapping[str, Any] | None, data: Dataset):
 def evaluations(model, labelled: bool, k: int | None = None) -> dict[str, str | None]:
     """For each evaluation of ``configs/evaluate``, why it cannot evaluate ``model`` (``None``: it can)."""
     # A discriminative PC net has the input below its errors, nothing that reconstructs it.
-    reconstructs = isinstance(model, tuple(READBACKS)) and getattr(model, "arrangement", "generative") == "generative"
+    reconstructs = isinstance(model, Reconstructs) and getattr(model, "arrangement", "generative") == "generative"
     return {"accuracy": None if labelled and model.supervised else
             "it has no label layer" if labelled else "task=self_supervised has no labels",
-            "likelihood": None if hasattr(model, "log_prob") and (k is None or hasattr(model, "proposal"))
-            else "it has no likelihood to compute" if not hasattr(model, "log_prob") else
+            "likelihood": None if isinstance(model, Likelihood) and (k is None or isinstance(model, Recognition))
+            else "it has no likelihood to compute" if not isinstance(model, Likelihood) else
             "it has no recognition model to importance-sample with: leave evaluate.k=null",
             "reconstruction": None if reconstructs else "it does not reconstruct its input"}
 
@@ -408,7 +408,7 @@ def write_plots(run_dir: Path, model, probe: Split, settle_options, seed: int = 
     curves, alignment and receptive fields. A failed plot is a warning, never the loss of a
     finished run."""
     try:
-        if not model.supervised and hasattr(model, "gibbs_blocks"):
+        if not model.supervised and isinstance(model, GibbsBlocked):
             paths = plots.plot_generative_run(run_dir, dreams(model, PROBE, seed))
         else:
             condition = model.prepare(Condition(probe.x, model.target(probe.y)))
@@ -421,7 +421,7 @@ def write_plots(run_dir: Path, model, probe: Split, settle_options, seed: int = 
 def dreams(model, n: int, seed: int) -> torch.Tensor:
     """``(n, visible)`` dreams of a generative model: one top-down sweep from its prior when it
     has one (an exact sample of a directed model), else a Gibbs chain of 1000 sweeps from noise."""
-    prior = hasattr(model, "prior_state")
+    prior = isinstance(model, Dreams)
     sleep = sampling.Sleep("prior" if prior else "noise", sampling.SampleOptions(sweeps=1 if prior else 1000))
     condition = Condition(batch_size=n, generator=torch.Generator().manual_seed(seed))
     return sleep.dream(model, condition).state[0]

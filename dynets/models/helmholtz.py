@@ -156,6 +156,11 @@ class Helmholtz(DynamicalModel):
             hidden.append(below)
         return hidden, log_q
 
+    def reconstruct(self, state: State, condition: Condition) -> torch.Tensor:
+        """``(batch, visible)`` the generative mean σ(G_0 h_1 + g_0) of the visible units given the
+        settled rates h_1 of the first hidden layer (``state[0]``)."""
+        return torch.sigmoid(self.generative[0](state[0]))
+
     @torch.no_grad()
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Exact log p(x) ``(batch,)`` in nats, float64, by enumerating every joint state of the

@@ -172,7 +172,7 @@ class Layered(DynamicalModel):
         return [block(0), block(1)]
 
 
-class LayeredHopfield(Layered, EnergyModel):
+class SymmetricLayered(Layered, EnergyModel):
     r"""Layered network with symmetric connections, settling to a minimum of
 
         E(s) = Σ_l Σ_i G(s_{l,i}) − Φ(s),   Φ(s) = Σ_l s_{l+1}ᵀ (W_l s_l + b_l),  s_0 = x,
@@ -198,7 +198,9 @@ class LayeredHopfield(Layered, EnergyModel):
             the linear gain of the hard sigmoid and tanh (Glorot & Bengio 2010).
 
     The state is ``(s_1, ..., s_L)``; the symmetric coupling is one matrix ``W_l`` used
-    in both directions, so weights are symmetric by construction.
+    in both directions, so weights are symmetric by construction. A leaf says what the top
+    layer reads out (:meth:`target`): :class:`LayeredHopfield` a label,
+    :class:`~dynets.models.ReadBackHopfield` the input.
     """
 
     def __init__(self, sizes: list[int], activation: str = "hard_sigmoid", init_gain: float = 1.0) -> None:
@@ -218,6 +220,10 @@ class LayeredHopfield(Layered, EnergyModel):
         with torch.no_grad():
             for layer in self.layers:
                 layer.weight.mul_(init_gain)
+
+    @abstractmethod
+    def target(self, y: torch.Tensor | None) -> torch.Tensor | None:
+        """The top layer's target for the labels ``y`` (``None``: the leaf's :meth:`prepare` sets one)."""
 
     def top_down(self) -> list[torch.Tensor]:
         """W_{l}, l ≥ 1: the same matrix carries layer l+1 down to l (symmetric couplings)."""
@@ -253,3 +259,19 @@ class LayeredHopfield(Layered, EnergyModel):
     def energy(self, state: State, condition: Condition) -> torch.Tensor:
         """E = Σ G(s) − Φ(s) (the noise term is added by ``total_energy``)."""
         return sum(self.act.G(s).sum(1) for s in state) - self.primitive(state, condition)
+
+
+class LayeredHopfield(SymmetricLayered):
+    """The layered Hopfield network of Scellier & Bengio (2017): the energy and dynamics of
+    :class:`SymmetricLayered`, with the top layer the label read-out (the target of labels
+    ``y`` ``(batch,)`` is their one-hot code ``(batch, out_features)``).
+
+    Args:
+        sizes: ``[in_features, hidden..., out_features]``; the first layer is clamped to x.
+        activation: one of ``hard_sigmoid`` (ρ = clip(·, 0, 1)), ``sigmoid``, ``tanh``.
+        init_gain: the initial weights are ``init_gain`` × nn.Linear's U(±1/√fan_in).
+    """
+
+    def target(self, y: torch.Tensor) -> torch.Tensor:
+        """One-hot ``(batch, out_features)`` target of integer labels ``y``."""
+        return DynamicalModel.target(self, y)

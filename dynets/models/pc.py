@@ -163,6 +163,14 @@ class PredictiveCoding(EnergyModel):
             raise ValueError("reconstruction needs the generative arrangement and data x in the condition")
         return 0.5 * self.errors(state, condition)[0].pow(2).sum(1)
 
+    def reconstruct(self, state: State, condition: Condition) -> torch.Tensor:
+        """Generative: ``(batch, data)`` x̂ = μ_0 = x − ε_0, the top-down prediction of the data x
+        (a discriminative net has its input below its errors: nothing reconstructs it)."""
+        if not self.generative or condition.x is None:
+            raise ValueError("a reconstruction needs the generative arrangement and data x in the condition "
+                             f"(this net is {self.arrangement})")
+        return condition.x - self.errors(state, condition)[0]
+
     def energy(self, state: State, condition: Condition) -> torch.Tensor:
         """``(batch,)`` E = Σ ½‖ε_l‖² (the noise term is added by ``total_energy``)."""
         return sum(0.5 * eps.pow(2).sum(1) for eps in self.errors(state, condition))

@@ -5,12 +5,13 @@ from dataclasses import replace
 
 import torch
 
-from ..phases import Condition
-from .hopfield import LayeredHopfield
+from ..phases import Condition, State
+from .hopfield import SymmetricLayered
 
 
-class ReadBackHopfield(LayeredHopfield):
-    r"""A :class:`~dynets.models.hopfield.LayeredHopfield` ``[x, h_1, ..., h_K, x̂]`` whose top
+class ReadBackHopfield(SymmetricLayered):
+    r"""A symmetric layered network (:class:`~dynets.models.hopfield.SymmetricLayered`, the energy of
+    :class:`~dynets.models.LayeredHopfield`) ``[x, h_1, ..., h_K, x̂]`` whose top
     layer x̂ (the read-back layer, as wide as the input) predicts the input through the
     feedback of the last hidden layer, and whose target is the input itself:
 
@@ -24,7 +25,7 @@ class ReadBackHopfield(LayeredHopfield):
 
     Args:
         sizes: ``[in_features, hidden...]``; the read-back layer of ``in_features`` units is added.
-        activation: as :class:`LayeredHopfield` (``hard_sigmoid``: x̂ in [0, 1], like pixels).
+        activation: as :class:`~dynets.models.LayeredHopfield` (``hard_sigmoid``: x̂ in [0, 1], like pixels).
     """
 
     supervised = False
@@ -44,6 +45,10 @@ class ReadBackHopfield(LayeredHopfield):
         if condition.x is not None and condition.target is None:
             condition = replace(condition, target=condition.x)
         return super().prepare(condition)
+
+    def reconstruct(self, state: State, condition: Condition) -> torch.Tensor:
+        """``(batch, in_features)`` x̂: the read-back layer itself."""
+        return state[-1]
 
     def decode(self, code: torch.Tensor) -> torch.Tensor:
         """``(batch, in_features)`` the read-back layer's value ρ(W_K h_K + b_K) driven by a code h_K alone."""

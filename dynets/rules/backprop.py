@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from ..capabilities import FeedForward
 from ..models.base import DynamicalModel
 from .base import Rule, Update, readout
 
@@ -13,13 +14,11 @@ class Backprop(Rule):
     equilibrium, so s_l = W_l f(s_{l−1}) + b_l layer by layer): ``p.grad`` = ∂L/∂θ by
     autograd of L = mean_b C(feedforward(x), y) (Rumelhart, Hinton & Williams 1986). No
     settle: it is the feedforward net of the same sizes that every local rule is
-    compared with. The model must have ``feedforward(condition) -> State``.
+    compared with. The model must have ``feedforward(condition) -> State`` (capability
+    :class:`~dynets.capabilities.FeedForward`).
     """
 
-    def check_model(self, model: DynamicalModel) -> None:
-        if not hasattr(model, "feedforward"):
-            raise TypeError(f"Backprop cannot train {type(model).__name__}: it needs a model whose free "
-                            "equilibrium is a feedforward pass (a feedforward method): PredictiveCoding")
+    needs = (FeedForward,)
 
     def update(self, model: DynamicalModel, x: torch.Tensor, y: torch.Tensor | None = None) -> Update:
         condition = self.condition(model, x, y)

@@ -2,12 +2,15 @@
 parameter name, and metrics)."""
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import torch
 
+from .. import models
+from ..capabilities import Dynamical, missing
 from ..costs import Cost, SquaredError
 from ..models.base import DynamicalModel
 from ..settle import SettleOptions
@@ -48,19 +51,19 @@ class Rule(ABC):
             the unconverged samples of a batch (perturbation, feedback rules) drop them
             instead of using them.
 
-    ``models`` names the model classes a rule can train; :meth:`check_model` raises for
-    any other. A stochastic rule keeps its ``torch.Generator`` as an attribute: every
-    generator attribute is saved in checkpoints and restored on resume
-    (:mod:`dynets.app.checkpoint`), so a seeded run resumes bit-identically; a rule that
-    carries any other state from step to step (chains, a stop rule) has ``state_dict`` and
-    ``load_state_dict``, which checkpoints save and restore.
+    ``needs`` names the capabilities (:mod:`dynets.capabilities`) a model must have for the rule
+    to train it; :meth:`check_model` raises for a model that lacks one, naming it. A stochastic
+    rule keeps its ``torch.Generator`` as an attribute: every generator attribute is saved in
+    checkpoints and restored on resume (:mod:`dynets.app.checkpoint`), so a seeded run resumes
+    bit-identically; a rule that carries any other state from step to step (chains, a stop
+    rule) has ``state_dict`` and ``load_state_dict``, which checkpoints save and restore.
 
     Labels are optional: a rule whose phases need a target (a nudge or clamp of the read-out
     toward it, a loss) has ``needs_target`` and raises, in :meth:`condition`, when it gets
     no labels and the model makes no target of its own.
     """
 
-    models: tuple[type, ...] = (DynamicalModel,)
+    needs: tuple[type, ...] = (Dynamical,)
     needs_target: bool = True
 
     def __init__(self, settle: SettleOptions | None = None, cost: Cost | None = None,
@@ -76,11 +79,10 @@ class Rule(ABC):
         when it has a target and ``accuracy`` when it has labels and the model a label read-out."""
 
     def check_model(self, model: DynamicalModel) -> None:
-        """Raise if this rule cannot train ``model``, naming the models it can."""
-        if not isinstance(model, self.models):
-            names = ", ".join(m.__name__ for m in self.models)
-            raise TypeError(f"{type(self).__name__} cannot train {type(model).__name__}: it needs a model "
-                            f"of class {names} (or a subclass)")
+        """Raise if ``model`` lacks a capability of :attr:`needs`, naming it and the models that have it."""
+        why = missing(model, self.needs, type(self).__name__, _known_models())
+        if why:
+            raise TypeError(why)
 
     def check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """Warn if ``optimizer`` defeats what this rule relies on (``fit`` calls it once; most
@@ -126,6 +128,13 @@ class Rule(ABC):
         metrics = {**readout(model, free.state, condition, y), "steps_free": free.steps,
                    "converged": free.converged_fraction}
         return condition, free, metrics
+
+
+def _known_models() -> Iterator[type]:
+    """The concrete model classes dynets exports, named in errors as examples of a capability
+    (a generator: listed only when an error is raised, not on every rule call)."""
+    classes = map(models.__dict__.get, models.__all__)
+    yield from (c for c in classes if isinstance(c, type) and not inspect.isabstract(c))
 
 
 def _describe(late: Mapping[str, Equilibrium]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from ..capabilities import Bipartite, GibbsBlocked
 from ..models.boltzmann import BoltzmannMachine
 from ..sampling import SampleOptions, Sleep
 from ..phases import Condition, State
@@ -48,7 +49,8 @@ class BoltzmannLearning(Rule):
     that changed in their last sweep (near 0: the chains are stuck in a mode).
     """
 
-    models = (BoltzmannMachine,)
+    needs = (Bipartite, GibbsBlocked)
+    needs_target = False
 
     def __init__(self, free: str = "pcd", k: int = 1, chains: int = 1000, seed: int = 0) -> None:
         super().__init__()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from ..capabilities import Energy
 from ..costs import Cost
 from ..models.base import EnergyModel
 from ..settle import SettleOptions
@@ -34,7 +35,7 @@ class ContrastiveHebbian(Rule):
         allow_unconverged: see :class:`~dynets.rules.base.Rule`.
     """
 
-    models = (EnergyModel,)
+    needs = (Energy,)
 
     def __init__(self, settle: SettleOptions | None = None, clamped_settle: SettleOptions | None = None,
                  cost: Cost | None = None, allow_unconverged: bool = False) -> None:

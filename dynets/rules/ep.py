@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from ..capabilities import Energy
 from ..costs import Cost
 from ..models.base import EnergyModel
 from ..settle import SettleOptions
@@ -30,7 +31,7 @@ class EquilibriumPropagation(Rule):
         allow_unconverged: see :class:`~dynets.rules.base.Rule`.
     """
 
-    models = (EnergyModel,)
+    needs = (Energy,)
 
     def __init__(self, beta: float = 0.5, variant: str = "centered", settle: SettleOptions | None = None,
                  nudged_settle: SettleOptions | None = None, cost: Cost | None = None,

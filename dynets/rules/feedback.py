@@ -8,6 +8,7 @@ import warnings
 
 import torch
 
+from ..capabilities import SeparateFeedback
 from ..costs import Cost
 from ..models.asymmetric import Asymmetric
 from ..settle import SettleOptions
@@ -25,7 +26,7 @@ class _Nudged(Rule):
     the batch mean and counted (``unconverged``): an oscillating, non-equilibrium state is
     never learned from."""
 
-    models = (Asymmetric,)
+    needs = (SeparateFeedback,)
     needs_learned_feedback = False
 
     def __init__(self, beta: float = 0.5, variant: str = "centered", settle: SettleOptions | None = None,

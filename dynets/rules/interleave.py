@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from ..capabilities import Decoder, Dreams, Recognition, Stateful, code_layer
 from ..models.helmholtz import Helmholtz
 from ..sampling import sample
 from ..settle import SettleOptions
@@ -20,10 +21,9 @@ def top_down(model, code: torch.Tensor, settle: SettleOptions) -> torch.Tensor:
     """``(n, in)`` the input a code explains: the model's ``decode`` when it has one, else the
     visible layer of a free settle (no input) with the code layer clamped, the generative pass
     of a model that runs free (generative predictive coding: every error zero below the code)."""
-    if hasattr(model, "decode"):
+    if isinstance(model, Decoder):
         return model.decode(code)
-    layer = getattr(model, "code_layer", -1)
-    return settle(model, Condition(batch_size=len(code), clamp={layer: code})).state[0]
+    return settle(model, Condition(batch_size=len(code), clamp={code_layer(model): code})).state[0]
 
 
 def prior_code(model, n: int, noise: float, generator: torch.Generator) -> torch.Tensor:
@@ -98,13 +98,13 @@ class SleepInterleaved(Rule):
 
     def _sleep(self, model, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, torch.Tensor]:
         n = self.dreams or len(x)
-        if isinstance(model, Helmholtz):
+        if isinstance(model, Recognition) and isinstance(model, Dreams):
             return self._helmholtz_sleep(model, x, n)
         if self.start == "prior":
             code = prior_code(model, n, self.noise, self.generator)
         else:
             state = self.settle(model, model.prepare(Condition(x))).state
-            code = state[getattr(model, "code_layer", -1)][:n]
+            code = state[code_layer(model)][:n]
             code = code + self.noise * torch.randn(code.shape, generator=self.generator, dtype=code.dtype).to(code.device)
         dream = top_down(model, code, self.settle)
         return self.wake.update(model, dream, None if y is None else y[:len(dream)]).grads
@@ -122,7 +122,7 @@ class SleepInterleaved(Rule):
 
     def state_dict(self) -> dict[str, Any]:
         """The sleep credit carried over (the generators are checkpointed as attributes)."""
-        return {"credit": self.credit, "wake": self.wake.state_dict() if hasattr(self.wake, "state_dict") else None}
+        return {"credit": self.credit, "wake": self.wake.state_dict() if isinstance(self.wake, Stateful) else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.credit = state["credit"]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..capabilities import PatternStore
 from ..models.memory import AssociativeMemory, Memory, check_patterns, noisy_cues, overlaps
 from ..settle import SettleOptions
 from ..phases import Condition
@@ -36,7 +37,8 @@ class HebbianStorage(Rule):
     patterns' energy is lowered. The labels y are ignored (may be None).
     """
 
-    models = (AssociativeMemory,)
+    needs = (PatternStore,)
+    needs_target = False
 
     def update(self, model: AssociativeMemory, x: torch.Tensor, y: torch.Tensor | None = None) -> Update:
         self.check_model(model)
@@ -114,7 +116,8 @@ class HebbianSleep(Rule):
     probe that did not settle: it is one of many random draws, not a phase of the batch.
     """
 
-    models = (AssociativeMemory,)
+    needs = (PatternStore,)
+    needs_target = False
 
     def __init__(self, dreams: int = 100, settle: SettleOptions | None = None, monitor: RecallMonitor | None = None,
                  monitor_every: int = 1, drop: float = 0.05, patience: int | None = 10, seed: int = 0) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from ..capabilities import PredictionErrors
 from ..costs import Cost
 from ..models.pc import PredictiveCoding
 from ..settle import SettleOptions
@@ -47,7 +48,7 @@ class PredictiveCodingRule(Rule):
         allow_unconverged: see :class:`~dynets.rules.base.Rule`.
     """
 
-    models = (PredictiveCoding,)
+    needs = (PredictionErrors,)
 
     def __init__(self, beta: float = 0.1, variant: str = "nudged", settle: SettleOptions | None = None,
                  cost: Cost | None = None, allow_unconverged: bool = False) -> None:

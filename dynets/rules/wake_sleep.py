@@ -5,6 +5,7 @@ import math
 
 import torch
 
+from ..capabilities import Dreams, GibbsBlocked, Recognition
 from ..models.helmholtz import Helmholtz, bernoulli_log_prob
 from ..sampling import SampleOptions, Sleep
 from ..settle import SettleOptions
@@ -65,7 +66,8 @@ class WakeSleep(Rule):
     ``converged`` (``settle`` wake).
     """
 
-    models = (Helmholtz,)
+    needs = (Recognition, Dreams, GibbsBlocked)
+    needs_target = False
 
     def __init__(self, variant: str = "plain", k: int = 1, q_update: str | None = None, wake: str = "sample",
                  dreams: int | None = None, settle: SettleOptions | None = None, seed: int = 0,
@@ -85,13 +87,6 @@ class WakeSleep(Rule):
         self.q_update = q_update or ("sleep" if variant == "plain" else "wake")
         self.sleep_phase = Sleep(start="prior", run=SampleOptions("gibbs", sweeps=1))
         self.generator = torch.Generator().manual_seed(seed)
-
-    def check_model(self, model) -> None:
-        """Raise unless ``model`` has a generative model to dream from (a Helmholtz machine)."""
-        if not isinstance(model, self.models):
-            raise TypeError(f"WakeSleep cannot train {type(model).__name__}: its sleep phase dreams from a top-down "
-                            "generative model with a prior (gibbs_blocks, prior_state), which it lacks; it trains "
-                            "Helmholtz (dynets.models.helmholtz.Helmholtz)")
 
     @torch.no_grad()
     def update(self, model: Helmholtz, x: torch.Tensor, y: torch.Tensor | None = None) -> Update:

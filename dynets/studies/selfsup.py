@@ -20,6 +20,7 @@ from torch import nn
 from ..app import plots
 from ..app.fit import fit
 from ..app.run import check_self_supervised
+from ..capabilities import Dreams
 from ..data import Dataset, Split, binarised, unlabelled
 from ..evaluate import ReconstructionError, pick_layer, settled
 from ..phases import Condition
@@ -175,7 +176,7 @@ def dreams(model, settle, n: int, seed: int) -> torch.Tensor | None:
     """``(n, in)`` dreams: a Helmholtz machine's top-down sweep from its prior (exact samples);
     a continuous model's generative pass from codes prior + ξ, ξ ~ N(0, I); ``None`` without a prior."""
     generator = torch.Generator().manual_seed(seed)
-    if hasattr(model, "prior_state"):
+    if isinstance(model, Dreams):
         return Sleep("prior").dream(model, Condition(batch_size=n, generator=generator)).state[0]
     if isinstance(getattr(model, "prior", None), torch.Tensor):
         return top_down(model, prior_code(model, n, 1.0, generator), settle)

@@ -1,0 +1,319 @@
+"""What a model (or a rule) can do, declared: one runtime-checkable ``Protocol`` per capability.
+
+The engine and the rules ask ``isinstance(model, Capability)``, never for a class: a new model
+gets a rule, a settle method or an evaluation by defining the methods below, and a rule names
+the capabilities it needs in ``Rule.needs`` (:meth:`dynets.rules.base.Rule.check_model` refuses a
+model that lacks one, naming it). Every member of a capability is a method or a class
+attribute, so :func:`provides` answers for a class as ``isinstance`` does for its instances.
+The table of capabilities, with the code that uses each: ``docs/extending.md``.
+
+A protocol check costs ~10 µs: the engine checks once per settle or per rule call, never per step.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Iterable, Protocol, runtime_checkable
+
+import torch
+
+from .phases import Block, Condition, State, VectorField
+
+
+@runtime_checkable
+class Dynamical(Protocol):
+    """A dynamical system ds/dt = f(s; condition) that ``settle`` can run.
+
+    ``dynamics(condition)`` returns the vector field ``f(t, state) -> ds/dt`` of a phase;
+    ``init_state(condition)`` the rest state a settle starts from (one ``(batch, *shape)``
+    tensor per layer). Used by :func:`dynets.settle` and every rule.
+    """
+
+    def dynamics(self, condition: Condition) -> VectorField: ...
+    def init_state(self, condition: Condition) -> State: ...
+
+
+@runtime_checkable
+class ChecksCondition(Protocol):
+    """A check of the conditions it can honour.
+
+    ``check_condition(condition)`` raises a clear error for a condition the model cannot honour
+    (no input for a model that needs one, a clamp of the wrong shape). ``settle``, the
+    steppers and :class:`dynets.sampling.Sleep` call it before a phase starts.
+    """
+
+    def check_condition(self, condition: Condition) -> None: ...
+
+
+@runtime_checkable
+class Blocked(Protocol):
+    """Gauss–Seidel blocks of a model in leaky form ds/dt = g(s) − s.
+
+    ``blocks(condition)`` returns a partition of the state's layers, each block
+    ``(layers, g)`` or ``(layers, g, steps)`` with ``g(state) -> [g_l for l in layers]`` (and a
+    step per layer). Used by ``settle(method="gauss_seidel")`` (:class:`dynets.steppers.GaussSeidel`).
+    """
+
+    def blocks(self, condition: Condition) -> list[Block]: ...
+
+
+@runtime_checkable
+class GibbsBlocked(Protocol):
+    """Stochastic binary units that can be Gibbs-sampled.
+
+    ``gibbs_blocks(condition)`` returns blocks ``(layers, field)`` whose ``field(state)`` gives
+    each layer's input h (a unit is on with probability σ(h/T)); ``unit_values`` (class attribute)
+    is the pair (off, on). Used by :func:`dynets.sampling.sample` (``method="gibbs"``), noise
+    starts, :class:`~dynets.rules.BoltzmannLearning`, :class:`~dynets.rules.WakeSleep`.
+    """
+
+    unit_values: tuple[float, float]
+
+    def gibbs_blocks(self, condition: Condition) -> list[tuple[tuple[int, ...], Callable]]: ...
+
+
+@runtime_checkable
+class Energy(Protocol):
+    """An energy E(s; x) whose stationary points are the equilibria.
+
+    ``energy(state, condition)`` returns E per sample ``(batch,)``;
+    ``param_grad_difference(a, b, condition, scale)`` returns ``{name: scale·[∂F/∂θ(a) − ∂F/∂θ(b)]}``
+    for two states (:class:`dynets.models.EnergyModel` gives both, by autograd). Used by
+    :class:`~dynets.rules.EquilibriumPropagation` and :class:`~dynets.rules.ContrastiveHebbian`.
+    """
+
+    def energy(self, state: State, condition: Condition) -> torch.Tensor: ...
+    def param_grad_difference(self, a: State, b: State, condition: Condition,
+                              scale: float = 1.0) -> dict[str, torch.Tensor]: ...
+
+
+@runtime_checkable
+class PredictionErrors(Protocol):
+    """Prediction errors ε_l with a local Hebbian gradient.
+
+    ``errors(state, condition)`` returns the errors ε_l, bottom first; ``param_grads(state,
+    condition)`` ``{name: ∂E/∂θ}`` at a state in closed form; ``reconstruction(state, condition)``
+    ``(batch,)`` the error of the data's prediction (generative arrangement). The rule also reads
+    the attributes ``arrangement`` and ``generative``. Used by
+    :class:`~dynets.rules.PredictiveCodingRule`.
+    """
+
+    def errors(self, state: State, condition: Condition) -> list[torch.Tensor]: ...
+    def param_grads(self, state: State, condition: Condition) -> dict[str, torch.Tensor]: ...
+    def reconstruction(self, state: State, condition: Condition) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class FeedForward(Protocol):
+    """A free equilibrium that is a feedforward pass.
+
+    ``feedforward(condition)`` returns the free equilibrium computed layer by layer, carrying
+    autograd's graph. Used by :class:`~dynets.rules.Backprop`.
+    """
+
+    def feedforward(self, condition: Condition) -> State: ...
+
+
+@runtime_checkable
+class SeparateFeedback(Protocol):
+    """Feedback weights B of its own, not the transpose of the forward W.
+
+    ``feedback_weights()`` returns [B_1, ...]; ``feedback_angles()`` the angle of each B_l
+    to W_lᵀ in degrees; ``set_feedback(weights)`` sets B; ``learns_feedback`` (a property) says
+    whether B is a trained parameter; ``hebbian_difference(a, b, x, scale)`` and
+    ``delta_rule(a, b, pre, x, scale)`` give ``{name: gradient}`` from two phases. Used by
+    :class:`~dynets.rules.VectorFieldEP`, :class:`~dynets.rules.FeedbackAlignment`,
+    :class:`~dynets.rules.KolenPollack`, :class:`~dynets.rules.WeightMirror`,
+    :class:`~dynets.rules.DifferenceTargetPropagation` and the comparison study.
+    """
+
+    @property
+    def learns_feedback(self) -> bool: ...
+    def feedback_weights(self) -> list[torch.Tensor]: ...
+    def feedback_angles(self) -> list[float]: ...
+    def set_feedback(self, weights: list[torch.Tensor]) -> None: ...
+    def hebbian_difference(self, a: State, b: State, x: torch.Tensor,
+                           scale: float = 1.0) -> dict[str, torch.Tensor]: ...
+    def delta_rule(self, a: State, b: State, pre: State, x: torch.Tensor,
+                   scale: float = 1.0) -> dict[str, torch.Tensor]: ...
+
+
+@runtime_checkable
+class Dreams(Protocol):
+    """A prior over its top layer to dream from.
+
+    ``prior_state(condition)`` returns a state drawn top-down from the prior (no input; the
+    condition's generator draws). Used by :class:`dynets.sampling.Sleep` (``start="prior"``),
+    :class:`~dynets.rules.WakeSleep`, :class:`~dynets.rules.SleepInterleaved` and the dream plots.
+    """
+
+    def prior_state(self, condition: Condition) -> State: ...
+
+
+@runtime_checkable
+class Recognition(Protocol):
+    """A recognition pathway q(h | x) to propose the causes of the data.
+
+    ``proposal(x, k, generator)`` returns k samples of the hidden layers and their log q
+    ``(k, batch)``; ``log_joint(x, hidden)`` log p(x, h) ``(k, batch)``. The wake-sleep delta
+    rules write the parameters ``generative.*``, ``recognition.*`` and ``prior``. Used by
+    :class:`~dynets.rules.WakeSleep`, :class:`~dynets.rules.SleepInterleaved` and
+    :func:`dynets.likelihood.importance_log_prob`.
+    """
+
+    def proposal(self, x: torch.Tensor, k: int, generator: torch.Generator) -> tuple[list[torch.Tensor], torch.Tensor]: ...
+    def log_joint(self, x: torch.Tensor, hidden: list[torch.Tensor]) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Likelihood(Protocol):
+    """An exact likelihood of the data.
+
+    ``log_prob(x)`` returns log p(x) ``(batch,)`` in nats. Used by the likelihood evaluation
+    (:mod:`dynets.likelihood`).
+    """
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Bipartite(Protocol):
+    """Visible and hidden layers coupled by one matrix, each conditionally independent given the other.
+
+    ``hidden_field(v)`` returns the hidden units' input given the visible ``v``,
+    ``visible_field(h)`` the visible units' given ``h``. Used by
+    :class:`~dynets.rules.BoltzmannLearning` (exact hidden statistics).
+    """
+
+    def hidden_field(self, v: torch.Tensor) -> torch.Tensor: ...
+    def visible_field(self, h: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class PatternStore(Protocol):
+    """A pairwise coupling that stores ±1 patterns.
+
+    ``coupling()`` returns the symmetric ``(N, N)`` matrix W (the parameter ``weight``, of
+    ``N = n`` units); ``split(s)`` a flat ``(batch, N)`` state as the model's state. Used by
+    :class:`~dynets.rules.HebbianStorage`, :class:`~dynets.rules.HebbianSleep`.
+    """
+
+    def coupling(self) -> torch.Tensor: ...
+    def split(self, s: torch.Tensor) -> State: ...
+
+
+@runtime_checkable
+class Decoder(Protocol):
+    """A code layer and a decoder from it back to the input.
+
+    ``code_layer`` (class attribute) is the state index of the code; ``decode(code)`` the input
+    ``(batch, in)`` a code explains. Used by :class:`~dynets.rules.SleepInterleaved` (dreams),
+    the probes of :mod:`dynets.evaluate` and the self-supervised study.
+    """
+
+    code_layer: int
+
+    def decode(self, code: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Reconstructs(Protocol):
+    """A reconstruction of its input at an equilibrium.
+
+    ``reconstruct(state, condition)`` returns x̂ ``(batch, *input shape)`` at a settled state
+    with the input ``condition.x`` clamped. Used by :func:`dynets.evaluate.settled`, the
+    reconstruction evaluation and the self-supervised study.
+    """
+
+    def reconstruct(self, state: State, condition: Condition) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """State carried between steps (a rule's chains, stop rule, sleep credit).
+
+    ``state_dict()`` and ``load_state_dict(state)``: saved in every checkpoint and restored on
+    resume, so a resumed run continues bit-identically. Used by :mod:`dynets.app.fit` and
+    :class:`~dynets.rules.SleepInterleaved` (its wake rule's).
+    """
+
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def code_layer(model: object) -> int:
+    """The state index of ``model``'s code: its ``code_layer`` (:class:`Decoder`), else the top (−1).
+
+    Args:
+        model: any model.
+    """
+    return model.code_layer if isinstance(model, Decoder) else -1
+
+
+def members(capability: type) -> list[str]:
+    """The names a capability declares (its methods, properties and attributes).
+
+    Args:
+        capability: one of this module's protocols.
+    """
+    names = [n for n in vars(capability) if not n.startswith("_")]
+    return names + [n for n in getattr(capability, "__annotations__", {}) if n not in names]
+
+
+def provides(cls: type, capability: type) -> bool:
+    """Whether instances of the class ``cls`` have ``capability`` (its members are class-level,
+    so the class answers as ``isinstance`` does for an instance).
+
+    Args:
+        cls: a model (or rule) class.
+        capability: one of this module's protocols.
+    """
+    return all(hasattr(cls, name) for name in members(capability))
+
+
+def describe(capability: type) -> str:
+    """``capability Energy: members energy(state, condition), ...``, for error messages.
+
+    Args:
+        capability: one of this module's protocols.
+    """
+    parts = []
+    for name in members(capability):
+        value = vars(capability).get(name)
+        if callable(value):
+            params = list(inspect.signature(value).parameters)[1:]
+            parts.append(f"{name}({', '.join(params)})")
+        else:
+            parts.append(name)
+    kind = "a method" if len(parts) == 1 else "members"
+    return f"capability {capability.__name__}: {kind} {', '.join(parts)}"
+
+
+def summary(capability: type) -> str:
+    """The first line of the capability's docstring, lower-cased ("an energy ...").
+
+    Args:
+        capability: one of this module's protocols.
+    """
+    line = inspect.getdoc(capability).splitlines()[0].rstrip(".")
+    return line[0].lower() + line[1:]
+
+
+def missing(model: object, needs: Iterable[type], owner: str, providers: Iterable[type] = ()) -> str | None:
+    """Why ``owner`` cannot use ``model``, ``None`` when it can: each missing capability
+    named, with what it declares and the classes that have it.
+
+    Args:
+        model: the model to check.
+        needs: the capabilities ``owner`` needs.
+        owner: who needs them, as the message names it (a rule's class name).
+        providers: classes to name as having a missing capability (read only on failure).
+    """
+    lacking = [c for c in needs if not isinstance(model, c)]
+    if not lacking:
+        return None
+    providers = list(providers)
+    parts = []
+    for cap in lacking:
+        have = [p.__name__ for p in providers if provides(p, cap)]
+        parts.append(f"{summary(cap)} ({describe(cap)}" + (f"; e.g. {', '.join(have)}" if have else "") + ")")
+    return f"{owner} needs a model with {' and '.join(parts)}; {type(model).__name__} has none"
