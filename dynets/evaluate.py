@@ -11,7 +11,7 @@ from .data import Split
 from .models.helmholtz import Helmholtz
 from .models.pc import PredictiveCoding
 from .models.readback import ReadBackHopfield
-from .phases import Condition, State
+from .phases import Condition, State, batch_shape
 from .settle import SettleOptions
 
 READBACKS: dict[type, Callable[..., torch.Tensor]] = {
@@ -26,8 +26,8 @@ READBACKS: dict[type, Callable[..., torch.Tensor]] = {
 
 @torch.no_grad()
 def settled(model, x: torch.Tensor, settle: SettleOptions, batch_size: int = 1000) -> tuple[State, torch.Tensor]:
-    """The free equilibrium of ``model`` with ``x`` ``(n, in)`` clamped, in batches: its state
-    (each layer ``(n, units)``) and the model's reconstruction of ``x`` ``(n, in)``."""
+    """The free equilibrium of ``model`` with ``x`` ``(n, *in_shape)`` clamped, in batches: its state
+    (each layer ``(n, *shape)``) and the model's reconstruction of ``x`` (``x``'s shape)."""
     readback = next((READBACKS[c] for c in type(model).__mro__ if c in READBACKS), None)
     if readback is None:
         raise TypeError(f"no reconstruction is defined for {type(model).__name__}; "
@@ -46,7 +46,7 @@ def pick_layer(model, state: State, layer: int | None) -> torch.Tensor:
     a layer that does not exist is an error naming those that do."""
     index = getattr(model, "code_layer", -1) if layer is None else layer
     if not -len(state) <= index < len(state):
-        sizes = ", ".join(f"{l}: {s.shape[1]} units" for l, s in enumerate(state))
+        sizes = ", ".join(f"{l}: {batch_shape(s.shape[1:])}" for l, s in enumerate(state))
         raise ValueError(f"probe layer {index} does not exist: {type(model).__name__}'s settled state has layers "
                          f"0..{len(state) - 1} (or -{len(state)}..-1) ({sizes})")
     return state[index]

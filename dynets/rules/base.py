@@ -46,7 +46,7 @@ class Rule(ABC):
 
     @abstractmethod
     def grads(self, model: DynamicalModel, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        """Write ``p.grad`` for a batch ``x`` ``(batch, in)``, labels ``y`` ``(batch,)``;
+        """Write ``p.grad`` for a batch ``x`` ``(batch, *in_shape)``, labels ``y`` ``(batch,)``;
         return metrics (at least ``loss``, ``accuracy``, ``steps_free``, ``converged``)."""
 
     def check_model(self, model: DynamicalModel) -> None:
@@ -85,7 +85,7 @@ class Rule(ABC):
         condition = self.condition(model, x, y)
         free = self.settle(model, condition)
         loss = model.cost(free.state, condition).mean()
-        accuracy = (model.output(free.state).argmax(1) == y).to(loss.dtype).mean()
+        accuracy = (model.output(free.state).flatten(1).argmax(1) == y).to(loss.dtype).mean()
         loss, accuracy = torch.stack([loss, accuracy]).tolist()   # one sync for both
         metrics = {"loss": loss, "accuracy": accuracy, "steps_free": free.steps,
                    "converged": free.converged_fraction}

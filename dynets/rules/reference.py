@@ -142,5 +142,5 @@ class BackpropThroughTime(Rule):
             loss = model.cost(s, condition).mean()
             write_grads(model, model.named_grads(torch.autograd.grad(loss, list(model.parameters()))))
             residual = residual_norm(f(torch.tensor(self.steps * self.step_size), s))
-        return {"loss": loss.item(), "accuracy": (model.output(s).argmax(1) == y).float().mean().item(),
+        return {"loss": loss.item(), "accuracy": (model.output(s).flatten(1).argmax(1) == y).float().mean().item(),
                 "steps_free": self.steps, "converged": (residual <= self.settle.atol).float().mean().item()}
