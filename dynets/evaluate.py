@@ -11,7 +11,7 @@ from .data import Split
 from .models.helmholtz import Helmholtz
 from .models.pc import PredictiveCoding
 from .models.readback import ReadBackHopfield
-from .phases import Condition, State, batch_shape
+from .phases import Condition, State
 from .settle import SettleOptions
 
 READBACKS: dict[type, Callable[..., torch.Tensor]] = {
@@ -46,7 +46,8 @@ def pick_layer(model, state: State, layer: int | None) -> torch.Tensor:
     a layer that does not exist is an error naming those that do."""
     index = getattr(model, "code_layer", -1) if layer is None else layer
     if not -len(state) <= index < len(state):
-        sizes = ", ".join(f"{l}: {batch_shape(s.shape[1:])}" for l, s in enumerate(state))
+        sizes = ", ".join(f"{l}: {s[0].numel()} units" + (f" of shape {tuple(s.shape[1:])}" if s.dim() > 2 else "")
+                          for l, s in enumerate(state))
         raise ValueError(f"probe layer {index} does not exist: {type(model).__name__}'s settled state has layers "
                          f"0..{len(state) - 1} (or -{len(state)}..-1) ({sizes})")
     return state[index]

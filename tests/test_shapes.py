@@ -208,7 +208,7 @@ def test_probes_and_plots_read_feature_maps_as_vectors(tmp_path: Path):
     _, maps = models()
     x = grid(batch()[0], 0)
     state = TIGHT(maps, Condition(x)).state
-    with pytest.raises(ValueError, match=re.escape("(0: (batch, 2, 3, 3), 1: (batch, 2, 3, 3))")):
+    with pytest.raises(ValueError, match=re.escape("(0: 18 units of shape (2, 3, 3), 1: 18 units of shape (2, 3, 3))")):
         pick_layer(maps, state, 2)
     z = pick_layer(maps, state, -1)
     train = Split(z.flatten(1), torch.arange(B) % 2)
