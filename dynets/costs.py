@@ -19,23 +19,23 @@ class Cost(ABC):
 
     @abstractmethod
     def value(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """``(batch,)`` C of each sample; ``output`` and ``target`` are ``(batch, units)``."""
+        """``(batch,)`` C of each sample; ``output`` and ``target`` are ``(batch, *shape)``."""
 
     @abstractmethod
     def grad(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """``(batch, units)`` ∂C/∂output."""
+        """``(batch, *shape)`` ∂C/∂output."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
 
 class SquaredError(Cost):
-    """C = ½‖o − y‖², ∂C/∂o = o − y, ∂²C/∂o² = I."""
+    """C = ½‖o − y‖² (over all units of a sample), ∂C/∂o = o − y, ∂²C/∂o² = I."""
 
     curvature = (1.0, 1.0)
 
     def value(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return 0.5 * (output - target).pow(2).sum(1)
+        return 0.5 * (output - target).pow(2).flatten(1).sum(1)
 
     def grad(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return output - target
@@ -44,15 +44,16 @@ class SquaredError(Cost):
 class CrossEntropy(Cost):
     """Cross-entropy of a softmax read-out, C = −Σ_i y_i log softmax(o)_i, ∂C/∂o = softmax(o) − y
     (for targets that sum to 1, such as one-hot labels). ∂²C/∂o² = diag(p) − ppᵀ (p the
-    softmax), whose eigenvalues lie in [0, ½] (Böhning 1992)."""
+    softmax), whose eigenvalues lie in [0, ½] (Böhning 1992). The softmax runs over all units
+    of a sample (a read-out of any shape is one distribution)."""
 
     curvature = (0.0, 0.5)
 
     def value(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return -(target * torch.log_softmax(output, 1)).sum(1)
+        return -(target.flatten(1) * torch.log_softmax(output.flatten(1), 1)).sum(1)
 
     def grad(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(output, 1) - target
+        return torch.softmax(output.flatten(1), 1).view_as(output) - target
 
 
 COSTS = {"squared_error": SquaredError, "cross_entropy": CrossEntropy}

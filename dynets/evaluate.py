@@ -14,8 +14,8 @@ from .settle import SettleOptions
 
 @torch.no_grad()
 def settled(model, x: torch.Tensor, settle: SettleOptions, batch_size: int = 1000) -> tuple[State, torch.Tensor]:
-    """The free equilibrium of ``model`` with ``x`` ``(n, in)`` clamped, in batches: its state
-    (each layer ``(n, units)``) and the model's reconstruction of ``x`` ``(n, in)`` (its
+    """The free equilibrium of ``model`` with ``x`` ``(n, *in_shape)`` clamped, in batches: its
+    state (each layer ``(n, *shape)``) and the model's reconstruction of ``x`` (``x``'s shape; its
     ``reconstruct``, capability :class:`~dynets.capabilities.Reconstructs`)."""
     if not isinstance(model, Reconstructs):
         raise TypeError(f"{type(model).__name__} does not reconstruct its input: it has no {describe(Reconstructs)}")
@@ -33,7 +33,8 @@ def pick_layer(model, state: State, layer: int | None) -> torch.Tensor:
     a layer that does not exist is an error naming those that do."""
     index = code_layer(model) if layer is None else layer
     if not -len(state) <= index < len(state):
-        sizes = ", ".join(f"{l}: {s.shape[1]} units" for l, s in enumerate(state))
+        sizes = ", ".join(f"{l}: {s[0].numel()} units" + (f" of shape {tuple(s.shape[1:])}" if s.dim() > 2 else "")
+                          for l, s in enumerate(state))
         raise ValueError(f"probe layer {index} does not exist: {type(model).__name__}'s settled state has layers "
                          f"0..{len(state) - 1} (or -{len(state)}..-1) ({sizes})")
     return state[index]

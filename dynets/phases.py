@@ -9,7 +9,8 @@ import torch
 from .costs import Cost, SquaredError
 
 State = tuple[torch.Tensor, ...]
-"""One tensor per free layer, each ``(batch, units)``. Clamped inputs live in the
+"""One tensor per free layer, each ``(batch, *shape)``: a vector ``(batch, units)``, a feature
+map ``(batch, C, H, W)``, any shape the model's ``init_state`` gives. Clamped inputs live in the
 :class:`Condition`, not in the state, so the state is exactly what the ODE integrates."""
 
 VectorField = Callable[[torch.Tensor, State], State]
@@ -32,15 +33,15 @@ class Condition:
     """Everything about one phase: what is clamped and what is added to the dynamics.
 
     Args:
-        x: ``(batch, in_features)`` input clamped below the first free layer, or ``None``
+        x: ``(batch, *in_shape)`` input clamped below the first free layer, or ``None``
             for a phase with no input (then ``batch_size`` gives the batch).
-        target: ``(batch, out_features)`` target of the cost C, or ``None``.
+        target: ``(batch, *out_shape)`` target of the cost C (the read-out's shape), or ``None``.
         beta: nudging strength β; the dynamics descend F = E + β·C. ``beta != 0`` needs a target.
         cost: the :class:`~dynets.costs.Cost` C of the read-out (default squared error).
-        clamp: ``{layer: (batch, units) values}``: free-state layers (indices into the
+        clamp: ``{layer: (batch, *shape) values}``: free-state layers (indices into the
             :data:`State`) held at given values during the settle, e.g. ``{-1: target}``
             for the output clamped to the target (CHL, PC). Negative indices count from the top.
-        noise: ``{layer: (batch, units)}`` added to the drive of those layers and held
+        noise: ``{layer: (batch, *shape)}`` added to the drive of those layers and held
             fixed through the settle (perturbation rules).
         generator: the ``torch.Generator`` that stochastic units of this phase draw from.
         batch_size: the batch of a phase with no input.
@@ -48,7 +49,10 @@ class Condition:
             the phases of one rule step share it. It depends on ``x`` and the weights only,
             so :meth:`nudged` and :meth:`clamped` keep it; after changing either, prepare anew.
 
-    A model raises an error for a field it cannot honour; it never ignores one.
+    A model raises an error for a field it cannot honour; it never ignores one. The
+    condition checks that every tensor's first dimension is the batch; the rest of each
+    shape is checked against the model where the model is known (:func:`by_layer` for
+    clamps and noise, the model's ``check_condition`` for x and the target).
     """
 
     x: torch.Tensor | None = None
@@ -70,9 +74,9 @@ class Condition:
         named = [("target", self.target)] + [(f"clamp[{k}]", v) for k, v in self.clamp.items()] + \
                 [(f"noise[{k}]", v) for k, v in self.noise.items()]
         for name, t in named:
-            if t is not None and (t.dim() != 2 or t.shape[0] != batch):
+            if t is not None and (t.dim() == 0 or t.shape[0] != batch):
                 raise ValueError(f"{name} has shape {tuple(t.shape)} but the phase has batch {batch}: "
-                                 f"it must be (batch, units)")
+                                 f"its first dimension must be the batch, (batch, *shape)")
 
     @property
     def batch(self) -> int:
@@ -125,16 +129,21 @@ class Equilibrium:
 def by_layer(layers: Mapping[int, torch.Tensor], rest: State, what: str) -> dict[int, torch.Tensor]:
     """``layers`` (a ``Condition.clamp`` or ``noise``) with indices in 0..n−1, n = len(rest)
     (negative ones count from the top); raises for a layer that does not exist or a
-    tensor whose width is not the layer's."""
+    tensor whose shape is not the layer's, ``(batch, *shape)`` of ``rest[k]``."""
     n, out = len(rest), {}
     for k, v in layers.items():
         if not -n <= k < n:
             raise ValueError(f"{what}: layer {k} does not exist; the state has {n} free layers "
                              f"(0..{n - 1}, or -{n}..-1)")
         if v.shape != rest[k].shape:
-            raise ValueError(f"{what}[{k}] has shape {tuple(v.shape)}, the layer needs {tuple(rest[k].shape)}")
+            raise ValueError(f"{what} of layer {k}: expected {batch_shape(rest[k].shape[1:])}, got {tuple(v.shape)}")
         out[k % n] = v
     return out
+
+
+def batch_shape(shape: tuple[int, ...]) -> str:
+    """``"(batch, 2, 3, 3)"``: how an error names the shape a tensor needs (its batch aside)."""
+    return "(" + ", ".join(["batch", *map(str, shape)]) + ("," if not shape else "") + ")"
 
 
 class DivergedError(RuntimeError):

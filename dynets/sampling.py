@@ -99,10 +99,10 @@ def _changed(method: str, old: State, new: State, clamp) -> torch.Tensor:
     free = [(a, b) for l, (a, b) in enumerate(zip(old, new)) if l not in clamp]
     if not free:
         return old[0].new_zeros(old[0].shape[0])   # every layer clamped: nothing moved
-    units = sum(a.shape[1] for a, _ in free)
+    units = sum(a[0].numel() for a, _ in free)   # per sample, over layers of any shape
     if method == "gibbs":
-        return sum((a != b).sum(1) for a, b in free).to(old[0].dtype) / units
-    return (sum(((a - b) ** 2).sum(1) for a, b in free) / units).sqrt()
+        return sum((a != b).flatten(1).sum(1) for a, b in free).to(old[0].dtype) / units
+    return (sum(((a - b) ** 2).flatten(1).sum(1) for a, b in free) / units).sqrt()
 
 
 @torch.no_grad()

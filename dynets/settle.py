@@ -179,7 +179,7 @@ def _initial(model: Dynamical, condition: Condition, init: State | None) -> Stat
         init = tuple(init)
         if len(init) != len(rest) or any(a.shape != b.shape for a, b in zip(init, rest)):
             raise ValueError(f"init has shapes {[tuple(a.shape) for a in init]} but this model and batch need "
-                             f"{[tuple(b.shape) for b in rest]} (one (batch, units) tensor per free layer)")
+                             f"{[tuple(b.shape) for b in rest]} (one (batch, *shape) tensor per free layer)")
         rest = init
     clamp = by_layer(condition.clamp, rest, "clamp")
     return tuple(clamp[l].to(s.dtype) if l in clamp else s for l, s in enumerate(rest))

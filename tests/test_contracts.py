@@ -1,5 +1,7 @@
 """The engine's contracts for every family: phases (clamps, noise, no input), costs as
 objects, name-keyed gradients, and a user's model defined by its energy alone."""
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -67,7 +69,7 @@ def test_bad_phases_are_errors():
     model, x, y = small()
     with pytest.raises(ValueError, match="layer 3 does not exist"):
         dynets.settle(model, Condition(x, clamp={3: torch.zeros(4, 3, dtype=torch.float64)}))
-    with pytest.raises(ValueError, match=r"clamp\[0\] has shape"):
+    with pytest.raises(ValueError, match=re.escape("clamp of layer 0: expected (batch, 7), got (4, 3)")):
         dynets.settle(model, Condition(x, clamp={0: torch.zeros(4, 3, dtype=torch.float64)}))
     with pytest.raises(ValueError, match="needs a target"):
         Condition(x, beta=0.5)

@@ -261,10 +261,11 @@ def plot_run(run_dir: str | os.PathLike, model: DynamicalModel, probe_condition:
 
 def images(x: torch.Tensor, path: str | os.PathLike, image_shape: tuple[int, int] | None = None,
            title: str = "") -> Path:
-    """Tile the rows of ``x`` ``(n, pixels)`` (e.g. dreams or reconstructions) as grey images in
-    [0, 1] (black 0, white 1) to the PNG ``path``; ``image_shape`` defaults to :func:`square_shape`."""
-    shape = image_shape if image_shape is not None else square_shape(x.shape[1])
-    grid = receptive_field_grid(x, shape, n=len(x))
+    """Tile the samples of ``x`` ``(n, pixels)`` or ``(n, [1,] h, w)`` (e.g. dreams or reconstructions)
+    as grey images in [0, 1] (black 0, white 1) to the PNG ``path``; ``image_shape`` defaults to
+    x's last two dimensions for a one-channel image, else to :func:`square_shape` of the pixels."""
+    shape = image_shape if image_shape is not None else _image_shape(x)
+    grid = receptive_field_grid(x.flatten(1), shape, n=len(x))
     fig = Figure(figsize=(5, 5), layout="constrained")
     ax = fig.subplots()
     ax.imshow(np.nan_to_num(grid, nan=0.5), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
@@ -273,12 +274,27 @@ def images(x: torch.Tensor, path: str | os.PathLike, image_shape: tuple[int, int
     return _save(fig, path)
 
 
+def _image_shape(x: torch.Tensor) -> tuple[int, int]:
+    """(h, w) of the samples of ``x``: its last two dimensions if a sample is one image of them,
+    else :func:`square_shape` of its pixels."""
+    pixels = x[0].numel()
+    if x.dim() > 2 and x.shape[-2] * x.shape[-1] == pixels:
+        return tuple(x.shape[-2:])
+    return square_shape(pixels)
+
+
+def _is_image(x: torch.Tensor) -> bool:
+    """Whether :func:`_image_shape` finds the samples of ``x`` to be images."""
+    pixels = x[0].numel()
+    return (x.dim() > 2 and x.shape[-2] * x.shape[-1] == pixels) or math.isqrt(pixels) ** 2 == pixels
+
+
 def plot_generative_run(run_dir: str | os.PathLike, dreams: torch.Tensor | None = None, *,
                         image_shape: tuple[int, int] | None = None) -> dict[str, Path]:
-    """A generative model's plots in ``run_dir``: ``dreams`` (a grid of its dreams ``(n, visible)``,
-    when given and the visible layer is an image) and ``learning_curves`` (when ``metrics.jsonl`` exists)."""
+    """A generative model's plots in ``run_dir``: ``dreams`` (a grid of its dreams ``(n, visible)``
+    or ``(n, [1,] h, w)``, when given and the visible layer is an image) and ``learning_curves`` (when ``metrics.jsonl`` exists)."""
     run_dir, out = Path(run_dir), {}
-    if dreams is not None and (image_shape is not None or math.isqrt(dreams.shape[1]) ** 2 == dreams.shape[1]):
+    if dreams is not None and (image_shape is not None or _is_image(dreams)):
         out["dreams"] = images(dreams, run_dir / "dreams.png", image_shape, title="dreams")
     if (run_dir / "metrics.jsonl").exists():
         out["learning_curves"] = learning_curves(run_dir / "metrics.jsonl", run_dir / "learning_curves.png")

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import nn
 
-from ..phases import Condition, State, VectorField, by_layer
+from ..phases import Condition, State, VectorField, batch_shape, by_layer
 
 
 class DynamicalModel(nn.Module, ABC):
@@ -16,6 +16,11 @@ class DynamicalModel(nn.Module, ABC):
     :meth:`init_state`. What is constant for an input batch (e.g. the input drive W₀x)
     may be computed once by :meth:`prepare` and shared by the phases of a rule step.
     Clamps (``condition.clamp``) are applied by :func:`dynets.settle` for every model.
+
+    A layer's state is ``(batch, *shape)``, any shape ``init_state`` gives. The input x is
+    ``(batch, *in_shape)`` and the read-out (and the target) ``(batch, *out_shape)``; both
+    default to vectors, ``(in_features,)`` and ``(out_features,)``: a model whose input or
+    read-out is an image or a feature map sets ``in_shape`` / ``out_shape``.
     """
 
     in_features: int
@@ -31,13 +36,28 @@ class DynamicalModel(nn.Module, ABC):
     def init_state(self, condition: Condition) -> State:
         """The rest state settles start from (zeros of the right shapes)."""
 
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        """The shape of one input sample: x is ``(batch, *in_shape)``."""
+        return (self.in_features,)
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        """The shape of one sample's read-out and target: ``(batch, *out_shape)``."""
+        return (self.out_features,)
+
     def prepare(self, condition: Condition) -> Condition:
         """``condition`` with this batch's constants computed (``Condition.constants``);
         by default nothing is worth sharing."""
         return condition
 
     def check_condition(self, condition: Condition) -> None:
-        """Raise if this model cannot honour ``condition``."""
+        """Raise if this model cannot honour ``condition``: a missing input, an input or a
+        target of the wrong shape."""
+        target = condition.target
+        if target is not None and tuple(target.shape[1:]) != tuple(self.out_shape):
+            raise ValueError(f"target: expected {batch_shape(self.out_shape)} (the read-out of "
+                             f"{type(self).__name__}), got {tuple(target.shape)}")
         if condition.x is None:
             if self.needs_input:
                 raise ValueError(f"{type(self).__name__} needs an input x in every phase (its first layer is "
@@ -51,7 +71,7 @@ class DynamicalModel(nn.Module, ABC):
         return phase_field(self, condition)(t, state)
 
     def output(self, state: State) -> torch.Tensor:
-        """``(batch, out_features)`` read-out: the last layer."""
+        """``(batch, *out_shape)`` read-out: the last layer."""
         return state[-1]
 
     def cost(self, state: State, condition: Condition) -> torch.Tensor:
@@ -61,24 +81,26 @@ class DynamicalModel(nn.Module, ABC):
         return condition.cost.value(self.output(state), condition.target)
 
     def target(self, y: torch.Tensor) -> torch.Tensor:
-        """One-hot ``(batch, out_features)`` target of integer labels ``y``."""
+        """One-hot ``(batch, *out_shape)`` target of integer labels ``y`` (units counted in
+        row-major order over ``out_shape``)."""
         if y.min() < 0 or y.max() >= self.out_features:
             raise ValueError(
                 f"labels must lie in 0..{self.out_features - 1} (the output layer has "
                 f"{self.out_features} units); got range {int(y.min())}..{int(y.max())}"
             )
-        return nn.functional.one_hot(y, self.out_features).to(self.dtype)
+        return nn.functional.one_hot(y, self.out_features).to(self.dtype).view(len(y), *self.out_shape)
 
     @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise if ``x`` is not ``(batch, in_features)``."""
-        if x.dim() != 2 or x.shape[1] != self.in_features:
+        """Raise if ``x`` is not ``(batch, *in_shape)``."""
+        if tuple(x.shape[1:]) != tuple(self.in_shape):
+            flat = " (flatten images for a model with a vector input)" if len(self.in_shape) == 1 and x.dim() > 2 else ""
             raise ValueError(
                 f"input of shape {tuple(x.shape)} does not match the model: it expects "
-                f"(batch, {self.in_features}) (input layer size {self.in_features})"
+                f"{batch_shape(self.in_shape)} (input layer size {self.in_features}){flat}"
             )
 
     def named_grads(self, grads) -> dict[str, torch.Tensor]:
@@ -108,7 +130,7 @@ class EnergyModel(DynamicalModel):
         if condition.beta != 0.0:
             total = total + condition.beta * self.cost(state, condition)
         for l, xi in by_layer(condition.noise, state, "noise").items():
-            total = total - (xi * state[l]).sum(1)
+            total = total - (xi * state[l]).flatten(1).sum(1)
         return total
 
     def dynamics(self, condition: Condition) -> VectorField:

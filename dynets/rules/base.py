@@ -74,7 +74,7 @@ class Rule(ABC):
 
     @abstractmethod
     def update(self, model: DynamicalModel, x: torch.Tensor, y: torch.Tensor | None = None) -> Update:
-        """The update for a batch ``x`` ``(batch, in)`` with labels ``y`` ``(batch,)`` or ``None``.
+        """The update for a batch ``x`` ``(batch, *in_shape)`` with labels ``y`` ``(batch,)`` or ``None``.
         A rule that settles a free phase reports ``steps_free`` and ``converged``, ``loss``
         when it has a target and ``accuracy`` when it has labels and the model a label read-out."""
 
@@ -156,7 +156,7 @@ def readout(model: DynamicalModel, state, condition: Condition, y: torch.Tensor 
     if condition.target is not None:
         values["loss"] = model.cost(state, condition).mean()
     if y is not None and model.supervised:
-        correct = model.output(state).argmax(1) == y
+        correct = model.output(state).flatten(1).argmax(1) == y
         values["accuracy"] = correct.to(values["loss"].dtype if "loss" in values else torch.float32).mean()
     if not values:
         return {}

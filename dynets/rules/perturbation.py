@@ -109,19 +109,24 @@ class NodePerturbation(_Perturbation):
     def estimate(self, model: DynamicalModel, condition: Condition, free: Equilibrium) -> tuple[dict[str, torch.Tensor], int]:
         signs, K, B = self.signs, self.n_probes, condition.batch
         rows = len(signs) * K
-        xi = [self.noise((K, B, s.shape[1]), s) for s in free.state]
+        xi = [self.noise((K, *s.shape), s) for s in free.state]   # one ξ per unit, layers of any shape
         noise = {l: torch.cat([sign * v for sign in signs]).flatten(0, 1) for l, v in enumerate(xi)}
-        stacked = model.prepare(Condition(condition.x.repeat(rows, 1), condition.target.repeat(rows, 1),
+        stacked = model.prepare(Condition(_tile(condition.x, rows), _tile(condition.target, rows),
                                           cost=condition.cost, noise=noise))
-        eq = self.settle(model, stacked, init=tuple(s.repeat(rows, 1) for s in free.state))
+        eq = self.settle(model, stacked, init=tuple(_tile(s, rows) for s in free.state))
         costs = model.cost(eq.state, stacked).view(len(signs), K, B)
         settled = (eq.residual <= eq.tolerance).view(len(signs), K, B)
         ok = settled.all(0) & (free.residual <= free.tolerance)
         # Each sample's estimate averages its own usable probes.
         weight = torch.where(ok, self.delta(costs, model.cost(free.state, condition)), 0.0)
         weight = weight / ok.sum(0).clamp(min=1) / self.sigma ** 2
-        g = tuple((weight.unsqueeze(-1) * v).sum(0) for v in xi)
+        g = tuple((weight.view(*weight.shape, *(1,) * (v.dim() - 2)) * v).sum(0) for v in xi)
         return drive_to_params(model, condition, free, g), int((~settled).sum())
+
+
+def _tile(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """``rows`` copies of the batch ``t`` ``(batch, *shape)`` stacked along the batch: ``(rows·batch, *shape)``."""
+    return t.repeat(rows, *(1,) * (t.dim() - 1))
 
 
 class WeightPerturbation(_Perturbation):
@@ -175,7 +180,7 @@ class _Settled(nn.Module):
 def drive_to_params(model: DynamicalModel, condition: Condition, free: Equilibrium,
                     g: State) -> dict[str, torch.Tensor]:
     """``{name: (1/B) Σ_b (D⁻¹g_b)ᵀ ∂f/∂θ}`` at the free equilibrium: weight gradients from
-    ``g``, per-sample ``(batch, units)`` sensitivities of the cost to each layer's drive
+    ``g``, per-sample ``(batch, *shape)`` sensitivities of the cost to each layer's drive
     noise (see :class:`NodePerturbation`). D, the diagonal of ∂f/∂ξ, is one VJP with ones."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     with torch.enable_grad():

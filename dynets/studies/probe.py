@@ -65,8 +65,8 @@ class LinearProbe:
     val_accuracy: float
 
     def predict(self, z: torch.Tensor) -> torch.Tensor:
-        """``(n,)`` the predicted labels of the representations ``z`` ``(n, units)``."""
-        return (self.scale(z).double() @ self.W + self.b).argmax(1)
+        """``(n,)`` the predicted labels of the representations ``z`` ``(n, *shape)`` (flattened)."""
+        return (self.scale(z.flatten(1)).double() @ self.W + self.b).argmax(1)
 
 
 def linear_probe(train: Split, val: Split, n_classes: int, weight_decays: tuple[float, ...] = (1e-4, 1e-3, 1e-2),
@@ -86,12 +86,12 @@ def linear_probe(train: Split, val: Split, n_classes: int, weight_decays: tuple[
 
 def knn_predict(train: Split, z: torch.Tensor, k: int = 10, chunk: int = 1000) -> torch.Tensor:
     """Labels of ``z`` by its ``k`` nearest train neighbours in cosine similarity (features centred
-    on the train mean), each voting with its similarity."""
+    on the train mean), each voting with its similarity. ``z`` is ``(n, *shape)``, flattened."""
     mean = train.x.mean(0)
     bank = F.normalize(train.x - mean, dim=1)
     n_classes = int(train.y.max()) + 1
     out = []
-    for q in z.split(chunk):
+    for q in z.flatten(1).split(chunk):
         sim, idx = (F.normalize(q - mean, dim=1) @ bank.T).topk(k, dim=1)
         votes = torch.zeros(len(q), n_classes, dtype=sim.dtype).scatter_add_(1, train.y[idx], sim)
         out.append(votes.argmax(1))

@@ -67,12 +67,13 @@ def probe(z: dict[str, torch.Tensor], data: Dataset, probes: Probes) -> dict[str
 
 def represent(model, rule, data: Dataset, layer: int | None, rows: int | None = None) -> tuple[dict[str, torch.Tensor], float]:
     """The settled representation at ``layer`` of every split (of the first ``rows`` train rows,
-    the probes' training set; ``None``: all), and the test reconstruction error."""
+    the probes' training set; ``None``: all), one vector per sample (a layer of any shape
+    flattened), and the test reconstruction error."""
     z, error = {}, float("nan")
     for part in ("train", "val", "test"):
         x = getattr(data, part).x[:rows] if part == "train" else getattr(data, part).x
         state, recon = settled(model, x, rule.settle)
-        z[part] = pick_layer(model, state, layer)
+        z[part] = pick_layer(model, state, layer).flatten(1)   # the probes read a vector per sample
         if part == "test":
             error = (recon - x).pow(2).mean().item()
     return z, error
