@@ -26,6 +26,15 @@ from .loggers import flatten
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 MISSING = "???"   # OmegaConf's mandatory value, as OmegaConf.to_container leaves it
 TASKS = ("supervised", "self_supervised")
+# A model's YAML names all its sizes, the constructor's argument; its ends read the data.
+HIDDEN_GONE = ("a model's sizes are model.sizes, the constructor's argument, [input, hidden..., labels] with the "
+               "ends read from the data: model.sizes.1=512 widens the first hidden layer, "
+               "'model.sizes=[${shape.features},512,256,${shape.classes}]' sets them all")
+# Overrides of an older config layout, and what replaced them (see renamed).
+RENAMED = {"model.hidden": HIDDEN_GONE,
+           "hidden": ("the table's sizes are sizes, [input, hidden..., labels] with the ends read from the data: "
+                      "sizes.1=512 widens the first hidden layer, 'sizes=[${shape.features},512,${shape.classes}]' "
+                      "sets them all")}
 
 
 class ConfigError(ValueError):
@@ -127,6 +136,16 @@ def fitting(config: Mapping[str, Any], group: str, fits: Callable[[dict[str, Any
         except (ValueError, TypeError):
             return False
     return [f"{group}={name}" for name in options(group) if passes(name)]
+
+
+def renamed(overrides: list[str]) -> str | None:
+    """The message for the first of ``overrides`` (command-line ``key=value``) that sets a key of
+    :data:`RENAMED`, naming what replaced it; ``None`` when there is none."""
+    for override in overrides:
+        key = override.lstrip("+~").partition("=")[0]
+        if key in RENAMED:
+            return f"{override}: {key} is gone: {RENAMED[key]}"
+    return None
 
 
 def either(names: list[str]) -> str:
