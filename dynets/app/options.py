@@ -93,12 +93,23 @@ def check_values(config: Mapping[str, Any]) -> None:
 
 @functools.cache
 def options(group: str) -> dict[str, dict[str, Any]]:
-    """The options of ``configs/<group>/`` as written (interpolations unresolved, no defaults
-    list), by name; none where the package has no configs folder beside it."""
+    """The options of ``configs/<group>/`` as written (interpolations unresolved), by name, with
+    the options they include from a group by their defaults list (``- /rule@wake: wake_sleep``:
+    rule=sleep's wake rule); none where the package has no configs folder beside it."""
     folder = CONFIGS / group
-    paths = sorted(folder.glob("*.yaml")) if folder.is_dir() else []
-    loaded = {path.stem: OmegaConf.to_container(OmegaConf.load(path), resolve=False) for path in paths}
-    return {name: {k: v for k, v in node.items() if k != "defaults"} for name, node in loaded.items()}
+    return {path.stem: _option(group, path.stem) for path in sorted(folder.glob("*.yaml"))} if folder.is_dir() else {}
+
+
+@functools.cache
+def _option(group: str, name: str) -> dict[str, Any]:
+    node = OmegaConf.to_container(OmegaConf.load(CONFIGS / group / f"{name}.yaml"), resolve=False)
+    included = {}
+    for entry in node.pop("defaults", []):
+        key, choice = next(iter(entry.items())) if isinstance(entry, dict) else (entry, None)
+        other, _, package = key.lstrip("/").partition("@")
+        if key.startswith("/") and package and (CONFIGS / other / f"{choice}.yaml").is_file():
+            included[package] = _option(other, choice)   # the overrides of another group's choice are left out
+    return {**included, **node}
 
 
 def option(group: str, node: Mapping[str, Any]) -> str:
