@@ -1,5 +1,6 @@
 """The comparison table: its bp reference against an independent MLP, its statistics, its files."""
 import csv
+import inspect
 import math
 
 import numpy as np
@@ -119,6 +120,6 @@ def test_every_row_of_every_table_builds_a_model_its_rule_can_train(table):
         rule.check_model(model)
         assert model.sizes[0] == data.n_features, name
         assert row.optimizer(list(model.parameters())).defaults["lr"] == node.lr, name
-        if "seed" in script.inspect.signature(type(model)).parameters:   # its own generator takes the seed
+        if "seed" in inspect.signature(type(model)).parameters:   # its own generator takes the seed
             other = row.model(1)
             assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), other.parameters())), name
