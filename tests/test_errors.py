@@ -95,7 +95,7 @@ def test_every_model_and_rule_train_or_the_error_names_options_that_do():
 
 def test_a_label_rule_on_a_generative_model_names_the_rules_that_fit():
     with pytest.raises(ConfigError, match="rule=implicit cannot train model=helmholtz .*no label layer.*"
-                                          "With model=helmholtz use rule=rws or rule=wake_sleep"):
+                                          "With model=helmholtz use rule=rws, rule=sleep or rule=wake_sleep"):
         app.build(composed(*SMALL, "model=helmholtz", "rule=implicit"))
 
 
