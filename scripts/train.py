@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dynets.app import run as app
 from dynets.app.loggers import wandb_group
+from dynets.app.options import renamed
 
 # The hydra plugins of the optional extra "cluster", and the overrides that select them.
 OPTUNA, SUBMITIT = "hydra_plugins.hydra_optuna_sweeper", "hydra_plugins.hydra_submitit_launcher"
@@ -73,4 +74,6 @@ def main(cfg: DictConfig) -> float:
 
 if __name__ == "__main__":
     check_plugins(sys.argv[1:])
+    if renamed(sys.argv[1:]):   # an override of the old layout: say what replaced it
+        sys.exit(f"error: {renamed(sys.argv[1:])}")
     main()

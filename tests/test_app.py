@@ -56,7 +56,7 @@ class Leaky(DynamicalModel):
 
 def test_build_refuses_a_rule_that_cannot_train_the_model():
     config = composed()
-    config["model"] = {"_target_": f"{__name__}.Leaky", "hidden": []}
+    config["model"] = {"_target_": f"{__name__}.Leaky", "sizes": ["${shape.features}", "${shape.classes}"]}
     with pytest.raises(ConfigError, match=r"EquilibriumPropagation needs a model with an energy .*\(capability Energy: .*energy\(state, "
                                         r"condition\).*; Leaky has none"):
         build(config)
@@ -69,8 +69,8 @@ def test_build_refuses_a_rule_that_cannot_train_the_model():
     ("data.seed=1", "data.seed: 0 -> 1"),
     ("data.val_fraction=0.2", "data.val_fraction: 0.1 -> 0.2"),
     ("data=npz", "data._target_: dynets.data.digits -> dynets.data.npz"),
-    ("model.hidden=[16]", "model.hidden: [256] -> [16]"),
-    ("model.hidden=[16] data.seed=1", "a different model (model.hidden: [256] -> [16]) and different data "
+    ("model.activation=tanh", "model.activation: hard_sigmoid -> tanh"),
+    ("model.activation=tanh data.seed=1", "a different model (model.activation: hard_sigmoid -> tanh) and different data "
                                       "(data.seed: 0 -> 1). Pass that run's model and data overrides again"),
 ])
 def test_resume_refuses_another_split_or_model_and_lists_the_differences(override, difference):

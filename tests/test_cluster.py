@@ -33,7 +33,7 @@ CONFIGS = ROOT / "configs"
 TRAIN = str(ROOT / "scripts" / "train.py")
 SEARCHES = sorted((CONFIGS / "search").glob("*.yaml"))
 # Small and fast; 1 epoch.
-TINY = ["trainer.epochs=1", "model.hidden=[16]", "settle=fast", "logger=none", "trainer.alignment=false",
+TINY = ["trainer.epochs=1", "model.sizes.1=16", "settle=fast", "logger=none", "trainer.alignment=false",
         "rule.allow_unconverged=true"]
 
 
@@ -211,7 +211,7 @@ def test_a_submitit_multirun_runs_each_point_as_a_job_in_one_wandb_group(tmp_pat
 
 
 # Long enough (6 epochs) that a kill after the first checkpoint is mid-run (as tests/test_resume.py).
-JOB = ["-m", "hydra/launcher=local", "resume=true", "model.hidden=[32]", "settle=fast", "logger=none",
+JOB = ["-m", "hydra/launcher=local", "resume=true", "model.sizes.1=32", "settle=fast", "logger=none",
        "trainer.epochs=6", "rule.allow_unconverged=true"]   # settle=fast leaves a rare −β sample unsettled
 
 

@@ -1,5 +1,6 @@
 """The comparison table: its bp reference against an independent MLP, its statistics, its files."""
 import csv
+import inspect
 import math
 
 import numpy as np
@@ -114,12 +115,12 @@ def test_every_row_of_every_table_builds_a_model_its_rule_can_train(table):
     with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "configs"), version_base=None):
         cfg = compose(table)
     data = instantiate(cfg.data) if table == "compare_bars" else dynets.data.digits()
-    for name, node in cfg.rules.items():
-        row = script.entry(node, data, list(cfg.hidden))
+    for name, row in script.entries(cfg, data).items():
+        node = cfg.rules[name]
         model, rule = row.model(0), row.rule(0)
         rule.check_model(model)
         assert model.sizes[0] == data.n_features, name
         assert row.optimizer(list(model.parameters())).defaults["lr"] == node.lr, name
-        if "seed" in script.inspect.signature(type(model)).parameters:   # its own generator takes the seed
+        if "seed" in inspect.signature(type(model)).parameters:   # its own generator takes the seed
             other = row.model(1)
             assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), other.parameters())), name

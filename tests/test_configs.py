@@ -1,4 +1,6 @@
-"""Every config composes and instantiates; the hydra app runs end to end and fails loudly."""
+"""Every config composes and instantiates; every exported class has a YAML; the hydra app runs end
+to end and fails loudly."""
+import inspect
 import json
 import subprocess
 import sys
@@ -8,19 +10,24 @@ import numpy as np
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
-from hydra.utils import get_class
+from hydra.utils import get_class, instantiate as hydra_instantiate
 from omegaconf import OmegaConf, open_dict
 
-from dynets.app.run import build, instantiate
+import dynets.costs
+import dynets.models
+import dynets.rules
+from dynets.app.run import build, instantiate, locate
 from dynets.capabilities import provides
 from dynets.app.options import ConfigError
+from dynets.data import patterns
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 
 # configs/sweep holds wandb sweep files, checked by test_sweeps.py; configs/search Optuna searches and
-# configs/hydra hydra's launchers, checked by test_cluster.py.
-GROUPS = sorted(p.name for p in CONFIGS.iterdir() if p.is_dir() and p.name not in ("sweep", "search", "hydra"))
+# configs/hydra hydra's launchers, checked by test_cluster.py; configs/memory the recall study's memories
+# (test_every_memory_builds).
+GROUPS = sorted(p.name for p in CONFIGS.iterdir() if p.is_dir() and p.name not in ("sweep", "search", "hydra", "memory"))
 
 
 def options(group):
@@ -39,7 +46,8 @@ def overrides_for(group, option, npz_file):
     helmholtz = ["model=helmholtz", "data=bars"]   # binary data only
     extra = {("data", "npz"): [f"data.path={npz_file}"], ("data", "mnist"): ["data.path=/nonexistent"],
              ("model", "helmholtz"): ["rule=wake_sleep", "data=bars"], ("rule", "rws"): helmholtz,
-             ("rule", "wake_sleep"): helmholtz}
+             ("rule", "wake_sleep"): helmholtz, ("rule", "sleep"): helmholtz,
+             ("rule", "backprop"): ["model=pc"]}   # a feedforward pass
     choice = f"+{group}={option}" if group == "experiment" else f"{group}={option}"   # experiments are opt-in
     return [choice, "trainer.epochs=1"] + extra.get((group, option), [])
 
@@ -52,17 +60,31 @@ def trains(rule: str, model: str) -> bool:
 
 def composed(overrides):
     """The plain config of ``overrides``; a rule or model chosen alone gets the first option of
-    the other group that fits it when the default does not (build refuses a mismatched pair)."""
+    the other group that trains with it when the default does not (build refuses a mismatched pair)."""
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
         cfg = compose("train", overrides=overrides, return_hydra_config=True)
         rule, model = cfg.hydra.runtime.choices.rule, cfg.hydra.runtime.choices.model
         if not trains(rule, model):
             fits = [f"model={m}" for m in options("model") if trains(rule, m)] if f"rule={rule}" in overrides \
                 else [f"rule={r}" for r in options("rule") if trains(r, model)]
-            cfg = compose("train", overrides=[*overrides, fits[0]], return_hydra_config=True)
+            cfg = next(c for c in (compose("train", overrides=[*overrides, f], return_hydra_config=True) for f in fits)
+                       if builds(c))
+    return plain(cfg)
+
+
+def plain(cfg):
     with open_dict(cfg):
-        del cfg["hydra"]
+        cfg.pop("hydra", None)
     return OmegaConf.to_container(cfg, resolve=True)
+
+
+def builds(cfg) -> bool:
+    """Whether the app builds ``cfg`` (a rule's own check, e.g. Backprop's feedforward pass, passes)."""
+    try:
+        build(plain(cfg.copy()))
+    except ConfigError:
+        return False
+    return True
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
@@ -121,3 +143,71 @@ def test_a_generative_run_is_selected_by_kl_and_writes_its_dreams(tmp_path):
 def test_bad_names_are_loud(tmp_path, override, message):
     out = run_app(tmp_path, override, "trainer.epochs=1", "logger=none")
     assert out.returncode != 0 and message in out.stderr + out.stdout
+
+
+def exported() -> list[type]:
+    """The classes a user builds: those of dynets.models and dynets.rules (``__all__``) and of
+    dynets.costs, less the abstract bases (DynamicalModel, EnergyModel, Rule, Cost)."""
+    names = [getattr(dynets.models, n) for n in dynets.models.__all__] + [getattr(dynets.rules, n) for n in dynets.rules.__all__]
+    costs = [c for c in vars(dynets.costs).values() if inspect.isclass(c) and c.__module__ == dynets.costs.__name__]
+    return [c for c in names + costs if inspect.isclass(c) and not inspect.isabstract(c)]
+
+
+def test_every_exported_class_has_a_yaml():
+    targets = {locate(node["_target_"]) for path in CONFIGS.rglob("*.yaml")
+               if isinstance(node := yaml.safe_load(path.read_text()), dict) and "_target_" in node}
+    classes = exported()
+    assert {"Backprop", "SleepInterleaved", "RecallMonitor", "DenseAssociativeMemory", "CrossEntropy"} <= \
+        {c.__name__ for c in classes}   # the enumeration sees them
+    missing = [c.__name__ for c in classes if c not in targets]
+    assert not missing, f"no YAML in configs/ has _target_ naming {', '.join(missing)}"
+
+
+@pytest.mark.parametrize("cost", options("rule/cost"))
+def test_every_cost_builds_as_the_rules_cost(cost):
+    """``+rule/cost=<name>`` gives the run's rule that cost (and every rule YAML takes one)."""
+    config = composed(["+rule/cost=" + cost, "model=pc", "rule=pc", "trainer.device=cpu"])
+    _, _, rule, _ = build(config)
+    target = yaml.safe_load((CONFIGS / "rule" / "cost" / f"{cost}.yaml").read_text())["_target_"]
+    assert type(rule.cost) is locate(target)
+
+
+def test_every_memory_builds_and_the_recall_study_composes_them():
+    """configs/memory: each YAML builds what its _target_ names with its fields (the partial ones given
+    what the study gives: units, patterns, a seed), as configs/recall.yaml composes and overrides them."""
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        cfg = compose("recall")
+    xi = patterns(3, 20, seed=0)
+    built = {"memory": hydra_instantiate(cfg.memory)(20), "dense": hydra_instantiate(cfg.dense)(xi),
+             "storage": hydra_instantiate(cfg.storage), "sleep": hydra_instantiate(cfg.sleep)(seed=1),
+             "monitor": hydra_instantiate(cfg.monitor)}
+    names = {"memory": "associative", "dense": "dense", "storage": "hebbian_storage", "sleep": "hebbian_sleep",
+             "monitor": "recall_monitor"}
+    assert set(names.values()) == set(options("memory"))
+    for key, name in names.items():
+        assert type(built[key]) is locate(yaml.safe_load((CONFIGS / "memory" / f"{name}.yaml").read_text())["_target_"])
+    assert built["memory"].n == 20 and built["memory"].gain == built["dense"].gain == cfg.memory.gain == 100.0
+    assert built["dense"].degree == 3 and built["sleep"].dreams == 100 and built["sleep"].monitor == built["monitor"]
+    assert built["monitor"].settle == hydra_instantiate(cfg.settle) and built["sleep"].settle == built["monitor"].settle
+
+
+@pytest.mark.parametrize("overrides,sizes", [
+    ([], [64, 256, 10]),
+    (["model.sizes.1=32"], [64, 32, 10]),
+    (["model.sizes=[${shape.features},16,8,${shape.classes}]"], [64, 16, 8, 10]),
+    (["model=readback", "rule=chl", "task=self_supervised"], [64, 256, 64]),   # [input, 256]: it adds the read-back layer
+    (["task=self_supervised", "model=pc", "model.arrangement=generative", "rule=pc", "rule.variant=unsupervised"],
+     [64, 256]),   # no labels: shape.classes is null, no label layer
+])
+def test_a_models_sizes_read_the_data(overrides, sizes):
+    _, model, _, _ = build(composed([*overrides, "trainer.device=cpu"]))
+    assert list(model.sizes) == sizes
+
+
+def test_the_old_hidden_override_names_the_new_way(tmp_path):
+    out = run_app(tmp_path, "model.hidden=[512]", "trainer.epochs=1", "logger=none")
+    assert out.returncode == 1 and "model.sizes.1=512" in out.stderr and "model.hidden" in out.stderr
+    config = composed(["trainer.device=cpu"])
+    config["model"]["hidden"] = [512]   # a plain config of the old layout
+    with pytest.raises(ConfigError, match="model.hidden: a model's sizes are model.sizes"):
+        build(config)

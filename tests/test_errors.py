@@ -25,7 +25,7 @@ CONFIGS = ROOT / "configs"
 MODELS = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml"))
 RULES = sorted(p.stem for p in (CONFIGS / "rule").glob("*.yaml"))
 # 4x4 bars: binary (every model reads it) and labelled (two orientations); tiny splits and nets.
-NET = ["model.hidden=[4]", "trainer.device=cpu", "logger=none", "trainer.epochs=1", "trainer.batch_size=8"]
+NET = ["model.sizes.1=4", "trainer.device=cpu", "logger=none", "trainer.epochs=1", "trainer.batch_size=8"]
 SMALL = [*NET, "data=bars", "data.n_train=32", "data.n_val=8", "data.n_test=8"]
 
 
@@ -95,7 +95,7 @@ def test_every_model_and_rule_train_or_the_error_names_options_that_do():
 
 def test_a_label_rule_on_a_generative_model_names_the_rules_that_fit():
     with pytest.raises(ConfigError, match="rule=implicit cannot train model=helmholtz .*no label layer.*"
-                                          "With model=helmholtz use rule=rws or rule=wake_sleep"):
+                                          "With model=helmholtz use rule=rws, rule=sleep or rule=wake_sleep"):
         app.build(composed(*SMALL, "model=helmholtz", "rule=implicit"))
 
 
@@ -138,7 +138,7 @@ def test_a_metric_the_evaluation_does_not_give_fails_before_training(tmp_path):
 # ---- plots ---------------------------------------------------------------------------------------
 
 def test_self_supervised_runs_write_their_plots(tmp_path):
-    config = composed("task=self_supervised", "model.hidden=[4]", "trainer.epochs=1", "trainer.device=cpu", "logger=none")
+    config = composed("task=self_supervised", "model.sizes.1=4", "trainer.epochs=1", "trainer.device=cpu", "logger=none")
     app.train(config, tmp_path)
     assert {"settling.png", "learning_curves.png", "receptive_fields.png"} <= {p.name for p in tmp_path.iterdir()}
 
@@ -170,9 +170,9 @@ def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
         raise KeyboardInterrupt
     monkeypatch.setattr(app, "main", interrupted)
     with pytest.raises(SystemExit) as exit_:
-        app.run({}, tmp_path, ["rule.beta=0.2", "model.hidden=[16]", "resume=true"], "python scripts/train.py")
+        app.run({}, tmp_path, ["rule.beta=0.2", "model.sizes.1=16", "resume=true"], "python scripts/train.py")
     assert exit_.value.code == 130
-    hint = f"python scripts/train.py rule.beta=0.2 'model.hidden=[16]' resume={tmp_path}"
+    hint = f"python scripts/train.py rule.beta=0.2 model.sizes.1=16 resume={tmp_path}"
     assert capsys.readouterr().err.strip().endswith(hint)
 
 

@@ -15,7 +15,7 @@ from dynets.app.loggers import JsonLinesLogger, WandbLogger, flatten, percent
 from dynets.app.fit import _report
 
 CONFIG = {"seed": 3, "rule": {"_target_": "dynets.rules.EquilibriumPropagation", "beta": 0.25, "variant": "centered"},
-          "model": {"hidden": [16, 8]}}
+          "model": {"sizes": [16, 8]}}
 EPOCHS = [{"train_loss": 0.9, "val_accuracy": 0.5}, {"train_loss": 0.4, "val_accuracy": 0.75},
           {"train_loss": 0.3, "val_accuracy": 0.625}]
 SUMMARY = {"val_accuracy": 0.75, "best_epoch": 2}   # the best epoch, not the last: must win over history
@@ -23,7 +23,7 @@ SUMMARY = {"val_accuracy": 0.75, "best_epoch": 2}   # the best epoch, not the la
 
 def test_flatten_gives_override_names():
     assert flatten(CONFIG) == {"seed": 3, "rule._target_": "dynets.rules.EquilibriumPropagation", "rule.beta": 0.25,
-                               "rule.variant": "centered", "model.hidden": [16, 8]}
+                               "rule.variant": "centered", "model.sizes": [16, 8]}
 
 
 def test_json_lines_are_complete_after_every_epoch(tmp_path):

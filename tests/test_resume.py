@@ -30,7 +30,7 @@ from dynets.app.fit import fit
 ROOT = Path(__file__).resolve().parents[1]
 
 # Small and fast, and long enough (6 epochs) that a kill after the first checkpoint is mid-run.
-RUN = ["model.hidden=[32]", "settle=fast", "logger=none", "trainer.epochs=6", "rule.allow_unconverged=true"]
+RUN = ["model.sizes.1=32", "settle=fast", "logger=none", "trainer.epochs=6", "rule.allow_unconverged=true"]
 
 
 # A child that burns this much CPU without finishing an epoch, or gets no CPU at all for this
@@ -129,9 +129,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(runs):
 def test_resume_with_another_model_names_the_difference(runs, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(runs[1], run_dir)
-    code, output = App(run_dir, f"hydra.run.dir={run_dir}", "resume=true", "model.hidden=[16]").wait()
+    code, output = App(run_dir, f"hydra.run.dir={run_dir}", "resume=true", "model.sizes.1=16").wait()
     assert code != 0
-    assert "different model (model.hidden: [32] -> [16])" in output
+    assert "different model (model.sizes: [64, 32, 10] -> [64, 16, 10])" in output
 
 
 def test_resume_without_a_checkpoint(tmp_path, caplog):
@@ -215,9 +215,9 @@ def test_stochastic_rule_resumes_to_the_uninterrupted_result(tmp_path, device):
 
 
 def test_checkpoint_loads_weights_only_and_holds_the_run_state(tmp_path):
-    summary, model = tiny_run(tmp_path, epochs=3, config={"model": {"hidden": [8]}})
+    summary, model = tiny_run(tmp_path, epochs=3, config={"model": {"sizes": [64, 8, 10]}})
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    assert state["epoch"] == 3 and state["config"] == {"model": {"hidden": [8]}}
+    assert state["epoch"] == 3 and state["config"] == {"model": {"sizes": [64, 8, 10]}}
     # The batch order of 3 epochs of 64 samples: three permutations drawn from seed 3.
     order = torch.Generator().manual_seed(3)
     for _ in range(3):

@@ -42,20 +42,20 @@ def small():
 
 
 METHODS = {
-    "pc": Method(lambda s: PredictiveCoding(s, "tanh", "generative"),
+    "pc": Method(lambda: PredictiveCoding([64, 32], "tanh", "generative"),
                  lambda: PredictiveCodingRule(variant="unsupervised", settle=PC_SETTLE),
                  lambda ps: torch.optim.Adam(ps, lr=1e-3)),
-    "ep": Method(ReadBackHopfield, lambda: EquilibriumPropagation(beta=0.5, settle=GS, allow_unconverged=True),
+    "ep": Method(lambda: ReadBackHopfield([64, 32]), lambda: EquilibriumPropagation(beta=0.5, settle=GS, allow_unconverged=True),
                  lambda ps: torch.optim.Adam(ps, lr=1e-3)),
-    "chl": Method(ReadBackHopfield, lambda: ContrastiveHebbian(settle=GS, allow_unconverged=True), lambda ps: torch.optim.Adam(ps, lr=1e-3)),
-    "helmholtz": Method(Helmholtz, lambda: SleepInterleaved(WakeSleep(), ratio=1.0),
+    "chl": Method(lambda: ReadBackHopfield([64, 32]), lambda: ContrastiveHebbian(settle=GS, allow_unconverged=True), lambda ps: torch.optim.Adam(ps, lr=1e-3)),
+    "helmholtz": Method(lambda: Helmholtz([64, 32]), lambda: SleepInterleaved(WakeSleep(), ratio=1.0),
                         lambda ps: torch.optim.SGD(ps, lr=0.1), binarize=True),
 }
 
 
 def train(method: Method, data, epochs=2, seed=0):
     torch.manual_seed(seed)
-    model, rule = method.model([data.n_features, 32]), method.rule()
+    model, rule = method.model(), method.rule()
     before = ReconstructionError(rule.settle)(model, data.val)["reconstruction"]
     fit(model, rule, unlabelled(data), method.optimizer(list(model.parameters())), epochs=epochs, batch_size=32,
         seed=seed, evaluate=ReconstructionError(rule.settle), select="val_reconstruction", goal="minimize")
@@ -76,7 +76,7 @@ def test_the_representation_never_sees_a_label(small):
     poison = lambda s: Split(s.x, s.y[torch.randperm(len(s), generator=g)])
     test_poisoned = replace(small, test=poison(small.test))
     all_poisoned = replace(small, train=poison(small.train), val=poison(small.val), test=poison(small.test))
-    runs = [train_method(METHODS["ep"], d, [32], epochs=1, batch_size=32, seed=0, probes=PROBES)
+    runs = [train_method(METHODS["ep"], d, epochs=1, batch_size=32, seed=0, probes=PROBES)
             for d in (small, test_poisoned, all_poisoned)]
     (model, rows), (model_t, rows_t), (model_a, _) = runs
     for other in (model_t, model_a):

@@ -165,7 +165,7 @@ def test_multirun_and_collect(tmp_path):
     """A real two-point multirun, plus a copy of a run killed before its summary."""
     sweep_dir = tmp_path / "multirun"
     train = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "-m", "rule.beta=0.1,0.5",
-                            "trainer.epochs=1", "model.hidden=[16]", "settle=fast", "logger=none",
+                            "trainer.epochs=1", "model.sizes.1=16", "settle=fast", "logger=none",
                             f"hydra.sweep.dir={sweep_dir}"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert train.returncode == 0, train.stderr
     shutil.copytree(sweep_dir / "0", sweep_dir / "2")

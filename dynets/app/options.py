@@ -26,6 +26,15 @@ from .loggers import flatten
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 MISSING = "???"   # OmegaConf's mandatory value, as OmegaConf.to_container leaves it
 TASKS = ("supervised", "self_supervised")
+# A model's YAML names all its sizes, the constructor's argument; its ends read the data.
+HIDDEN_GONE = ("a model's sizes are model.sizes, the constructor's argument, [input, hidden..., labels] with the "
+               "ends read from the data: model.sizes.1=512 widens the first hidden layer, "
+               "'model.sizes=[${shape.features},512,256,${shape.classes}]' sets them all")
+# Overrides of an older config layout, and what replaced them (see renamed).
+RENAMED = {"model.hidden": HIDDEN_GONE,
+           "hidden": ("the table's sizes are sizes, [input, hidden..., labels] with the ends read from the data: "
+                      "sizes.1=512 widens the first hidden layer, 'sizes=[${shape.features},512,${shape.classes}]' "
+                      "sets them all")}
 
 
 class ConfigError(ValueError):
@@ -84,12 +93,23 @@ def check_values(config: Mapping[str, Any]) -> None:
 
 @functools.cache
 def options(group: str) -> dict[str, dict[str, Any]]:
-    """The options of ``configs/<group>/`` as written (interpolations unresolved, no defaults
-    list), by name; none where the package has no configs folder beside it."""
+    """The options of ``configs/<group>/`` as written (interpolations unresolved), by name, with
+    the options they include from a group by their defaults list (``- /rule@wake: wake_sleep``:
+    rule=sleep's wake rule); none where the package has no configs folder beside it."""
     folder = CONFIGS / group
-    paths = sorted(folder.glob("*.yaml")) if folder.is_dir() else []
-    loaded = {path.stem: OmegaConf.to_container(OmegaConf.load(path), resolve=False) for path in paths}
-    return {name: {k: v for k, v in node.items() if k != "defaults"} for name, node in loaded.items()}
+    return {path.stem: _option(group, path.stem) for path in sorted(folder.glob("*.yaml"))} if folder.is_dir() else {}
+
+
+@functools.cache
+def _option(group: str, name: str) -> dict[str, Any]:
+    node = OmegaConf.to_container(OmegaConf.load(CONFIGS / group / f"{name}.yaml"), resolve=False)
+    included = {}
+    for entry in node.pop("defaults", []):
+        key, choice = next(iter(entry.items())) if isinstance(entry, dict) else (entry, None)
+        other, _, package = key.lstrip("/").partition("@")
+        if key.startswith("/") and package and (CONFIGS / other / f"{choice}.yaml").is_file():
+            included[package] = _option(other, choice)   # the overrides of another group's choice are left out
+    return {**included, **node}
 
 
 def option(group: str, node: Mapping[str, Any]) -> str:
@@ -127,6 +147,16 @@ def fitting(config: Mapping[str, Any], group: str, fits: Callable[[dict[str, Any
         except (ValueError, TypeError):
             return False
     return [f"{group}={name}" for name in options(group) if passes(name)]
+
+
+def renamed(overrides: list[str]) -> str | None:
+    """The message for the first of ``overrides`` (command-line ``key=value``) that sets a key of
+    :data:`RENAMED`, naming what replaced it; ``None`` when there is none."""
+    for override in overrides:
+        key = override.lstrip("+~").partition("=")[0]
+        if key in RENAMED:
+            return f"{override}: {key} is gone: {RENAMED[key]}"
+    return None
 
 
 def either(names: list[str]) -> str:

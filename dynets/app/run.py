@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
 from .. import diagnostics, sampling
 from ..capabilities import Dreams, GibbsBlocked, Likelihood, Recognition, Reconstructs
@@ -32,7 +33,7 @@ from ..rules.base import Rule
 from . import checkpoint, distributed, plots
 from .fit import TrainingDiverged, fit, free_phase_metrics, layer_param_groups
 from .loggers import JsonLinesLogger, flatten
-from .options import ConfigError, check_values, either, fitting, option, options
+from .options import HIDDEN_GONE, ConfigError, check_values, either, fitting, option, options
 
 log = logging.getLogger("dynets")
 # Config keys that may change when a run is resumed, without a warning.
@@ -121,14 +122,26 @@ def check_arguments(target, fields: Mapping[str, Any], partial: bool) -> None:
         raise ConfigError(f"{target.__name__} {err} (its options: {names}); check the config's keys") from err
 
 
-def build_model(node: Mapping[str, Any], data: Dataset, labelled: bool = True) -> torch.nn.Module:
-    """The model config names its hidden sizes; the ends come from the data: the input, and
-    the labels unless the model learns without them (``supervised = False``) or the task has
-    none (``labelled=False``)."""
-    node = dict(node)
-    hidden = node.pop("hidden")
-    labels = [data.n_classes] if labelled and getattr(locate(node["_target_"]), "supervised", True) else []
-    return instantiate({**node, "sizes": [data.n_features, *hidden, *labels]})
+def sized(config: Mapping[str, Any], data: Dataset, labelled: bool = True) -> dict[str, Any]:
+    """``config`` with ``shape`` the data's sizes, ``features`` and ``classes`` (``None`` when the task
+    has no labels), and the interpolations that read them resolved: a model's
+    ``sizes: ["${shape.features}", 256, "${shape.classes}"]`` becomes ``[64, 256, 10]`` on digits.
+    (``configs/train.yaml`` keeps them escaped until then: the data is known only here.)"""
+    shape = {"features": data.n_features, "classes": data.n_classes if labelled else None}
+    return OmegaConf.to_container(OmegaConf.create({**config, "shape": shape}), resolve=True)
+
+
+def build_model(node: Mapping[str, Any]) -> torch.nn.Module:
+    """The model a (:func:`sized`) config node describes; a ``None`` size, the label layer of a task
+    without labels, is no layer.
+
+    Raises:
+        ConfigError: the node says ``hidden`` (the old way), naming ``sizes`` (the new one).
+    """
+    if "hidden" in node:
+        raise ConfigError(f"model.hidden: {HIDDEN_GONE}")
+    sizes = node.get("sizes")
+    return instantiate({**node, "sizes": [n for n in sizes if n is not None]} if sizes else node)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -162,11 +175,12 @@ def build(config: Mapping[str, Any]):
     with refused(option("data", config["data"])):
         data = instantiate(config["data"]).to(device)
     data = unlabelled(data) if task == "self_supervised" else data
+    config = sized(config, data, labelled=task == "supervised")
     with refused(option("model", config["model"])):
-        model = build_model(config["model"], data, labelled=task == "supervised").to(device)
+        model = build_model(config["model"]).to(device)
     with refused(option("rule", config["rule"])):
         rule = instantiate(config["rule"])
-    check_pair(config, data, model, rule, labelled=task == "supervised")
+    check_pair(config, model, rule)
     with refused(f"{option('model', config['model'])} on {option('data', config['data'])}"):
         model.check_input(data.train.x)
     if task == "self_supervised" and not learns_without_labels(model, rule):
@@ -208,15 +222,16 @@ def mismatch(model: DynamicalModel, rule: Rule) -> str | None:
     return None
 
 
-def check_pair(config: Mapping[str, Any], data: Dataset, model, rule, labelled: bool) -> None:
+def check_pair(config: Mapping[str, Any], model, rule) -> None:
     """Raise :class:`ConfigError` if ``rule`` cannot train ``model``, naming the ``rule=``
-    options that train this model and the ``model=`` options this rule trains."""
+    options that train this model and the ``model=`` options this rule trains (``config``:
+    :func:`sized`, so that the models of ``configs/model`` get the data's sizes)."""
     problem = mismatch(model, rule)
     if problem is None:
         return
     m, r = option("model", config["model"]), option("rule", config["rule"])
     rules = fitting(config, "rule", lambda node: mismatch(model, instantiate(node)) is None)
-    models = fitting(config, "model", lambda node: mismatch(build_model(node, data, labelled), rule) is None)
+    models = fitting(config, "model", lambda node: mismatch(build_model(node), rule) is None)
     raise ConfigError(f"{r} cannot train {m} ({problem}). With {m} use {either(rules) or 'no rule of configs/rule'}; "
                       f"{r} trains {either(models) or 'no model of configs/model'}")
 
@@ -282,6 +297,7 @@ def train(config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
     asked), write its plots; return :func:`dynets.app.fit.fit`'s summary."""
     data, model, rule, optimizer = build(config)
     supervised = config.get("task", "supervised") == "supervised"
+    config = sized(config, data, supervised)   # what build built: the model's sizes, logged and checkpointed
     trainer, loggers = config["trainer"], []
     select, goal = trainer.get("select", "val_accuracy"), trainer.get("goal", "maximize")
     evaluate = checked_evaluation(config, data, model, rule, select, labelled=supervised)

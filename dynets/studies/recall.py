@@ -1,7 +1,8 @@
 """The recall study: recall success against the load α = P/N of an associative memory,
 for Hebbian storage alone, storage followed by sleep unlearning, and the dense memory.
 
-Hydra-free: ``scripts/recall.py`` builds the arguments from ``configs/recall.yaml``.
+Hydra-free: ``scripts/recall.py`` builds the memories, rules and monitor from ``configs/recall.yaml``
+(which composes ``configs/memory``).
 A row is one (variant, α, seed). Recall is measured after the fact by a
 :class:`~dynets.rules.memory.RecallMonitor` with its own cue seed (``1000 + seed``),
 never with the cues the sleep rule's stop rule watched.
@@ -29,24 +30,23 @@ Variant = Callable[[torch.Tensor, int], tuple[torch.nn.Module, dict[str, Any]]]
 took (dreams, stop reason)."""
 
 
-def hebbian_memory(gain: float) -> Variant:
-    """Storage alone: W = (1/N) Σ ξξᵀ by :class:`HebbianStorage` and SGD with lr = 1."""
+def hebbian_memory(memory: Callable[[int], AssociativeMemory], storage: HebbianStorage) -> Variant:
+    """Storage alone: ``memory(N)`` (an empty memory of N units) given W = (1/N) Σ ξξᵀ by
+    ``storage`` and SGD with lr = 1."""
     def build(xi: torch.Tensor, seed: int) -> tuple[AssociativeMemory, dict[str, Any]]:
-        model = AssociativeMemory(xi.shape[1], gain=gain)
-        write_grads(model, HebbianStorage().update(model, xi).grads)
+        model = memory(xi.shape[1])
+        write_grads(model, storage.update(model, xi).grads)
         torch.optim.SGD(model.parameters(), lr=1.0).step()
         return model, {}
     return build
 
 
-def slept_memory(gain: float, epsilon: float, max_calls: int, sleep: dict[str, Any]) -> Variant:
-    """Storage, then :class:`HebbianSleep` (``sleep``: its arguments; seeded per row) with
-    SGD at lr = ε until its stop rule halts it or ``max_calls`` calls."""
-    store = hebbian_memory(gain)
-
+def slept_memory(store: Variant, sleep: Callable[..., HebbianSleep], epsilon: float, max_calls: int) -> Variant:
+    """``store``, then the sleep rule ``sleep(seed=<the row's seed>)`` with SGD at lr = ε until
+    its stop rule halts it or ``max_calls`` calls."""
     def build(xi: torch.Tensor, seed: int) -> tuple[AssociativeMemory, dict[str, Any]]:
         model, _ = store(xi, seed)
-        rule = HebbianSleep(**{**sleep, "seed": seed})
+        rule = sleep(seed=seed)
         optimizer = torch.optim.SGD(model.parameters(), lr=epsilon)
         calls = 0
         while calls < max_calls and rule.stopped is None:
@@ -58,10 +58,10 @@ def slept_memory(gain: float, epsilon: float, max_calls: int, sleep: dict[str, A
     return build
 
 
-def dense_memory(gain: float, degree: int, function: str) -> Variant:
-    """:class:`DenseAssociativeMemory` with the patterns as its memories."""
+def dense_memory(dense: Callable[[torch.Tensor], DenseAssociativeMemory]) -> Variant:
+    """``dense(patterns)``: a :class:`DenseAssociativeMemory` with the patterns as its memories."""
     def build(xi: torch.Tensor, seed: int) -> tuple[DenseAssociativeMemory, dict[str, Any]]:
-        return DenseAssociativeMemory(xi, degree=degree, function=function, gain=gain), {}
+        return dense(xi), {}
     return build
 
 

@@ -31,11 +31,11 @@ from .probe import accuracy, knn_predict, linear_probe
 
 @dataclass
 class Method:
-    """One row of the study: the model for the sizes ``[in, *hidden]`` (built after
-    ``torch.manual_seed(seed)``: the layered models draw their initial weights from it), its
-    rule and optimizer, and whether it needs binary data (``x > 0.5``)."""
+    """One row of the study: its model (built after ``torch.manual_seed(seed)``: the layered
+    models draw their initial weights from it), its rule and optimizer, and whether it needs
+    binary data (``x > 0.5``)."""
 
-    model: Callable[[list[int]], nn.Module]
+    model: Callable[[], nn.Module]
     rule: Callable[[], Any]
     optimizer: Callable[[list], torch.optim.Optimizer]
     binarize: bool = False
@@ -79,12 +79,12 @@ def represent(model, rule, data: Dataset, layer: int | None, rows: int | None = 
     return z, error
 
 
-def train_method(method: Method, data: Dataset, hidden: list[int], *, epochs: int, batch_size: int,
+def train_method(method: Method, data: Dataset, *, epochs: int, batch_size: int,
                  seed: int, layer: int | None = None, probes: Probes = Probes()) -> tuple[nn.Module, list[dict]]:
     """Two rows, the method at its random initial weights and after training; and the trained model."""
     data = binarised(data) if method.binarize else data
     torch.manual_seed(seed)
-    model, rule = method.model([data.n_features, *hidden]), method.rule()
+    model, rule = method.model(), method.rule()
     check_self_supervised(model, rule)
     rows = []
     z, error = represent(model, rule, data, layer, probes.train_subsample)
@@ -120,11 +120,11 @@ class Autoencoder(nn.Module):
         return layer
 
 
-def train_autoencoder(data: Dataset, hidden: list[int], *, epochs: int, batch_size: int, seed: int,
+def train_autoencoder(data: Dataset, sizes: list[int], *, epochs: int, batch_size: int, seed: int,
                       lr: float = 1e-3, probes: Probes = Probes()) -> tuple[Autoencoder, dict]:
-    """The backprop autoencoder of the same sizes, trained with Adam on the mean squared error for
+    """The backprop autoencoder whose encoder has ``sizes`` ``[in, hidden...]``, trained with Adam on the mean squared error for
     ``epochs`` epochs in the batch order of ``seed``; its probed row."""
-    model = Autoencoder([data.n_features, *hidden], torch.Generator().manual_seed(seed))
+    model = Autoencoder(sizes, torch.Generator().manual_seed(seed))
     opt, order = torch.optim.Adam(model.parameters(), lr=lr), torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     for _ in range(epochs):
@@ -139,19 +139,20 @@ def train_autoencoder(data: Dataset, hidden: list[int], *, epochs: int, batch_si
     return model, {"reconstruction": error, **probe(z, data, probes), "train_time_s": wall}
 
 
-def study(methods: dict[str, Method], data: Dataset, hidden: list[int], *, epochs: int, batch_size: int,
+def study(methods: dict[str, Method], data: Dataset, sizes: list[int], *, epochs: int, batch_size: int,
           seed: int, layer: int | None = None, probes: Probes = Probes(), out_dir: str | Path | None = None,
           progress: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """The table: raw pixels, the backprop autoencoder, then each method at random weights and
-    trained. With ``out_dir``, each model's test reconstructions (and dreams) as PNG grids."""
+    trained; ``sizes``: the autoencoder's encoder, ``[in, hidden...]`` as the methods'. With ``out_dir``,
+    each model's test reconstructions (and dreams) as PNG grids."""
     raw = {part: getattr(data, part).x for part in ("train", "val", "test")}
     rows = [{"method": "raw pixels", **probe(raw, data, probes)}]
     progress(f"raw pixels: {rows[-1]}")
-    ae, row = train_autoencoder(data, hidden, epochs=epochs, batch_size=batch_size, seed=seed, probes=probes)
+    ae, row = train_autoencoder(data, sizes, epochs=epochs, batch_size=batch_size, seed=seed, probes=probes)
     rows.append({"method": "backprop autoencoder", **row})
     progress(f"backprop autoencoder: {row}")
     for name, method in methods.items():
-        model, (random, trained) = train_method(method, data, hidden, epochs=epochs, batch_size=batch_size,
+        model, (random, trained) = train_method(method, data, epochs=epochs, batch_size=batch_size,
                                                 seed=seed, layer=layer, probes=probes)
         rows += [{"method": f"{name} (random weights)", **random}, {"method": name, **trained}]
         progress(f"{name}: {trained} (random weights: {random})")
