@@ -74,9 +74,15 @@ class Rule(ABC):
 
     @abstractmethod
     def update(self, model: DynamicalModel, x: torch.Tensor, y: torch.Tensor | None = None) -> Update:
-        """The update for a batch ``x`` ``(batch, *in_shape)`` with labels ``y`` ``(batch,)`` or ``None``.
-        A rule that settles a free phase reports ``steps_free`` and ``converged``, ``loss``
-        when it has a target and ``accuracy`` when it has labels and the model a label read-out."""
+        """The update for a batch (``p.grad`` untouched). A rule that settles a free phase
+        reports ``steps_free`` and ``converged``, ``loss`` when it has a target and ``accuracy``
+        when it has labels and the model a label read-out.
+
+        Args:
+            model: the model to train.
+            x: ``(batch, *in_shape)`` inputs.
+            y: ``(batch,)`` integer labels, or ``None`` (a rule that needs them raises).
+        """
 
     def check_model(self, model: DynamicalModel) -> None:
         """Raise if ``model`` lacks a capability of :attr:`needs`, naming it and the models that have it."""
@@ -151,7 +157,14 @@ def _describe(late: Mapping[str, Equilibrium]) -> str:
 def readout(model: DynamicalModel, state, condition: Condition, y: torch.Tensor | None) -> dict[str, float]:
     """``loss``, the batch mean of the cost at ``state`` when ``condition`` has a target, and
     ``accuracy`` of the argmax read-out when there are labels ``y`` and the model has a label
-    read-out (``model.supervised``); absent otherwise."""
+    read-out (``model.supervised``); absent otherwise.
+
+    Args:
+        model: the model whose read-out is measured.
+        state: a state of ``model`` for the batch (e.g. the free equilibrium's).
+        condition: the phase's condition (its target and cost).
+        y: ``(batch,)`` integer labels, or ``None``.
+    """
     values = {}
     if condition.target is not None:
         values["loss"] = model.cost(state, condition).mean()
