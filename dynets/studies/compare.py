@@ -176,16 +176,20 @@ def markdown(summary: list[dict[str, Any]], metric: Metric = Metric()) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
+    """``rows`` as a CSV file at ``path`` (its folder made if missing), one column per key any row has."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, list(dict.fromkeys(k for r in rows for k in r)))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
 def write(rows: list[dict[str, Any]], out_dir: str | Path, metric: Metric = Metric()) -> dict[str, Path]:
     """``compare.csv`` (one row per rule and seed), ``compare.md`` (the summary table) and
     ``compare.png`` (the test metric, and the final alignment where measured, per rule) in ``out_dir``."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    with (out_dir / "compare.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, keys)
-        writer.writeheader()
-        writer.writerows(rows)
+    out_dir = write_csv(rows, Path(out_dir) / "compare.csv").parent
     summary = summarise(rows)
     (out_dir / "compare.md").write_text(markdown(summary, metric))
     return {"csv": out_dir / "compare.csv", "md": out_dir / "compare.md",

@@ -9,7 +9,6 @@ never with the cues the sleep rule's stop rule watched.
 """
 from __future__ import annotations
 
-import csv
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +23,7 @@ from ..data import patterns
 from ..models.memory import AssociativeMemory, DenseAssociativeMemory
 from ..rules import write_grads
 from ..rules.memory import HebbianSleep, HebbianStorage, RecallMonitor
+from .compare import write_csv
 
 Variant = Callable[[torch.Tensor, int], tuple[torch.nn.Module, dict[str, Any]]]
 """``(patterns, seed) -> (memory, facts)``: a memory holding the patterns, and what it
@@ -113,13 +113,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 def write(rows: list[dict[str, Any]], out_dir: str | Path, title: str = "") -> dict[str, Path]:
     """``recall.csv`` (every row), ``recall.md`` (the table) and ``recall.png`` (the curves, titled ``title``)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    with (out_dir / "recall.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, keys)
-        writer.writeheader()
-        writer.writerows(rows)
+    out_dir = write_csv(rows, Path(out_dir) / "recall.csv").parent
     (out_dir / "recall.md").write_text(markdown(rows))
     return {"csv": out_dir / "recall.csv", "md": out_dir / "recall.md", "png": _plot(rows, out_dir / "recall.png", title)}
 
