@@ -54,15 +54,3 @@ class CrossEntropy(Cost):
 
     def grad(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return torch.softmax(output.flatten(1), 1).view_as(output) - target
-
-
-COSTS = {"squared_error": SquaredError, "cross_entropy": CrossEntropy}
-
-
-def cost_named(name: str | Cost) -> Cost:
-    """A cost from its name (``squared_error``, ``cross_entropy``), or the cost itself."""
-    if isinstance(name, Cost):
-        return name
-    if name not in COSTS:
-        raise ValueError(f"unknown cost {name!r}; valid: {', '.join(COSTS)}")
-    return COSTS[name]()
