@@ -37,14 +37,21 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+# What a person reads per epoch: the loss, the evaluation, the settle's steps, the time. The
+# full metrics go to metrics.jsonl and wandb.
+CONSOLE = ("train_loss", "train_accuracy", "val_accuracy", "val_reconstruction", "val_nll_bits", "kl_bits",
+           "align_cos/all", "train_steps_free", "epoch_time_s")
+
+
 class ConsoleLogger:
-    """One line per epoch through Python logging (hydra also copies it to the run's log file)."""
+    """One short line per epoch through Python logging (hydra also copies it to the run's log
+    file): the metrics of :data:`CONSOLE` that the epoch has, in that order."""
 
     def start(self, config: dict[str, Any], run_dir: Path) -> None:
         log.info("run directory %s", run_dir)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        log.info("epoch %d  %s", step, "  ".join(f"{k}={_fmt(v)}" for k, v in metrics.items() if k != "epoch"))
+        log.info("epoch %d  %s", step, "  ".join(f"{k}={_fmt(metrics[k])}" for k in CONSOLE if k in metrics))
 
     def finish(self, summary: dict[str, Any]) -> None:
         log.info("summary  %s", "  ".join(f"{k}={_fmt(v)}" for k, v in summary.items()))
