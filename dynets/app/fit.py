@@ -83,9 +83,15 @@ class TrainingDiverged(RuntimeError):
     not the settle's tolerances, is what to change."""
 
 
+def _norm(tensors: Iterable[torch.Tensor]) -> float:
+    """The Euclidean norm of ``tensors`` as one vector (one host sync; 0 for none)."""
+    norms = [torch.linalg.vector_norm(t.detach()) for t in tensors]
+    return torch.linalg.vector_norm(torch.stack(norms)).item() if norms else 0.0
+
+
 def weight_norm(model: torch.nn.Module) -> float:
     """‖θ‖ over every parameter of ``model``."""
-    return math.sqrt(sum(p.detach().double().pow(2).sum().item() for p in model.parameters()))
+    return _norm(model.parameters())
 
 
 def _diverged_or(error: UnconvergedError, model: torch.nn.Module, start_norm: float) -> Exception:
@@ -167,8 +173,7 @@ def train_step(model: DynamicalModel, rule: Rule, optimizer: torch.optim.Optimiz
 
 def update_norm(model: torch.nn.Module) -> float:
     """‖p.grad‖ over all the parameters that have one: the size of the update a rule wrote."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item() if grads else 0.0
+    return _norm(p.grad for p in model.parameters() if p.grad is not None)
 
 
 def _train_epoch(model, rule, optimizer, split: Split, batch_size: int, generator: torch.Generator,
