@@ -1,7 +1,8 @@
 """Datasets as ``(x, y)`` tensors: train / validation / test splits, checked on load.
 
-Every loader returns a :class:`Dataset` whose splits hold ``x`` ``(n, features)`` float32 and ``y`` ``(n,)``
-int64 labels in ``0..n_classes-1``. Non-finite inputs, malformed labels and empty splits are errors raised
+Every loader returns a :class:`Dataset` whose splits hold ``x`` ``(n, *sample_shape)`` float32 (images as
+``(C, H, W)``: digits ``(1, 8, 8)``, MNIST ``(1, 28, 28)``, CIFAR ``(3, 32, 32)``; vectors as ``(features,)``)
+and ``y`` ``(n,)`` int64 labels in ``0..n_classes-1``. Non-finite inputs, malformed labels and empty splits are errors raised
 before training, never silently clipped or dropped. All randomness comes from seeded ``torch.Generator``s.
 """
 from __future__ import annotations
@@ -9,12 +10,15 @@ from __future__ import annotations
 import gzip
 import struct
 import zlib
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .images import PUBLISHED_MEAN, PUBLISHED_STD, CropFlip, read_cifar
 
 FASHION_MNIST_PATH = "/usr/share/datasets/fashion-mnist"
 _IDX_FILES = {
@@ -25,15 +29,17 @@ _IDX_FILES = {
 
 @dataclass(frozen=True, eq=False)
 class Split:
-    """One part of a dataset: ``x`` ``(n, features)`` float32 inputs (as loaded and scaled), ``y`` ``(n,)``
-    int64 class labels."""
+    """One part of a dataset: ``x`` ``(n, *sample_shape)`` float32 inputs (as loaded and scaled), ``y``
+    ``(n,)`` int64 class labels, and an optional ``augment(x, generator)`` applied to every batch
+    (:class:`dynets.images.CropFlip` on CIFAR's training split)."""
 
     x: torch.Tensor
     y: torch.Tensor
+    augment: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
-        if self.x.ndim != 2 or self.y.ndim != 1 or len(self.x) != len(self.y):
-            raise ValueError(f"Split needs x (n, features) and y (n,), got {self.x.shape} and {self.y.shape}")
+        if self.x.ndim < 2 or self.y.ndim != 1 or len(self.x) != len(self.y):
+            raise ValueError(f"Split needs x (n, *sample_shape) and y (n,), got {self.x.shape} and {self.y.shape}")
 
     def __len__(self) -> int:
         return len(self.y)
@@ -44,22 +50,29 @@ class Split:
 
         The last batch is smaller when ``batch_size`` does not divide ``len(self)``
         (kept so that evaluation sees every sample). With ``shuffle`` the order is a
-        permutation drawn from ``generator`` (torch's global generator if ``None``).
+        permutation drawn from ``generator`` (torch's global generator if ``None``); ``augment``,
+        if set, draws from the same generator, so a seeded run is reproducible.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
         for chunk in order.split(batch_size):
-            yield self.x[chunk], self.y[chunk]
+            x = self.x[chunk]
+            yield (x if self.augment is None else self.augment(x, generator)), self.y[chunk]
 
     def to(self, device: torch.device | str) -> "Split":
         """The same split on ``device``."""
-        return Split(self.x.to(device), self.y.to(device))
+        return replace(self, x=self.x.to(device), y=self.y.to(device))
+
+    def shaped(self, sample_shape: tuple[int, ...]) -> "Split":
+        """The same split with each sample viewed as ``sample_shape`` (same number of elements)."""
+        return replace(self, x=self.x.reshape(len(self.x), *sample_shape))
 
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """Three splits plus the sizes a model is built from, read from the data (``n_classes`` = max label + 1)."""
+    """Three splits plus the sizes a model is built from, read from the data (``n_classes`` = max label + 1;
+    ``n_features``, the number of elements of one sample, the product of :attr:`sample_shape`)."""
 
     name: str
     train: Split
@@ -75,10 +88,37 @@ class Dataset:
 
     def __post_init__(self) -> None:
         for part, split in (("train", self.train), ("val", self.val), ("test", self.test)):
-            if split.x.shape[1] != self.n_features:
-                raise ValueError(f"{self.name}: {part} has {split.x.shape[1]} features, not {self.n_features}")
+            if split.x.shape[1:] != self.train.x.shape[1:] or math.prod(split.x.shape[1:]) != self.n_features:
+                raise ValueError(f"{self.name}: {part} samples have shape {tuple(split.x.shape[1:])}, not "
+                                 f"{self.sample_shape} ({self.n_features} features)")
             if len(split) and int(split.y.max()) >= self.n_classes:
                 raise ValueError(f"{self.name}: {part} split has labels >= n_classes={self.n_classes}")
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """The shape of one sample: ``(C, H, W)`` for images, ``(features,)`` for vectors."""
+        return tuple(self.train.x.shape[1:])
+
+    def shaped(self, sample_shape) -> "Dataset":
+        """The same data with each sample viewed as ``sample_shape``: an MLP's ``(features,)`` flattens
+        images, a conv net's ``(C, H, W)`` keeps them (the app gives every model ``model.in_shape``).
+
+        Raises:
+            ValueError: ``sample_shape`` has another number of elements; the message names both shapes.
+        """
+        shape = tuple(int(n) for n in sample_shape)
+        if math.prod(shape) != self.n_features:
+            raise ValueError(f"{self.name}: samples of shape {self.sample_shape} ({self.n_features} values) "
+                             f"cannot be viewed as {shape} ({math.prod(shape)} values): the model's input "
+                             "layer does not fit the data")
+        if shape == self.sample_shape:
+            return self
+        return replace(self, train=self.train.shaped(shape), val=self.val.shaped(shape),
+                       test=self.test.shaped(shape))
+
+    def flat(self) -> "Dataset":
+        """The same data with each sample a vector of ``n_features`` values (what an MLP reads)."""
+        return self.shaped((self.n_features,))
 
     def to(self, device: torch.device | str) -> "Dataset":
         """The same dataset with every split on ``device`` (moved once, not per batch)."""
@@ -89,11 +129,11 @@ class Dataset:
 
 
 def _inputs(x, name: str) -> torch.Tensor:
-    """``x`` as ``(n, features)`` float32; raises on non-finite values."""
+    """``x`` as ``(n, *sample_shape)`` float32 (``(n,)`` as ``(n, 1)``); raises on non-finite values."""
     arr = np.asarray(x, dtype=np.float32)
     if arr.ndim == 0 or len(arr) == 0:
         raise ValueError(f"{name}: x must hold at least one sample, got shape {arr.shape}")
-    arr = arr.reshape(len(arr), -1)
+    arr = arr.reshape(len(arr), 1) if arr.ndim == 1 else arr
     # Checked here because a single NaN makes every later settle diverge, far from its cause.
     bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
     if bad:
@@ -152,7 +192,7 @@ def from_arrays(x, y, *, name: str = "arrays", val_fraction: float = 0.1, test_f
     """A :class:`Dataset` from any arrays.
 
     Args:
-        x: array-like ``(n, ...)``, flattened to ``(n, features)`` float32.
+        x: array-like ``(n, *sample_shape)``, kept in that shape as float32 (``(n,)`` becomes ``(n, 1)``).
         y: ``(n,)`` integer class labels >= 0.
         val_fraction: part of ``x`` carved off for validation (``round(f * n)`` samples) by
             a stratified split drawn from ``torch.Generator().manual_seed(seed)``.
@@ -164,7 +204,7 @@ def from_arrays(x, y, *, name: str = "arrays", val_fraction: float = 0.1, test_f
 
     Raises:
         ValueError: non-finite values in x, labels that are not non-negative integers,
-            mismatched lengths or feature counts, or an empty split.
+            mismatched lengths or sample shapes, or an empty split.
     """
     xs = _inputs(x, name)
     ys = _labels(y, len(xs), name)
@@ -176,15 +216,16 @@ def from_arrays(x, y, *, name: str = "arrays", val_fraction: float = 0.1, test_f
         xt = _inputs(x_test, f"{name} (test)")
         parts["test"] = Split(xt, _labels(y_test, len(xt), f"{name} (test)"))
     n_classes = max(int(s.y.max()) for s in parts.values()) + 1
-    return Dataset(name, parts["train"], parts["val"], parts["test"], xs.shape[1], n_classes)
+    return Dataset(name, parts["train"], parts["val"], parts["test"], math.prod(xs.shape[1:]), n_classes)
 
 
 def digits(*, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
-    """scikit-learn's 8x8 handwritten digits (1797 samples): 64 features in [0, 1] (pixel / 16), 10 classes."""
+    """scikit-learn's 8x8 handwritten digits (1797 samples): ``(1, 8, 8)`` images in [0, 1] (pixel / 16),
+    10 classes."""
     from sklearn.datasets import load_digits  # imported here: only this loader needs sklearn
 
     raw = load_digits()
-    return from_arrays(raw.data / 16.0, raw.target, name="digits",
+    return from_arrays((raw.data / 16.0).reshape(-1, 1, 8, 8), raw.target, name="digits",
                        val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
 
 
@@ -227,15 +268,16 @@ def _find(directory: Path, stem: str, how_to_get: str) -> Path:
 
 
 def _idx_dataset(name: str, path: str, how_to_get: str, val_fraction: float, seed: int) -> Dataset:
-    """A dataset from the four MNIST-layout IDX files in ``path``: pixels / 255, official test split."""
+    """A dataset from the four MNIST-layout IDX files in ``path``: ``(1, rows, cols)`` images, pixels / 255,
+    official test split."""
     found = {part: [_find(Path(path), stem, how_to_get) for stem in stems] for part, stems in _IDX_FILES.items()}
     (x, y), (x_test, y_test) = idx(*found["train"]), idx(*found["test"])
-    return from_arrays(x / np.float32(255), y, name=name, val_fraction=val_fraction, seed=seed,
-                       x_test=x_test / np.float32(255), y_test=y_test)
+    return from_arrays(x[:, None] / np.float32(255), y, name=name, val_fraction=val_fraction, seed=seed,
+                       x_test=x_test[:, None] / np.float32(255), y_test=y_test)
 
 
 def fashion_mnist(path: str | None = None, *, val_fraction: float = 0.1, seed: int = 0) -> Dataset:
-    """Fashion-MNIST (Xiao, Rasul & Vollgraf 2017): 28x28 grey images, 784 features in [0, 1], 10 classes.
+    """Fashion-MNIST (Xiao, Rasul & Vollgraf 2017): ``(1, 28, 28)`` grey images in [0, 1], 10 classes.
 
     Reads the IDX files from ``path`` (default where Debian's ``dataset-fashion-mnist``
     package puts them). Test is the official 10000-image t10k split; validation is
@@ -317,7 +359,7 @@ def bars_distribution(size: int = 4, *, p_vertical: float = 2 / 3, p_bar: float 
 def bars(size: int = 4, *, p_vertical: float = 2 / 3, p_bar: float = 0.2, n_train: int = 10000,
          n_val: int = 1000, n_test: int = 1000, seed: int = 0) -> Dataset:
     """Samples of :func:`bars_distribution` (the Helmholtz machine's toy, exact likelihood known),
-    ``size²`` binary pixels, drawn from ``torch.Generator().manual_seed(seed)``. The label of an
+    ``size²`` binary pixels as a flat vector (the visible units of a Boltzmann or Helmholtz machine), drawn from ``torch.Generator().manual_seed(seed)``. The label of an
     image is its orientation (0 vertical, 1 horizontal), which no unsupervised rule reads; the
     exact distribution is ``Dataset.distribution``."""
     images, probs = bars_distribution(size, p_vertical=p_vertical, p_bar=p_bar)
@@ -332,7 +374,59 @@ def bars(size: int = 4, *, p_vertical: float = 2 / 3, p_bar: float = 0.2, n_trai
     return Dataset("bars", *splits, n_features=size * size, n_classes=2, distribution=(images, probs))
 
 
-DATASETS = {"digits": digits, "fashion_mnist": fashion_mnist, "mnist": mnist, "npz": npz, "bars": bars}
+def _cifar(name: str, path: str | None, val_fraction: float, seed: int, normalize: bool, augment: bool) -> Dataset:
+    """A CIFAR dataset (:func:`dynets.images.read_cifar`): pixels / 255, optionally normalised, official test split."""
+    x, y, x_test, y_test = read_cifar(path, name)
+    scale = lambda images: images / np.float32(255)
+    if normalize:
+        mean, std = (np.asarray(v, dtype=np.float32)[:, None, None] for v in (PUBLISHED_MEAN, PUBLISHED_STD))
+        scale = lambda images: (images / np.float32(255) - mean) / std
+    data = from_arrays(scale(x), y, name=name, val_fraction=val_fraction, seed=seed, x_test=scale(x_test),
+                       y_test=y_test)
+    if augment:
+        data = replace(data, train=replace(data.train, augment=CropFlip(data.sample_shape)))
+    return data
+
+
+def cifar10(path: str | None = None, *, val_fraction: float = 0.1, seed: int = 0, normalize: bool = False,
+            augment: bool = False) -> Dataset:
+    """CIFAR-10 (Krizhevsky 2009): ``(3, 32, 32)`` colour images in [0, 1], 10 classes, from the python
+    batches (``data_batch_1..5``, ``test_batch``) in ``path`` or its ``cifar-10-batches-py`` subfolder.
+
+    Args:
+        path: the folder holding the batches (https://www.cs.toronto.edu/~kriz/cifar.html, python version).
+        val_fraction: part of the 50000 training images carved off for validation, a stratified
+            split drawn from ``torch.Generator().manual_seed(seed)``; test is the official 10000.
+        seed: the seed of that split.
+        normalize: subtract the per-channel mean and divide by 3× the standard deviation, the
+            constants of the published convolutional EP code (Laborieux et al. 2021).
+        augment: the published augmentation on the training batches only (random crop of the image
+            padded by 4 edge pixels, random horizontal flip: :class:`dynets.images.CropFlip`),
+            drawn from the training loop's seeded generator.
+
+    Raises:
+        ValueError: no ``path``. FileNotFoundError: a batch is missing (the message names them).
+    """
+    return _cifar("cifar10", path, val_fraction, seed, normalize, augment)
+
+
+def cifar100(path: str | None = None, *, val_fraction: float = 0.1, seed: int = 0, normalize: bool = False,
+             augment: bool = False) -> Dataset:
+    """CIFAR-100 (Krizhevsky 2009), its 100 fine labels, from ``train`` and ``test`` in ``path`` or its
+    ``cifar-100-python`` subfolder; otherwise as :func:`cifar10` (``normalize`` uses the same constants).
+
+    Args:
+        path: the folder holding the batches.
+        val_fraction: part of the 50000 training images carved off for validation.
+        seed: the seed of that split.
+        normalize: the published per-channel normalisation, as :func:`cifar10`.
+        augment: the published crop-and-flip augmentation on the training batches, as :func:`cifar10`.
+    """
+    return _cifar("cifar100", path, val_fraction, seed, normalize, augment)
+
+
+DATASETS = {"digits": digits, "fashion_mnist": fashion_mnist, "mnist": mnist, "npz": npz, "bars": bars,
+            "cifar10": cifar10, "cifar100": cifar100}
 
 
 def load(name: str, **kwargs) -> Dataset:
@@ -345,11 +439,11 @@ def load(name: str, **kwargs) -> Dataset:
 def unlabelled(data: Dataset) -> Dataset:
     """``data`` with every label replaced by 0 and ``labelled`` False: what a self-supervised
     method is trained on (:func:`dynets.app.fit.fit` gives its rule no labels)."""
-    blank = lambda s: Split(s.x, torch.zeros_like(s.y))
+    blank = lambda s: replace(s, y=torch.zeros_like(s.y))
     return replace(data, train=blank(data.train), val=blank(data.val), test=blank(data.test), labelled=False)
 
 
 def binarised(data: Dataset, threshold: float = 0.5) -> Dataset:
     """``data`` with inputs x > ``threshold`` as 0/1 (for models of binary units: Helmholtz)."""
-    binary = lambda s: Split((s.x > threshold).to(s.x.dtype), s.y)
+    binary = lambda s: replace(s, x=(s.x > threshold).to(s.x.dtype))
     return replace(data, train=binary(data.train), val=binary(data.val), test=binary(data.test))

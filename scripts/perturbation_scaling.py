@@ -35,7 +35,7 @@ def entries(cfg: DictConfig, sizes: list[int]) -> dict[str, Entry]:
 
 @hydra.main(version_base=None, config_path="../configs", config_name="perturbation_scaling")
 def main(cfg: DictConfig) -> None:
-    data = instantiate(cfg.data)
+    data = instantiate(cfg.data).flat()   # the study's networks are MLPs
     c = cfg.cosine
     settle = instantiate(c.settle)
     reference = ImplicitDifferentiation(settle, adjoint_tol=c.reference.adjoint_tol,

@@ -38,7 +38,7 @@ def main(cfg: DictConfig) -> None:
     if unknown:
         raise ValueError(f"only= names methods that are not in the study: {sorted(unknown)}; "
                          f"valid: {', '.join(cfg.methods)}")
-    data, out = instantiate(cfg.data), HydraConfig.get().runtime.output_dir
+    data, out = instantiate(cfg.data).flat(), HydraConfig.get().runtime.output_dir
     chosen, sizes = methods(cfg, data)
     rows = study(chosen, data, sizes, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, layer=cfg.layer,
                  probes=Probes(**OmegaConf.to_container(cfg.probes)), out_dir=out, progress=log.info)

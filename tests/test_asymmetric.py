@@ -74,7 +74,7 @@ def test_feedback_alignment_with_mirrored_feedback_is_the_exact_gradient():
 def test_random_feedback_is_not_the_gradient_but_forward_weights_align_with_it():
     """Feedback alignment: W_lᵀ turns toward the fixed random B_l while training (below 60°)."""
     torch.manual_seed(0)
-    data = digits()
+    data = digits().flat()
     model = Asymmetric([64, 256, 10], "random", "sigmoid", seed=0)
     before = model.feedback_angles()[0]
     rule = FeedbackAlignment(0.5, settle=SettleOptions(method="gauss_seidel", step_size=1.0, max_time=400))

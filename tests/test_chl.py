@@ -52,7 +52,7 @@ def test_chl_learns_digits():
     import dynets
 
     torch.manual_seed(0)
-    data = dynets.data.digits()
+    data = dynets.data.digits().flat()
     model = LayeredHopfield([64, 64, 10])
     opts = SettleOptions(method="gauss_seidel", step_size=1.0, atol=1e-3, max_time=200)
     rule, optimizer = ContrastiveHebbian(opts), torch.optim.Adam(model.parameters(), 2e-3)

@@ -157,7 +157,7 @@ def test_a_model_defined_by_its_energy_settles_and_trains_by_ep_and_chl():
 
 def test_a_model_defined_by_its_energy_learns_digits():
     """The example of docs/results/own_model.md: Tiny trained by EP for two epochs is far above chance (10 %)."""
-    data = dynets.data.digits()
+    data = dynets.data.digits().flat()
     model = Tiny([64, 32, 10])
     rule = EquilibriumPropagation(0.2, settle=SettleOptions(method="fast_euler", step_size=0.5, atol=1e-3, max_time=60))
     optimizer = torch.optim.Adam(model.parameters(), 1e-2)

@@ -28,7 +28,7 @@ def decode_idx_gz(path: Path, header: int) -> np.ndarray:
 
 def rows_with_labels(*splits: data.Split) -> np.ndarray:
     """All ``(x, y)`` rows of ``splits`` as one float64 array, for multiset comparisons."""
-    return np.concatenate([np.column_stack([s.x.numpy(), s.y.numpy()]) for s in splits])
+    return np.concatenate([np.column_stack([s.x.flatten(1).numpy(), s.y.numpy()]) for s in splits])
 
 
 def same_multiset(a: np.ndarray, b: np.ndarray) -> bool:
@@ -91,7 +91,7 @@ def test_mnist_layout_from_written_files(tmp_path):
     ds = data.mnist(str(tmp_path), val_fraction=0.25)
     assert (len(ds.train), len(ds.val), len(ds.test)) == (30, 10, 9)
     assert (ds.n_features, ds.n_classes) == (784, 10)
-    assert torch.equal(ds.test.x, torch.from_numpy((test_x.reshape(9, -1) / 255).astype(np.float32)))
+    assert torch.equal(ds.test.x, torch.from_numpy((test_x.reshape(9, 1, 28, 28) / 255).astype(np.float32)))
     assert torch.equal(ds.test.y, torch.from_numpy(test_y))
     expected = np.column_stack([train_x.reshape(40, -1) / 255, train_y]).astype(np.float32)
     assert same_multiset(rows_with_labels(ds.train, ds.val), expected)
@@ -260,7 +260,7 @@ def test_fashion_mnist_sizes_and_official_test_split(fashion):
     n_val = len(fashion.val)
     assert n_val == 6000 and (len(fashion.train), len(fashion.test)) == (60000 - n_val, 10000)
     assert (fashion.n_features, fashion.n_classes) == (784, 10)
-    images = decode_idx_gz(FASHION / "t10k-images-idx3-ubyte.gz", 16).reshape(10000, 784)
+    images = decode_idx_gz(FASHION / "t10k-images-idx3-ubyte.gz", 16).reshape(10000, 1, 28, 28)
     labels = decode_idx_gz(FASHION / "t10k-labels-idx1-ubyte.gz", 8)
     assert torch.equal(fashion.test.x, torch.from_numpy(images.astype(np.float32) / 255))
     assert torch.equal(fashion.test.y, torch.from_numpy(labels.astype(np.int64)))

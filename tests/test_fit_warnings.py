@@ -20,7 +20,7 @@ GAUSS_SEIDEL = SettleOptions(method="gauss_seidel", step_size=1.0, atol=1e-3, ma
 
 @pytest.fixture(scope="module")
 def digits():
-    return dynets.data.digits()
+    return dynets.data.digits().flat()
 
 
 @pytest.fixture(scope="module")

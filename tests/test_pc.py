@@ -272,7 +272,7 @@ def test_gauss_seidel_steps_stay_below_two_over_each_layers_curvature(arrangemen
 
 def test_generative_model_learns_to_reconstruct_digits():
     torch.manual_seed(0)
-    data = dynets.data.digits()
+    data = dynets.data.digits().flat()
     x = data.train.x[:256].double()
     model = PredictiveCoding([64, 32, 10], "tanh", "generative").double()
     rule = PredictiveCodingRule(variant="unsupervised", settle=SettleOptions(method="gauss_seidel", step_size=1.0,
@@ -292,7 +292,7 @@ def test_learns_digits():
     model = PredictiveCoding([64, 64, 10], "tanh")
     rule = PredictiveCodingRule(0.1, "nudged", SettleOptions(method="fast_euler", step_size=0.2, atol=1e-3, max_time=40))
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
-    summary = fit(model, rule, dynets.data.digits(), optimizer, epochs=2, batch_size=32)
+    summary = fit(model, rule, dynets.data.digits().flat(), optimizer, epochs=2, batch_size=32)
     assert summary["test_accuracy"] > 0.85   # chance is 0.1
 
 

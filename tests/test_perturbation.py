@@ -246,7 +246,7 @@ def test_the_study_measures_the_one_over_sqrt_p_law_on_digits():
     from dynets.data import digits
     from dynets.studies.perturbation_scaling import cosine_rows
     settle = SettleOptions(method="gauss_seidel", step_size=1.0, atol=1e-10, max_time=2000)
-    rows = cosine_rows(digits(), widths=[8, 64], probes=[1], samples=48, sigma=1e-3, settle=settle,
+    rows = cosine_rows(digits().flat(), widths=[8, 64], probes=[1], samples=48, sigma=1e-3, settle=settle,
                        reference=ImplicitDifferentiation(settle, adjoint_tol=1e-8), progress=lambda _: None)
     drives = [r for r in rows if r["space"] == "drives"]
     assert [r["p"] for r in drives] == [18, 74]

@@ -37,7 +37,7 @@ PROBES = Probes(weight_decays=(1e-3,), max_iter=50, k=5)
 @pytest.fixture(scope="module")
 def small():
     """400 digits for training, the rest of digits' splits as they are."""
-    data = digits()
+    data = digits().flat()
     return replace(data, train=Split(data.train.x[:400], data.train.y[:400]))
 
 

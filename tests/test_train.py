@@ -20,7 +20,7 @@ from dynets.app.fit import fit, free_phase_metrics, layer_param_groups, pinned_f
 
 @pytest.fixture(scope="module")
 def digits():
-    return dynets.data.digits()
+    return dynets.data.digits().flat()
 
 
 def short_run(digits, run_dir=None, seed=0):

@@ -138,7 +138,7 @@ class Spy(Rule):
 
 
 def test_fit_gives_the_rule_no_labels_for_unlabelled_data():
-    small = digits()
+    small = digits().flat()
     data = Dataset("small", Split(small.train.x[:32], small.train.y[:32]), small.val, small.test, 64, 10)
     for dataset, labelled in ((data, True), (unlabelled(data), False)):
         rule, model = Spy(EquilibriumPropagation(settle=SETTLE, allow_unconverged=True)), ReadBackHopfield([64, 8])

@@ -124,10 +124,13 @@ def check_arguments(target, fields: Mapping[str, Any], partial: bool) -> None:
 
 def sized(config: Mapping[str, Any], data: Dataset, labelled: bool = True) -> dict[str, Any]:
     """``config`` with ``shape`` the data's sizes, ``features`` and ``classes`` (``None`` when the task
-    has no labels), and the interpolations that read them resolved: a model's
+    has no labels), for images ``channels`` and ``in_size`` (C and H of ``(C, H, W)``, ``None`` for
+    vectors), and the interpolations that read them resolved: a model's
     ``sizes: ["${shape.features}", 256, "${shape.classes}"]`` becomes ``[64, 256, 10]`` on digits.
     (``configs/train.yaml`` keeps them escaped until then: the data is known only here.)"""
-    shape = {"features": data.n_features, "classes": data.n_classes if labelled else None}
+    image = len(data.sample_shape) == 3
+    shape = {"features": data.n_features, "classes": data.n_classes if labelled else None,
+             "channels": data.sample_shape[0] if image else None, "in_size": data.sample_shape[1] if image else None}
     return OmegaConf.to_container(OmegaConf.create({**config, "shape": shape}), resolve=True)
 
 
@@ -182,6 +185,7 @@ def build(config: Mapping[str, Any]):
         rule = instantiate(config["rule"])
     check_pair(config, model, rule)
     with refused(f"{option('model', config['model'])} on {option('data', config['data'])}"):
+        data = data.shaped(model.in_shape)   # an MLP's (features,) flattens images; a conv net keeps them
         model.check_input(data.train.x)
     if task == "self_supervised" and not learns_without_labels(model, rule):
         raise ConfigError(f"task=self_supervised: {option('rule', config['rule'])} trains "

@@ -89,6 +89,7 @@ def run_entry(name: str, entry: Entry, data: Dataset, *, epochs: int, batch_size
     models only: a generative model has no labelled loss to differentiate)."""
     torch.manual_seed(seed)
     model, rule = entry.model(seed), entry.rule(seed)
+    data = data.shaped(model.in_shape)   # an MLP reads images flattened, a conv net as they are
     optimizer = entry.optimizer(list(model.parameters()))
     reference = ImplicitDifferentiation(reference_settle, adjoint_max_steps=adjoint_max_steps,
                                        cost=rule.cost) if model.supervised else None

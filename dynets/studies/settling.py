@@ -81,7 +81,7 @@ def nudged_sweeps(device, betas=(0.5, 1.0, 1.5, 2.0, -0.5, -1.0, -2.0),
     atol 1e-4, max_time 200; Gauss–Seidel (Δt 1, exact nudged top layer) and fast_euler (Δt 0.5)."""
     torch.manual_seed(0)
     model = LayeredHopfield([64, 64, 10]).to(device)
-    data = digits().train
+    data = digits().flat().train
     c = model.prepare(Condition(data.x[:256].to(device), model.target(data.y[:256].to(device))))
     out = {}
     progress("steps of a nudged phase vs beta (64-64-10 at init, 256 digits, atol 1e-4, max_time 200)")
@@ -98,7 +98,7 @@ def nudged_sweeps(device, betas=(0.5, 1.0, 1.5, 2.0, -0.5, -1.0, -2.0),
 def _main_job_net(device, beta: float, opts: SettleOptions):
     """The main job's net: 64-256-10, centered EP, Adam 2e-3, batch 32, 3 epochs on digits."""
     torch.manual_seed(0)
-    data, model = digits(), LayeredHopfield([64, 256, 10]).to(device)
+    data, model = digits().flat(), LayeredHopfield([64, 256, 10]).to(device)
     rule, opt = EquilibriumPropagation(beta, settle=opts), torch.optim.Adam(model.parameters(), 2e-3)
     order = torch.Generator().manual_seed(0)
     for _ in range(3):

@@ -1,0 +1,114 @@
+"""Image data: the CIFAR python batches and the published training augmentation.
+
+:func:`read_cifar` decodes the pickle batches of CIFAR-10 and CIFAR-100 (Krizhevsky 2009,
+https://www.cs.toronto.edu/~kriz/cifar.html); :class:`CropFlip` is the augmentation of the
+published convolutional EP code (Laborieux et al. 2021, main.py of Laborieux-Axel/Equilibrium-Propagation):
+random horizontal flip and random 32×32 crop of the image padded by 4 pixels (edge padding).
+:func:`dynets.data.cifar10` and :func:`dynets.data.cifar100` build datasets from them.
+"""
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
+CIFAR_FILES = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels"),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], b"fine_labels"),
+}
+# Per-channel mean and 3× the standard deviation of the CIFAR-10 training images: the
+# normalisation of the published convolutional EP code (Laborieux et al. 2021, main.py).
+PUBLISHED_MEAN = (0.4914, 0.4822, 0.4465)
+PUBLISHED_STD = (3 * 0.2023, 3 * 0.1994, 3 * 0.2010)
+
+
+def _folder(path: str | None, name: str) -> Path:
+    """``path`` itself or its standard subfolder, whichever holds the batches; an error naming them otherwise."""
+    subfolder, train, test, _ = CIFAR_FILES[name]
+    expected = ", ".join(train + test)
+    where = (f"download the python version from {CIFAR_URL} and unpack it "
+             f"(tar xzf {subfolder.replace('-batches-py', '').replace('-python', '')}-python.tar.gz)")
+    if path is None:
+        raise ValueError(f"data={name} needs data.path=<the folder holding {expected} "
+                         f"(or its {subfolder} subfolder)>; {where}")
+    for folder in (Path(path), Path(path) / subfolder):
+        if all((folder / f).is_file() for f in train + test):
+            return folder
+    raise FileNotFoundError(f"data.path={path}: expected the CIFAR python batches {expected} there or in "
+                            f"{Path(path) / subfolder}; {where}")
+
+
+def _batch(file: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """``(images (n, 3, 32, 32) uint8, labels (n,))`` of one pickle batch; its rows are channel-major."""
+    with open(file, "rb") as handle:
+        batch = pickle.load(handle, encoding="bytes")
+    if b"data" not in batch or label_key not in batch:
+        raise ValueError(f"{file}: not a CIFAR python batch (keys {sorted(batch)}, expected b'data' and {label_key})")
+    data = np.asarray(batch[b"data"], dtype=np.uint8)
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise ValueError(f"{file}: b'data' has shape {data.shape}, expected (n, 3072)")
+    return data.reshape(-1, 3, 32, 32), np.asarray(batch[label_key])
+
+
+def read_cifar(path: str | None, name: str = "cifar10") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The CIFAR python batches in ``path`` (or its ``cifar-10-batches-py`` / ``cifar-100-python`` subfolder).
+
+    Args:
+        path: the folder.
+        name: ``cifar10`` (``data_batch_1..5``, ``test_batch``, key ``b"labels"``) or ``cifar100``
+            (``train``, ``test``, key ``b"fine_labels"``).
+
+    Returns:
+        ``(x_train, y_train, x_test, y_test)``: images uint8 ``(n, 3, 32, 32)`` (pixel ``[c, i, j]`` is
+        column ``c·1024 + i·32 + j`` of a batch's ``b"data"``) and their labels.
+
+    Raises:
+        ValueError: no ``path``, or a file that is not a CIFAR batch.
+        FileNotFoundError: the folder lacks a batch; the message names the files and where to get them.
+    """
+    folder = _folder(path, name)
+    _, train, test, key = CIFAR_FILES[name]
+    parts = []
+    for files in (train, test):
+        images, labels = zip(*(_batch(folder / f, key) for f in files))
+        parts += [np.concatenate(images), np.concatenate(labels)]
+    return tuple(parts)
+
+
+@dataclass(frozen=True)
+class CropFlip:
+    """Random crop of the edge-padded image and random horizontal flip, per sample (Laborieux et al. 2021).
+
+    Args:
+        shape: ``(C, H, W)`` of one image; a batch of any shape with that many elements per sample
+            is viewed as images and returned in its own shape.
+        padding: pixels added on each side (edge values repeated) before the H×W crop.
+        flip: flip each image left-right with probability 1/2.
+    """
+
+    shape: tuple[int, int, int]
+    padding: int = 4
+    flip: bool = True
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``x`` ``(n, ...)`` augmented with draws from ``generator`` (torch's global one if ``None``)."""
+        n, (c, h, w), p = len(x), self.shape, self.padding
+        device = generator.device if generator is not None else torch.device("cpu")
+        images = x.reshape(n, c, h, w)
+        if p:
+            padded = F.pad(images, (p, p, p, p), mode="replicate")
+            top, left = (torch.randint(0, 2 * p + 1, (n, 1), generator=generator, device=device).to(x.device)
+                         for _ in range(2))
+            rows = (top + torch.arange(h, device=x.device))[:, None, :, None]
+            cols = (left + torch.arange(w, device=x.device))[:, None, None, :]
+            images = padded[torch.arange(n, device=x.device)[:, None, None, None],
+                            torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
+        if self.flip:
+            flipped = torch.rand(n, generator=generator, device=device).to(x.device) < 0.5
+            images = torch.where(flipped[:, None, None, None], images.flip(-1), images)
+        return images.reshape(x.shape)
