@@ -405,7 +405,8 @@ def cifar10(path: str | None = None, *, val_fraction: float = 0.1, seed: int = 0
             drawn from the training loop's seeded generator.
 
     Raises:
-        ValueError: no ``path``. FileNotFoundError: a batch is missing (the message names them).
+        ValueError: no ``path``.
+        FileNotFoundError: a batch is missing (the message names the files and where to get them).
     """
     return _cifar("cifar10", path, val_fraction, seed, normalize, augment)
 

@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dynets.app.options import renamed
-from dynets.app.run import evaluation
+from dynets.app.run import data_shape, evaluation
 from dynets.studies.compare import Entry, Metric, compare, markdown, summarise, write
 
 log = logging.getLogger("dynets")
@@ -26,7 +26,7 @@ log = logging.getLogger("dynets")
 def entries(cfg: DictConfig, data) -> dict[str, Entry]:
     """The rows of the table (``only``: those it names), once ``cfg.shape`` holds the data's sizes."""
     with open_dict(cfg):
-        cfg.shape = {"features": data.n_features, "classes": data.n_classes}
+        cfg.shape = data_shape(data)
     return {name: entry(cfg, node) for name, node in cfg.rules.items() if not cfg.only or name in cfg.only}
 
 

@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dynets.app.options import renamed
-from dynets.app.run import instantiate
+from dynets.app.run import data_shape, instantiate
 from dynets.studies.selfsup import Method, Probes, study, write
 
 log = logging.getLogger("dynets")
@@ -25,7 +25,7 @@ def methods(cfg: DictConfig, data) -> tuple[dict[str, Method], list[int]]:
     """The study's methods (``only``: those it names), each from its composed nodes, and the
     representation's sizes, once ``cfg.shape`` holds the data's sizes."""
     with open_dict(cfg):
-        cfg.shape = {"features": data.n_features, "classes": data.n_classes}
+        cfg.shape = data_shape(data)
     config = OmegaConf.to_container(cfg, resolve=True)
     return ({name: Method(**instantiate(node)) for name, node in config["methods"].items()
              if not config["only"] or name in config["only"]}, config["sizes"])

@@ -65,6 +65,35 @@ def test_build_refuses_a_rule_that_cannot_train_the_model():
     assert isinstance(model, Leaky) and model.sizes == [data.n_features, data.n_classes]
 
 
+class Pixels(Leaky):
+    """Leaky reading ``(channels, in_size, in_size)`` images: a model whose input is not a vector."""
+
+    def __init__(self, channels: int, in_size: int, classes: int) -> None:
+        super().__init__([channels * in_size * in_size, classes])
+        self.image = (channels, in_size, in_size)
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return self.image
+
+
+def test_build_gives_an_mlp_flat_data_and_an_image_model_images():
+    import dynets
+    images = dynets.data.digits()
+    data, model, _, _ = build(composed())
+    assert data.sample_shape == (64,) and torch.equal(data.train.x, images.flat().train.x)
+    config = composed("rule=implicit")
+    config["model"] = {"_target_": f"{__name__}.Pixels", "channels": "${shape.channels}",
+                       "in_size": "${shape.in_size}", "classes": "${shape.classes}"}
+    data, model, _, _ = build(config)
+    assert model.image == (1, 8, 8) and torch.equal(data.train.x, images.train.x)
+
+
+def test_build_names_both_shapes_when_the_model_does_not_fit_the_data():
+    with pytest.raises(ConfigError, match=r"model=hopfield on data=digits.*\(1, 8, 8\).*\(784,\)"):
+        build(composed("model.sizes=[784,32,10]"))
+
+
 @pytest.mark.parametrize("override,difference", [
     ("data.seed=1", "data.seed: 0 -> 1"),
     ("data.val_fraction=0.2", "data.val_fraction: 0.1 -> 0.2"),

@@ -2,6 +2,7 @@
 to end and fails loudly."""
 import inspect
 import json
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -39,12 +40,18 @@ def npz_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "toy.npz"
     rng = np.random.default_rng(0)
     np.savez(path, X=rng.random((60, 5)), y=np.arange(60) % 3)
+    # Beside it, tiny CIFAR-10 and CIFAR-100 python batches (data.path=its folder).
+    for name, key, n in [*((f"data_batch_{i}", b"labels", 10) for i in range(1, 6)), ("test_batch", b"labels", 10),
+                         ("train", b"fine_labels", 20), ("test", b"fine_labels", 20)]:
+        with open(path.parent / name, "wb") as handle:
+            pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), key: list(range(n))}, handle)
     return path
 
 
 def overrides_for(group, option, npz_file):
     helmholtz = ["model=helmholtz", "data=bars"]   # binary data only
     extra = {("data", "npz"): [f"data.path={npz_file}"], ("data", "mnist"): ["data.path=/nonexistent"],
+             ("data", "cifar10"): [f"data.path={npz_file.parent}"], ("data", "cifar100"): [f"data.path={npz_file.parent}"],
              ("model", "helmholtz"): ["rule=wake_sleep", "data=bars"], ("rule", "rws"): helmholtz,
              ("rule", "wake_sleep"): helmholtz, ("rule", "sleep"): helmholtz,
              ("rule", "backprop"): ["model=pc"]}   # a feedforward pass

@@ -128,10 +128,15 @@ def sized(config: Mapping[str, Any], data: Dataset, labelled: bool = True) -> di
     vectors), and the interpolations that read them resolved: a model's
     ``sizes: ["${shape.features}", 256, "${shape.classes}"]`` becomes ``[64, 256, 10]`` on digits.
     (``configs/train.yaml`` keeps them escaped until then: the data is known only here.)"""
+    return OmegaConf.to_container(OmegaConf.create({**config, "shape": data_shape(data, labelled)}), resolve=True)
+
+
+def data_shape(data: Dataset, labelled: bool = True) -> dict[str, int | None]:
+    """The sizes a config's ``shape`` holds: ``features``, ``classes`` (``None`` without labels), and
+    for ``(C, H, W)`` images ``channels`` = C and ``in_size`` = H (``None`` for vector data)."""
     image = len(data.sample_shape) == 3
-    shape = {"features": data.n_features, "classes": data.n_classes if labelled else None,
-             "channels": data.sample_shape[0] if image else None, "in_size": data.sample_shape[1] if image else None}
-    return OmegaConf.to_container(OmegaConf.create({**config, "shape": shape}), resolve=True)
+    return {"features": data.n_features, "classes": data.n_classes if labelled else None,
+            "channels": data.sample_shape[0] if image else None, "in_size": data.sample_shape[1] if image else None}
 
 
 def build_model(node: Mapping[str, Any]) -> torch.nn.Module:
