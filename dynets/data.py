@@ -2,15 +2,16 @@
 
 Every loader returns a :class:`Dataset` whose splits hold ``x`` ``(n, *sample_shape)`` float32 (images as
 ``(C, H, W)``: digits ``(1, 8, 8)``, MNIST ``(1, 28, 28)``, CIFAR ``(3, 32, 32)``; vectors as ``(features,)``)
-and ``y`` ``(n,)`` int64 labels in ``0..n_classes-1``. Non-finite inputs, malformed labels and empty splits are errors raised
+and ``y`` ``(n,)`` int64 labels in ``0..n_classes-1``; :meth:`Dataset.shaped` views the samples in a model's
+``in_shape`` (an MLP flattens images). Non-finite inputs, malformed labels and empty splits are errors raised
 before training, never silently clipped or dropped. All randomness comes from seeded ``torch.Generator``s.
 """
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 import zlib
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -65,7 +66,11 @@ class Split:
         return replace(self, x=self.x.to(device), y=self.y.to(device))
 
     def shaped(self, sample_shape: tuple[int, ...]) -> "Split":
-        """The same split with each sample viewed as ``sample_shape`` (same number of elements)."""
+        """The same split with each sample viewed as ``sample_shape``.
+
+        Args:
+            sample_shape: the new shape of one sample, with as many elements as the old one.
+        """
         return replace(self, x=self.x.reshape(len(self.x), *sample_shape))
 
 
@@ -102,6 +107,9 @@ class Dataset:
     def shaped(self, sample_shape) -> "Dataset":
         """The same data with each sample viewed as ``sample_shape``: an MLP's ``(features,)`` flattens
         images, a conv net's ``(C, H, W)`` keeps them (the app gives every model ``model.in_shape``).
+
+        Args:
+            sample_shape: the shape of one sample the model reads (its ``in_shape``).
 
         Raises:
             ValueError: ``sample_shape`` has another number of elements; the message names both shapes.

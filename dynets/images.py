@@ -17,9 +17,11 @@ import torch
 import torch.nn.functional as F
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
+# name: (the subfolder its archive unpacks to, the archive, training batches, test batches, label key)
 CIFAR_FILES = {
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels"),
-    "cifar100": ("cifar-100-python", ["train"], ["test"], b"fine_labels"),
+    "cifar10": ("cifar-10-batches-py", "cifar-10-python.tar.gz", [f"data_batch_{i}" for i in range(1, 6)],
+                ["test_batch"], b"labels"),
+    "cifar100": ("cifar-100-python", "cifar-100-python.tar.gz", ["train"], ["test"], b"fine_labels"),
 }
 # Per-channel mean and 3× the standard deviation of the CIFAR-10 training images: the
 # normalisation of the published convolutional EP code (Laborieux et al. 2021, main.py).
@@ -29,10 +31,9 @@ PUBLISHED_STD = (3 * 0.2023, 3 * 0.1994, 3 * 0.2010)
 
 def _folder(path: str | None, name: str) -> Path:
     """``path`` itself or its standard subfolder, whichever holds the batches; an error naming them otherwise."""
-    subfolder, train, test, _ = CIFAR_FILES[name]
+    subfolder, archive, train, test, _ = CIFAR_FILES[name]
     expected = ", ".join(train + test)
-    where = (f"download the python version from {CIFAR_URL} and unpack it "
-             f"(tar xzf {subfolder.replace('-batches-py', '').replace('-python', '')}-python.tar.gz)")
+    where = f"download the python version from {CIFAR_URL} and unpack it (tar xzf {archive})"
     if path is None:
         raise ValueError(f"data={name} needs data.path=<the folder holding {expected} "
                          f"(or its {subfolder} subfolder)>; {where}")
@@ -72,7 +73,7 @@ def read_cifar(path: str | None, name: str = "cifar10") -> tuple[np.ndarray, np.
         FileNotFoundError: the folder lacks a batch; the message names the files and where to get them.
     """
     folder = _folder(path, name)
-    _, train, test, key = CIFAR_FILES[name]
+    _, _, train, test, key = CIFAR_FILES[name]
     parts = []
     for files in (train, test):
         images, labels = zip(*(_batch(folder / f, key) for f in files))
@@ -96,7 +97,12 @@ class CropFlip:
     flip: bool = True
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``x`` ``(n, ...)`` augmented with draws from ``generator`` (torch's global one if ``None``)."""
+        """``x`` augmented, each sample its own crop and flip.
+
+        Args:
+            x: ``(n, ...)`` a batch, ``C·H·W`` elements per sample.
+            generator: where the offsets and flips are drawn (torch's global generator if ``None``).
+        """
         n, (c, h, w), p = len(x), self.shape, self.padding
         device = generator.device if generator is not None else torch.device("cpu")
         images = x.reshape(n, c, h, w)
