@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from dynets import data
-from dynets.images import CropFlip
+from dynets.data.cifar import CropFlip
 
 
 def test_digits_and_idx_images_keep_their_shape_and_flatten_to_the_old_rows():

@@ -4,17 +4,19 @@
 https://www.cs.toronto.edu/~kriz/cifar.html); :class:`CropFlip` is the augmentation of the
 published convolutional EP code (Laborieux et al. 2021, main.py of Laborieux-Axel/Equilibrium-Propagation):
 random horizontal flip and random 32×32 crop of the image padded by 4 pixels (edge padding).
-:func:`dynets.data.cifar10` and :func:`dynets.data.cifar100` build datasets from them.
+:func:`cifar10` and :func:`cifar100` build the datasets.
 """
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .base import Dataset, from_arrays
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 # name: (the subfolder its archive unpacks to, the archive, training batches, test batches, label key)
@@ -118,3 +120,57 @@ class CropFlip:
             flipped = torch.rand(n, generator=generator, device=device).to(x.device) < 0.5
             images = torch.where(flipped[:, None, None, None], images.flip(-1), images)
         return images.reshape(x.shape)
+
+
+def _cifar(name: str, path: str | None, val_fraction: float, seed: int, normalize: bool, augment: bool) -> Dataset:
+    """A CIFAR dataset (:func:`dynets.data.cifar.read_cifar`): pixels / 255, optionally normalised, official test split."""
+    x, y, x_test, y_test = read_cifar(path, name)
+    scale = lambda images: images / np.float32(255)
+    if normalize:
+        mean, std = (np.asarray(v, dtype=np.float32)[:, None, None] for v in (PUBLISHED_MEAN, PUBLISHED_STD))
+        scale = lambda images: (images / np.float32(255) - mean) / std
+    data = from_arrays(scale(x), y, name=name, val_fraction=val_fraction, seed=seed, x_test=scale(x_test),
+                       y_test=y_test)
+    if augment:
+        data = replace(data, train=replace(data.train, augment=CropFlip(data.sample_shape)))
+    return data
+
+
+def cifar10(path: str | None = None, *, val_fraction: float = 0.1, seed: int = 0, normalize: bool = False,
+            augment: bool = False) -> Dataset:
+    """CIFAR-10 (Krizhevsky 2009): ``(3, 32, 32)`` colour images in [0, 1], 10 classes, from the python
+    batches (``data_batch_1..5``, ``test_batch``) in ``path`` or its ``cifar-10-batches-py`` subfolder.
+
+    Args:
+        path: the folder holding the batches (https://www.cs.toronto.edu/~kriz/cifar.html, python version).
+        val_fraction: part of the 50000 training images carved off for validation, a stratified
+            split drawn from ``torch.Generator().manual_seed(seed)``; test is the official 10000.
+        seed: the seed of that split.
+        normalize: subtract the per-channel mean and divide by 3× the standard deviation, the
+            constants of the published convolutional EP code (Laborieux et al. 2021).
+        augment: the published augmentation on the training batches only (random crop of the image
+            padded by 4 edge pixels, random horizontal flip: :class:`dynets.data.cifar.CropFlip`),
+            drawn from the training loop's seeded generator.
+
+    Raises:
+        ValueError: no ``path``.
+        FileNotFoundError: a batch is missing (the message names the files and where to get them).
+    """
+    return _cifar("cifar10", path, val_fraction, seed, normalize, augment)
+
+
+def cifar100(path: str | None = None, *, val_fraction: float = 0.1, seed: int = 0, normalize: bool = False,
+             augment: bool = False) -> Dataset:
+    """CIFAR-100 (Krizhevsky 2009), its 100 fine labels, from ``train`` and ``test`` in ``path`` or its
+    ``cifar-100-python`` subfolder; otherwise as :func:`cifar10` (``normalize`` uses the same constants).
+
+    Args:
+        path: the folder holding the batches.
+        val_fraction: part of the 50000 training images carved off for validation.
+        seed: the seed of that split.
+        normalize: the published per-channel normalisation, as :func:`cifar10`.
+        augment: the published crop-and-flip augmentation on the training batches, as :func:`cifar10`.
+    """
+    return _cifar("cifar100", path, val_fraction, seed, normalize, augment)
+
+
