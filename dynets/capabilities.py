@@ -4,18 +4,19 @@ The engine and the rules ask ``isinstance(model, Capability)``, never for a clas
 gets a rule, a settle method or an evaluation by defining the methods below, and a rule names
 the capabilities it needs in ``Rule.needs`` (:meth:`dynets.rules.base.Rule.check_model` refuses a
 model that lacks one, naming it). Every member of a capability is a method or a class
-attribute, so :func:`provides` answers for a class as ``isinstance`` does for its instances.
+attribute, so :func:`~dynets.capability_check.provides` answers for a class as ``isinstance``
+does for its instances (that module also words what is missing).
 The table of capabilities, with the code that uses each: ``docs/extending.md``.
 
 A protocol check costs ~10 µs: the engine checks once per settle or per rule call, never per step.
 """
 from __future__ import annotations
 
-import inspect
-from typing import Any, Callable, Iterable, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 
+from .capability_check import describe, members, missing, provides, summary  # noqa: F401 - their home before
 from .phases import Block, Condition, State, VectorField
 
 
@@ -247,73 +248,3 @@ def code_layer(model: object) -> int:
         model: any model.
     """
     return model.code_layer if isinstance(model, Decoder) else -1
-
-
-def members(capability: type) -> list[str]:
-    """The names a capability declares (its methods, properties and attributes).
-
-    Args:
-        capability: one of this module's protocols.
-    """
-    names = [n for n in vars(capability) if not n.startswith("_")]
-    return names + [n for n in getattr(capability, "__annotations__", {}) if n not in names]
-
-
-def provides(cls: type, capability: type) -> bool:
-    """Whether instances of the class ``cls`` have ``capability`` (its members are class-level,
-    so the class answers as ``isinstance`` does for an instance).
-
-    Args:
-        cls: a model (or rule) class.
-        capability: one of this module's protocols.
-    """
-    return all(hasattr(cls, name) for name in members(capability))
-
-
-def describe(capability: type) -> str:
-    """``capability Energy: members energy(state, condition), ...``, for error messages.
-
-    Args:
-        capability: one of this module's protocols.
-    """
-    parts = []
-    for name in members(capability):
-        value = vars(capability).get(name)
-        if callable(value):
-            params = list(inspect.signature(value).parameters)[1:]
-            parts.append(f"{name}({', '.join(params)})")
-        else:
-            parts.append(name)
-    kind = "a method" if len(parts) == 1 else "members"
-    return f"capability {capability.__name__}: {kind} {', '.join(parts)}"
-
-
-def summary(capability: type) -> str:
-    """The first line of the capability's docstring, lower-cased ("an energy ...").
-
-    Args:
-        capability: one of this module's protocols.
-    """
-    line = inspect.getdoc(capability).splitlines()[0].rstrip(".")
-    return line[0].lower() + line[1:]
-
-
-def missing(model: object, needs: Iterable[type], owner: str, providers: Iterable[type] = ()) -> str | None:
-    """Why ``owner`` cannot use ``model``, ``None`` when it can: each missing capability
-    named, with what it declares and the classes that have it.
-
-    Args:
-        model: the model to check.
-        needs: the capabilities ``owner`` needs.
-        owner: who needs them, as the message names it (a rule's class name).
-        providers: classes to name as having a missing capability (read only on failure).
-    """
-    lacking = [c for c in needs if not isinstance(model, c)]
-    if not lacking:
-        return None
-    providers = list(providers)
-    parts = []
-    for cap in lacking:
-        have = [p.__name__ for p in providers if provides(p, cap)]
-        parts.append(f"{summary(cap)} ({describe(cap)}" + (f"; e.g. {', '.join(have)}" if have else "") + ")")
-    return f"{owner} needs a model with {' and '.join(parts)}; {type(model).__name__} has none"

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from dynets.app import run as app
 
-from dynets.app import plots
+from dynets.app import builder, plots
 from dynets.likelihood import Likelihood
 from dynets.models import PredictiveCoding
 from dynets.app.options import ConfigError, resolved
@@ -45,7 +45,7 @@ def composed(*overrides: str) -> dict:
     ("data=npz", "no value for data.path: set it on the command line, e.g. data.path=<value>"),
 ])
 def test_a_bad_value_is_named_before_anything_is_built(override, message, monkeypatch):
-    monkeypatch.setattr(app, "instantiate", lambda node: pytest.fail("built before the config was checked"))
+    monkeypatch.setattr(builder, "instantiate", lambda node: pytest.fail("built before the config was checked"))
     with pytest.raises(ConfigError, match=re.escape(message)):
         app.build(composed(override))
 
