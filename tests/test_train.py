@@ -187,9 +187,17 @@ class Inert(Rule):
         return Update({name: torch.zeros_like(p) for name, p in model.named_parameters()})
 
 
+class Stopped(Rule):
+    """A rule that trains nothing any more, as HebbianSleep once its stop rule fired: an empty update."""
+
+    def update(self, model, x, y=None):
+        return Update({}, {"stopped": 1.0})
+
+
 @pytest.mark.parametrize("rule,lr,dead", [
     (EquilibriumPropagation(0.5, settle=FAST, allow_unconverged=True), 50.0, "% of the hidden units sit at a bound of their activation"),
     (Inert(FAST), 3e-3, "the rule's update is exactly zero"),
+    (Stopped(FAST), 3e-3, None),   # a rule that stopped is not a dead network
     (EquilibriumPropagation(0.5, settle=FAST, allow_unconverged=True), 3e-3, None),
 ])
 def test_a_dead_network_is_reported(digits, caplog, rule, lr, dead):

@@ -106,7 +106,8 @@ def train_step(model: DynamicalModel, rule: Rule, optimizer: torch.optim.Optimiz
     settle tolerance (each shard stops settling when its own samples have settled).
 
     Returns this process's metrics (the rule's, means over its shard, and ``update_norm``, the
-    :func:`update_norm` of the step's update; empty for an empty shard) and its shard size.
+    :func:`update_norm` of the step's update, absent when it trains no parameter; empty for an
+    empty shard) and its shard size.
     """
     xs, ys = shard(x, x if y is None else y)
     n = len(xs)
@@ -116,7 +117,9 @@ def train_step(model: DynamicalModel, rule: Rule, optimizer: torch.optim.Optimiz
     write_grads(model, update.grads)
     average_grads(model, n / len(x))
     metrics = dict(update.metrics)
-    if n:   # the update, the same on every process now
+    # The update, the same on every process now. One that trains nothing (a rule that stopped,
+    # e.g. HebbianSleep) has no size: 0 would read as a dead network.
+    if n and any(p.grad is not None for p in model.parameters()):
         metrics["update_norm"] = update_norm(model)
     optimizer.step()
     return metrics, n
