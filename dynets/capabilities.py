@@ -94,7 +94,7 @@ class PredictionErrors(Protocol):
     ``errors(state, condition)`` returns the errors ε_l, bottom first; ``param_grads(state,
     condition)`` ``{name: ∂E/∂θ}`` at a state in closed form; ``reconstruction(state, condition)``
     ``(batch,)`` the error of the data's prediction (generative arrangement). The rule also reads
-    the attributes ``arrangement`` and ``generative``. Used by
+    the attributes ``arrangement`` and ``is_generative``. Used by
     :class:`~dynets.rules.PredictiveCodingRule`.
     """
 
@@ -226,6 +226,18 @@ class Reconstructs(Protocol):
     """
 
     def reconstruct(self, state: State, condition: Condition) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Saturating(Protocol):
+    """Units whose activation saturates at a lower and an upper bound.
+
+    ``unit_bounds()`` returns (ρ(−∞), ρ(+∞)): where a unit sits that no small change of its
+    input moves (0 and 1 for the hard sigmoid). Used by :func:`dynets.app.health.pinned_fraction`
+    (``val_pinned`` and the dead-network warning of :func:`dynets.app.fit.fit`).
+    """
+
+    def unit_bounds(self) -> tuple[float, float]: ...
 
 
 @runtime_checkable

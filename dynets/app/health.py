@@ -7,6 +7,7 @@ are told to the user with the options to change.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import warnings
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
+from ..capabilities import Saturating
 from ..data import Dataset
 from ..models.base import DynamicalModel
 from ..phases import State, UnconvergedError
@@ -73,12 +75,11 @@ def pinned_fraction(model: DynamicalModel, state: State, tol: float = 0.0) -> fl
     Such a unit is saturated: no small change of its input moves it, and a network with nearly
     all of them pinned has stopped learning. With ``tol`` the settle's ``atol``, a unit that a
     settle stopped short of its bound counts as there. ``None`` for a model with no hidden
-    layer or no activation ``model.act.rho``."""
-    rho = getattr(getattr(model, "act", None), "rho", None)   # the layered models' ρ (LayeredHopfield)
-    if rho is None or len(state) < 2:
+    layer or without the capability :class:`~dynets.capabilities.Saturating`."""
+    if not isinstance(model, Saturating) or len(state) < 2:
         return None
     hidden = torch.cat([s.flatten() for s in state[:-1]])
-    low, high = rho(torch.tensor([-math.inf, math.inf], dtype=hidden.dtype, device=hidden.device))
+    low, high = model.unit_bounds()
     return (((hidden - low).abs() <= tol) | ((hidden - high).abs() <= tol)).double().mean().item()
 
 
@@ -121,14 +122,20 @@ def warn_epoch(epoch: int, metrics: dict[str, float], rule: Rule, model: torch.n
     elif history.chance_epochs == AT_CHANCE_EPOCHS:
         accuracy = metrics.get("train_accuracy", metrics.get("val_accuracy"))
         options = ["another learning rate (optimizer.lr, or trainer.layer_lrs per layer)"]
-        if hasattr(rule, "beta"):
+        if takes(rule, "beta"):
             options.append(f"another nudge (rule.beta, now {rule.beta:g})")
         options.append("another activation (model.activation)")
-        if hasattr(model, "init_gain"):
+        if takes(model, "init_gain"):
             options.append(f"larger initial weights (model.init_gain, now {model.init_gain:g}; 4 for the sigmoid)")
         warnings.warn(f"epoch {epoch}: the accuracy has stayed at chance for {AT_CHANCE_EPOCHS} epochs "
                       f"({percent(accuracy)}; guessing the commonest class: {percent(guess)}): the network is "
                       f"not learning. Try {', '.join(options)}.", TrainingWarning, stacklevel=3)
+
+
+def takes(owner: object, name: str) -> bool:
+    """Whether ``owner``'s class takes the argument ``name``, i.e. has the config option
+    ``<group>.<name>`` (configs mirror constructors), which it keeps as the attribute ``name``."""
+    return name in inspect.signature(type(owner)).parameters
 
 
 def report(epoch: int, metrics: dict[str, float], loggers: Sequence[Logger], diverged: bool = False) -> None:

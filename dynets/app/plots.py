@@ -213,7 +213,7 @@ def first_layer_fields(model: DynamicalModel) -> tuple[torch.Tensor, str]:
     first hidden layer (μ_0 = W_0 f(v_1) + b_0, ``W_0`` of shape ``(pixels, units)``): its
     columns, the image each unit draws (its projective field)."""
     weight = model.layers[0].weight
-    if isinstance(model, PredictiveCoding) and model.generative:
+    if isinstance(model, PredictiveCoding) and model.is_generative:
         return weight.T, "Generative fields (the pixels each first-layer unit predicts)"
     return weight, "First-layer receptive fields"
 

@@ -6,6 +6,8 @@ from abc import abstractmethod
 from dataclasses import dataclass, replace
 from typing import Callable
 
+import math
+
 import torch
 from torch import nn
 
@@ -15,7 +17,7 @@ from .base import DynamicalModel, EnergyModel
 
 
 @dataclass(frozen=True)
-class Activation:
+class EnergyActivation:
     """ρ and G with G' = ρ⁻¹, so that s = ρ(u) is the stationary point of G(s) − u·s;
     ``rho_`` is ρ in place (a settle step applies ρ to fresh drives: one allocation less);
     ``prox(c, k)`` is argmin_s G(s) + ½k·s² − c·s, the nudged top layer's exact update."""
@@ -57,11 +59,11 @@ def _newton_prox(rho: Callable, drho: Callable, slope: float) -> Callable:
 
 ACTIVATIONS = {
     # G = ½s² on the box [0, 1]: the fixed point clip(u) is the box-constrained minimum.
-    "hard_sigmoid": Activation(lambda u: u.clamp(0.0, 1.0), lambda s: 0.5 * s * s, lambda u: u.clamp_(0.0, 1.0),
+    "hard_sigmoid": EnergyActivation(lambda u: u.clamp(0.0, 1.0), lambda s: 0.5 * s * s, lambda u: u.clamp_(0.0, 1.0),
                                _box_prox),
-    "sigmoid": Activation(torch.sigmoid, _entropy, torch.sigmoid_,
+    "sigmoid": EnergyActivation(torch.sigmoid, _entropy, torch.sigmoid_,
                           _newton_prox(torch.sigmoid, lambda r: r * (1 - r), 0.25)),
-    "tanh": Activation(torch.tanh, lambda s: 0.5 * (torch.xlogy(1 + s, 1 + s) + torch.xlogy(1 - s, 1 - s)),
+    "tanh": EnergyActivation(torch.tanh, lambda s: 0.5 * (torch.xlogy(1 + s, 1 + s) + torch.xlogy(1 - s, 1 - s)),
                        torch.tanh_, _newton_prox(torch.tanh, lambda r: 1 - r * r, 1.0)),
 }
 
@@ -74,11 +76,11 @@ class Layered(DynamicalModel):
     whose top-down matrices D_l a leaf gives by :meth:`top_down` (:class:`LayeredHopfield`:
     D_l = W_lᵀ, symmetric; ``Asymmetric``: a feedback pathway of its own). The flow, the
     Gauss–Seidel blocks and the shared input drive are this class's; a leaf sets ``sizes``,
-    ``layers`` (``nn.Linear`` W_l, b_{l+1}) and ``act`` (an :class:`Activation`).
+    ``layers`` (``nn.Linear`` W_l, b_{l+1}) and ``act`` (an :class:`EnergyActivation`).
     """
 
     sizes: list[int]
-    act: Activation
+    act: EnergyActivation
 
     @abstractmethod
     def top_down(self) -> list[torch.Tensor]:
@@ -87,6 +89,12 @@ class Layered(DynamicalModel):
     def init_state(self, condition: Condition) -> State:
         x = condition.x
         return tuple(x.new_zeros(x.shape[0], n) for n in self.sizes[1:])
+
+    def unit_bounds(self) -> tuple[float, float]:
+        """(ρ(−∞), ρ(+∞)), the bounds of every unit (capability
+        :class:`~dynets.capabilities.Saturating`)."""
+        low, high = self.act.rho(torch.tensor([-math.inf, math.inf], dtype=torch.float64)).tolist()
+        return low, high
 
     def prepare(self, condition: Condition) -> Condition:
         """``condition`` with the input drive W₀x (the one large matmul of a step, and
