@@ -119,8 +119,9 @@ class SeparateFeedback(Protocol):
     """Feedback weights B of its own, not the transpose of the forward W.
 
     ``feedback_weights()`` returns [B_1, ...]; ``feedback_angles()`` the angle of each B_l
-    to W_lᵀ in degrees; ``set_feedback(weights)`` sets B; ``learns_feedback`` (a property) says
-    whether B is a trained parameter; ``hebbian_difference(a, b, x, scale)`` and
+    to W_lᵀ in degrees; ``set_feedback(weights)`` sets B; ``own_feedback`` (a property) says
+    whether B is weights of its own rather than Wᵀ (a tied model has this capability with B = Wᵀ),
+    ``learns_feedback`` (a property) whether B is a trained parameter; ``hebbian_difference(a, b, x, scale)`` and
     ``delta_rule(a, b, pre, x, scale)`` give ``{name: gradient}`` from two phases. Used by
     :class:`~dynets.rules.VectorFieldEP`, :class:`~dynets.rules.FeedbackAlignment`,
     :class:`~dynets.rules.KolenPollack`, :class:`~dynets.rules.WeightMirror`,
@@ -129,6 +130,8 @@ class SeparateFeedback(Protocol):
 
     @property
     def learns_feedback(self) -> bool: ...
+    @property
+    def own_feedback(self) -> bool: ...
     def feedback_weights(self) -> list[torch.Tensor]: ...
     def feedback_angles(self) -> list[float]: ...
     def set_feedback(self, weights: list[torch.Tensor]) -> None: ...
@@ -148,6 +151,19 @@ class Dreams(Protocol):
     """
 
     def prior_state(self, condition: Condition) -> State: ...
+
+
+@runtime_checkable
+class MeanPrior(Protocol):
+    """A learned mean over its top layer to dream around, where it has one.
+
+    ``prior_mean()`` returns the mean μ_L ``(top,)`` of the top layer's Gaussian prior, or
+    ``None`` for an instance without one (predictive coding in its discriminative arrangement).
+    Used by :class:`~dynets.rules.SleepInterleaved` (``start="prior"``) and the dreams of the
+    self-supervised study.
+    """
+
+    def prior_mean(self) -> torch.Tensor | None: ...
 
 
 @runtime_checkable

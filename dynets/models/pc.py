@@ -175,6 +175,11 @@ class PredictiveCoding(EnergyModel):
         """``(batch,)`` E = Σ ½‖ε_l‖² (the noise term is added by ``total_energy``)."""
         return sum(0.5 * eps.pow(2).sum(1) for eps in self.errors(state, condition))
 
+    def prior_mean(self) -> torch.Tensor | None:
+        """μ_L ``(top,)``, the top layer's learned prior (the generative arrangement), else ``None``
+        (capability :class:`~dynets.capabilities.MeanPrior`)."""
+        return self.prior if self.is_generative else None
+
     def init_state(self, condition: Condition) -> State:
         """Discriminative: the feedforward pass (the free equilibrium). Generative: the
         prior's top-down pass v_L = prior, v_l = μ_l (the free equilibrium with no data)."""
