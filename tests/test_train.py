@@ -133,7 +133,7 @@ def test_the_best_epoch_follows_validation_when_test_disagrees(digits):
     small = dynets.data.from_arrays(digits.train.x[:300], digits.train.y[:300], val_fraction=0.2)
     shifted = dataclasses.replace(small, test=Split(small.val.x, (small.val.y + 1) % 10))
     test_accuracy = lambda model: {"test_accuracy": free_phase_metrics(model, shifted.test, FAST)["accuracy"]}
-    summary, epochs = small_run(shifted, seed=3, lr=0.01, probes=[test_accuracy])
+    summary, epochs = small_run(shifted, seed=3, lr=0.01, measures=[test_accuracy])
     val, test = [e["val_accuracy"] for e in epochs], [e["test_accuracy"] for e in epochs]
     assert first_best(val) not in (first_best(test), len(epochs))   # a run where the choice matters
     assert summary["best_epoch"] == first_best(val) and summary["val_accuracy"] == max(val)

@@ -151,7 +151,7 @@ def fit(model: DynamicalModel, rule: Rule, data: Dataset, optimizer: torch.optim
         loggers: Sequence[Logger] = (), run_dir: str | os.PathLike | None = None,
         resume_from: str | os.PathLike | Mapping[str, Any] | None = None,
         config: Mapping[str, Any] | None = None,
-        probes: Sequence[Callable[[DynamicalModel], dict[str, float]]] = (),
+        measures: Sequence[Callable[[DynamicalModel], dict[str, float]]] = (),
         scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> dict[str, Any]:
     """Train ``model`` with ``rule`` for ``epochs`` epochs; select the epoch with the best
     validation metric ``select`` (never test); load its weights into ``model``; return the summary.
@@ -183,8 +183,8 @@ def fit(model: DynamicalModel, rule: Rule, data: Dataset, optimizer: torch.optim
             the run ends exactly as one never interrupted (on CPU). Loggers get only the epochs
             after it (see :func:`dynets.app.checkpoint.truncate_metrics`).
         config: plain data saved in every checkpoint (e.g. the composed config), for checks on resume.
-        probes: functions of the model called after each epoch's training, whose metrics
-            join the epoch's (e.g. alignment with the true gradient on a probe batch).
+        measures: functions of the model called after each epoch's training, whose metrics
+            join the epoch's (e.g. alignment with the true gradient on a fixed batch).
         scheduler: a learning-rate schedule of ``optimizer``, stepped after every epoch (its
             state is checkpointed); the epoch's first group's rate is logged as ``lr``.
 
@@ -222,7 +222,7 @@ def fit(model: DynamicalModel, rule: Rule, data: Dataset, optimizer: torch.optim
     start, base_time = time.perf_counter(), history.wall_time_s
     with nullcontext() if _quiet() else logging_redirect_tqdm():
         for epoch in _bar(range(history.epoch + 1, epochs + 1), initial=history.epoch, total=epochs, desc="epochs"):
-            metrics, first_loss = _epoch(model, rule, optimizer, data, batch_size, generator, evaluate, probes)
+            metrics, first_loss = _epoch(model, rule, optimizer, data, batch_size, generator, evaluate, measures)
             if history.first_loss is None:
                 history.first_loss = first_loss
             if scheduler is not None:
@@ -246,13 +246,13 @@ def fit(model: DynamicalModel, rule: Rule, data: Dataset, optimizer: torch.optim
 
 
 def _epoch(model, rule, optimizer, data: Dataset, batch_size: int, generator: torch.Generator,
-           evaluate: Evaluation, probes: Sequence[Callable]) -> tuple[dict[str, float], float | None]:
-    """Train one epoch; its metrics with the probes', the validation metrics and the epoch's
+           evaluate: Evaluation, measures: Sequence[Callable]) -> tuple[dict[str, float], float | None]:
+    """Train one epoch; its metrics with the measures', the validation metrics and the epoch's
     time, and the loss of its first batch."""
     t0 = time.perf_counter()
     metrics, first_loss = _train_epoch(model, rule, optimizer, data.train, batch_size, generator, data.labelled)
-    for probe in probes:
-        metrics.update(probe(model))
+    for measure in measures:
+        metrics.update(measure(model))
     alone = model_metrics(evaluate)
     metrics.update({name if name in alone else f"val_{name}": value for name, value in evaluate(model, data.val).items()})
     metrics.update(epoch_time_s=time.perf_counter() - t0)

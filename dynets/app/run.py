@@ -35,7 +35,7 @@ from .options import ConfigError
 from .resume import check_config, differences, resume_from  # noqa: F401
 
 log = logging.getLogger("dynets")
-PROBE = 64   # validation samples of the alignment probe and the settling plot
+VAL_ROWS = 64   # validation samples of the alignment measure and the settling plot
 # The mistakes of a user, which scripts/train.py reports as one message (anything else is a bug
 # and keeps its traceback): a config that does not fit (ConfigError, raised here for what the
 # library's checks refuse while a group is built, for data too) and a checkpoint that does not
@@ -58,16 +58,16 @@ def train(config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
         loggers.append(JsonLinesLogger(run_dir / "metrics.jsonl"))
     for logger in loggers:
         logger.start(dict(config), run_dir)
-    x_probe, y_probe = data.val.x[:PROBE], data.val.y[:PROBE]
-    # The exact gradient the probe compares with is that of a labelled loss: none for a generative
+    x_val, y_val = data.val.x[:VAL_ROWS], data.val.y[:VAL_ROWS]
+    # The exact gradient the measure compares with is that of a labelled loss: none for a generative
     # model, and none without labels.
-    probes = [alignment_probe(rule, x_probe, y_probe)] if trainer["alignment"] and model.supervised and supervised else []
+    measures = [alignment_measure(rule, x_val, y_val)] if trainer["alignment"] and model.supervised and supervised else []
     summary = fit(model, rule, data, optimizer, epochs=trainer["epochs"], batch_size=trainer["batch_size"],
                   seed=config["seed"], evaluate=evaluate, select=select, goal=goal,
-                  loggers=loggers, run_dir=run_dir, resume_from=state, config=dict(config), probes=probes,
+                  loggers=loggers, run_dir=run_dir, resume_from=state, config=dict(config), measures=measures,
                   scheduler=build_scheduler(config, optimizer))
     if distributed.is_main():
-        write_plots(run_dir, model, Split(x_probe, y_probe), rule.settle, config["seed"])
+        write_plots(run_dir, model, Split(x_val, y_val), rule.settle, config["seed"])
     for logger in loggers:   # after the plots: the wandb logger uploads the PNGs it finds
         logger.finish(summary)
     return summary
@@ -105,23 +105,23 @@ def resume_hint(run_dir: Path, overrides: list[str], command: str) -> str:
     return f"To continue from the last complete epoch: {shlex.join([*shlex.split(command), *kept, f'resume={run_dir}'])}"
 
 
-def alignment_probe(rule, x: torch.Tensor, y: torch.Tensor):
+def alignment_measure(rule, x: torch.Tensor, y: torch.Tensor):
     """Per-epoch cosine of the rule's update with the exact equilibrium gradient on a fixed
     validation batch, as ``align_cos/<parameter>`` metrics (the key plots read)."""
     reference = ImplicitDifferentiation(rule.settle, cost=rule.cost)   # the gradient of the loss the rule trains
     return lambda model: plots.alignment_metrics(diagnostics.alignment(model, rule, reference, x, y))
 
 
-def write_plots(run_dir: Path, model, probe: Split, settle_options, seed: int = 0) -> None:
+def write_plots(run_dir: Path, model, shown: Split, settle_options, seed: int = 0) -> None:
     """The run's PNGs: a model that dreams from noise or a prior (and has no label layer), its
-    dreams and learning curves; any other, the settling of the ``probe`` inputs, learning
+    dreams and learning curves; any other, the settling of the ``shown`` inputs, learning
     curves, alignment and receptive fields. A failed plot is a warning, never the loss of a
     finished run."""
     try:
         if not model.supervised and isinstance(model, GibbsBlocked):
-            paths = plots.plot_generative_run(run_dir, dreams(model, PROBE, seed))
+            paths = plots.plot_generative_run(run_dir, dreams(model, VAL_ROWS, seed))
         else:
-            condition = model.prepare(Condition(probe.x, model.target(probe.y)))
+            condition = model.prepare(Condition(shown.x, model.target(shown.y)))
             paths = plots.plot_run(run_dir, model, condition, settle_options)
         log.info("plots: %s", ", ".join(p.name for p in paths.values()))
     except Exception as err:  # noqa: BLE001 - any plotting failure must not sink the run
