@@ -2,38 +2,17 @@
 nodes that settle by descending the sum of their squared prediction errors."""
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Callable
 
 import torch
 from torch import nn
 
 from ..phases import Block, Condition, State, VectorField, by_layer
+from .activations import PC_ACTIVATIONS
 from .base import EnergyModel
 
 
-@dataclass(frozen=True)
-class PredictionActivation:
-    """f, its derivative ``df(s, f(s))`` (given f(s) too, so tanh and sigmoid reuse it), and
-    ``slope`` = sup |f'| (it bounds a layer's curvature for Gauss–Seidel steps)."""
-
-    f: Callable[[torch.Tensor], torch.Tensor]
-    df: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    slope: float
-
-
-PC_ACTIVATIONS = {
-    "tanh": PredictionActivation(torch.tanh, lambda s, fs: 1 - fs * fs, 1.0),
-    "sigmoid": PredictionActivation(torch.sigmoid, lambda s, fs: fs * (1 - fs), 0.25),
-    "relu": PredictionActivation(torch.relu, lambda s, fs: (s > 0).to(s.dtype), 1.0),
-    # GELU, f(s) = s·Φ(s): relu-like but smooth, so the gradient flow does not chatter at a kink.
-    # f' = Φ(s) + s·φ(s) peaks at s = √2: Φ(√2) + √2·φ(√2) = 1.1289.
-    "gelu": PredictionActivation(torch.nn.functional.gelu,
-                       lambda s, fs: 0.5 * (1 + torch.erf(s * 0.5 ** 0.5)) + s * torch.exp(-0.5 * s * s) * (2 * math.pi) ** -0.5,
-                       1.129),
-    "linear": PredictionActivation(lambda s: s, lambda s, fs: torch.ones_like(s), 1.0),
-}
 ARRANGEMENTS = ("discriminative", "generative")
 
 
