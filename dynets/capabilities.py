@@ -4,18 +4,19 @@ The engine and the rules ask ``isinstance(model, Capability)``, never for a clas
 gets a rule, a settle method or an evaluation by defining the methods below, and a rule names
 the capabilities it needs in ``Rule.needs`` (:meth:`dynets.rules.base.Rule.check_model` refuses a
 model that lacks one, naming it). Every member of a capability is a method or a class
-attribute, so :func:`provides` answers for a class as ``isinstance`` does for its instances.
+attribute, so :func:`~dynets.capability_check.provides` answers for a class as ``isinstance``
+does for its instances (that module also words what is missing).
 The table of capabilities, with the code that uses each: ``docs/extending.md``.
 
 A protocol check costs ~10 µs: the engine checks once per settle or per rule call, never per step.
 """
 from __future__ import annotations
 
-import inspect
-from typing import Any, Callable, Iterable, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 
+from .capability_check import describe, members, missing, provides, summary  # noqa: F401 - their home before
 from .phases import Block, Condition, State, VectorField
 
 
@@ -93,7 +94,7 @@ class PredictionErrors(Protocol):
     ``errors(state, condition)`` returns the errors ε_l, bottom first; ``param_grads(state,
     condition)`` ``{name: ∂E/∂θ}`` at a state in closed form; ``reconstruction(state, condition)``
     ``(batch,)`` the error of the data's prediction (generative arrangement). The rule also reads
-    the attributes ``arrangement`` and ``generative``. Used by
+    the attributes ``arrangement`` and ``is_generative``. Used by
     :class:`~dynets.rules.PredictiveCodingRule`.
     """
 
@@ -118,8 +119,9 @@ class SeparateFeedback(Protocol):
     """Feedback weights B of its own, not the transpose of the forward W.
 
     ``feedback_weights()`` returns [B_1, ...]; ``feedback_angles()`` the angle of each B_l
-    to W_lᵀ in degrees; ``set_feedback(weights)`` sets B; ``learns_feedback`` (a property) says
-    whether B is a trained parameter; ``hebbian_difference(a, b, x, scale)`` and
+    to W_lᵀ in degrees; ``set_feedback(weights)`` sets B; ``own_feedback`` (a property) says
+    whether B is weights of its own rather than Wᵀ (a tied model has this capability with B = Wᵀ),
+    ``learns_feedback`` (a property) whether B is a trained parameter; ``hebbian_difference(a, b, x, scale)`` and
     ``delta_rule(a, b, pre, x, scale)`` give ``{name: gradient}`` from two phases. Used by
     :class:`~dynets.rules.VectorFieldEP`, :class:`~dynets.rules.FeedbackAlignment`,
     :class:`~dynets.rules.KolenPollack`, :class:`~dynets.rules.WeightMirror`,
@@ -128,6 +130,8 @@ class SeparateFeedback(Protocol):
 
     @property
     def learns_feedback(self) -> bool: ...
+    @property
+    def own_feedback(self) -> bool: ...
     def feedback_weights(self) -> list[torch.Tensor]: ...
     def feedback_angles(self) -> list[float]: ...
     def set_feedback(self, weights: list[torch.Tensor]) -> None: ...
@@ -147,6 +151,19 @@ class Dreams(Protocol):
     """
 
     def prior_state(self, condition: Condition) -> State: ...
+
+
+@runtime_checkable
+class MeanPrior(Protocol):
+    """A learned mean over its top layer to dream around, where it has one.
+
+    ``prior_mean()`` returns the mean μ_L ``(top,)`` of the top layer's Gaussian prior, or
+    ``None`` for an instance without one (predictive coding in its discriminative arrangement).
+    Used by :class:`~dynets.rules.SleepInterleaved` (``start="prior"``) and the dreams of the
+    self-supervised study.
+    """
+
+    def prior_mean(self) -> torch.Tensor | None: ...
 
 
 @runtime_checkable
@@ -228,6 +245,18 @@ class Reconstructs(Protocol):
 
 
 @runtime_checkable
+class Saturating(Protocol):
+    """Units whose activation saturates at a lower and an upper bound.
+
+    ``unit_bounds()`` returns (ρ(−∞), ρ(+∞)): where a unit sits that no small change of its
+    input moves (0 and 1 for the hard sigmoid). Used by :func:`dynets.app.health.pinned_fraction`
+    (``val_pinned`` and the dead-network warning of :func:`dynets.app.fit.fit`).
+    """
+
+    def unit_bounds(self) -> tuple[float, float]: ...
+
+
+@runtime_checkable
 class Stateful(Protocol):
     """State carried between steps (a rule's chains, stop rule, sleep credit).
 
@@ -247,73 +276,3 @@ def code_layer(model: object) -> int:
         model: any model.
     """
     return model.code_layer if isinstance(model, Decoder) else -1
-
-
-def members(capability: type) -> list[str]:
-    """The names a capability declares (its methods, properties and attributes).
-
-    Args:
-        capability: one of this module's protocols.
-    """
-    names = [n for n in vars(capability) if not n.startswith("_")]
-    return names + [n for n in getattr(capability, "__annotations__", {}) if n not in names]
-
-
-def provides(cls: type, capability: type) -> bool:
-    """Whether instances of the class ``cls`` have ``capability`` (its members are class-level,
-    so the class answers as ``isinstance`` does for an instance).
-
-    Args:
-        cls: a model (or rule) class.
-        capability: one of this module's protocols.
-    """
-    return all(hasattr(cls, name) for name in members(capability))
-
-
-def describe(capability: type) -> str:
-    """``capability Energy: members energy(state, condition), ...``, for error messages.
-
-    Args:
-        capability: one of this module's protocols.
-    """
-    parts = []
-    for name in members(capability):
-        value = vars(capability).get(name)
-        if callable(value):
-            params = list(inspect.signature(value).parameters)[1:]
-            parts.append(f"{name}({', '.join(params)})")
-        else:
-            parts.append(name)
-    kind = "a method" if len(parts) == 1 else "members"
-    return f"capability {capability.__name__}: {kind} {', '.join(parts)}"
-
-
-def summary(capability: type) -> str:
-    """The first line of the capability's docstring, lower-cased ("an energy ...").
-
-    Args:
-        capability: one of this module's protocols.
-    """
-    line = inspect.getdoc(capability).splitlines()[0].rstrip(".")
-    return line[0].lower() + line[1:]
-
-
-def missing(model: object, needs: Iterable[type], owner: str, providers: Iterable[type] = ()) -> str | None:
-    """Why ``owner`` cannot use ``model``, ``None`` when it can: each missing capability
-    named, with what it declares and the classes that have it.
-
-    Args:
-        model: the model to check.
-        needs: the capabilities ``owner`` needs.
-        owner: who needs them, as the message names it (a rule's class name).
-        providers: classes to name as having a missing capability (read only on failure).
-    """
-    lacking = [c for c in needs if not isinstance(model, c)]
-    if not lacking:
-        return None
-    providers = list(providers)
-    parts = []
-    for cap in lacking:
-        have = [p.__name__ for p in providers if provides(p, cap)]
-        parts.append(f"{summary(cap)} ({describe(cap)}" + (f"; e.g. {', '.join(have)}" if have else "") + ")")
-    return f"{owner} needs a model with {' and '.join(parts)}; {type(model).__name__} has none"

@@ -20,7 +20,7 @@ class ReferenceEP:
 
         Φ_β(s) = Σ_l s_{l+1}·(W_l s_l + b_l) − β·½‖s_L − y‖²    (s_0 = x, summed over the batch),
         s ← s + Δt·(−s + ρ(∂Φ_β/∂s)),
-        p.grad = −[∂Φ_β/∂θ(s^β) − ∂Φ_{−β}/∂θ(s^{−β})] / (2β·batch).
+        ∇θ = −[∂Φ_β/∂θ(s^β) − ∂Φ_{−β}/∂θ(s^{−β})] / (2β·batch).
 
     The free phase takes ``free_steps`` steps from s = 0, each nudged phase ``nudged_steps``
     from the free state. :meth:`rule` is dynets' rule with the same β, Δt and step budget;
@@ -51,14 +51,17 @@ class ReferenceEP:
     def nudged_phase(self, x: torch.Tensor, y: torch.Tensor, free: list, beta: float) -> list:
         return self.settle(x, y, free, beta, self.nudged_steps)
 
-    def grads(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Write ``p.grad`` of every layer (``y`` the one-hot target)."""
+    def grads(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The gradient of every layer's parameters, named as the model's (:func:`_named`).
+
+        Args:
+            x: the input ``(batch, in)``.
+            y: the one-hot target ``(batch, out)``.
+        """
         free = self.free_phase(x, y)
         plus, minus = (self.nudged_phase(x, y, free, b) for b in (self.beta, -self.beta))
-        for p in self.layers.parameters():
-            p.grad = None
         delta = (self.phi(x, plus, y, self.beta) - self.phi(x, minus, y, -self.beta)) / (2 * self.beta)
-        (-delta / x.shape[0]).backward()
+        return _named(self.layers, -delta / x.shape[0])
 
     def rule(self, method: str = "fast_euler", compile: str = "off") -> EquilibriumPropagation:
         """Centered EP with the same β, Δt and steps (a fixed budget, so its phases end short
@@ -90,7 +93,7 @@ class ReferencePC:
     prediction (W_1 x included), and the update is ∂F/∂θ by autograd at the end,
 
         F = Σ_l ½‖s_l − (W_l tanh(s_{l−1}) + b_l)‖² + β·½‖s_L − y‖²   (tanh(s_0) read as x),
-        s ← s − Δt·∂F/∂s   (``steps`` times),      p.grad = ∂F/∂θ / (β·batch).
+        s ← s − Δt·∂F/∂s   (``steps`` times),      ∇θ = ∂F/∂θ / (β·batch).
 
     :meth:`rule` is dynets' rule with the same β, Δt and step budget; :meth:`stopped_rule`
     stops at the residual the reference leaves (:meth:`residuals`).
@@ -115,12 +118,15 @@ class ReferencePC:
             states = [s - self.step_size * g for s, g in zip(states, grads)]
         return tuple(s.detach() for s in states)
 
-    def grads(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Write ``p.grad`` of every layer (``y`` the one-hot target)."""
+    def grads(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The gradient of every layer's parameters, named as the model's (:func:`_named`).
+
+        Args:
+            x: the input ``(batch, in)``.
+            y: the one-hot target ``(batch, out)``.
+        """
         states = self.settle(x, y)
-        for p in self.layers.parameters():
-            p.grad = None
-        (self.energy(x, states, y) / (self.beta * x.shape[0])).backward()
+        return _named(self.layers, self.energy(x, states, y) / (self.beta * x.shape[0]))
 
     def rule(self, method: str = "fast_euler", compile: str = "off") -> PredictiveCodingRule:
         """PC, nudged, with the same β, Δt and steps (the free phase starts at its
@@ -148,25 +154,41 @@ def _budget(method: str, step_size: float, steps: int, compile: str) -> SettleOp
                          check_every=steps, compile=compile)
 
 
+def _named(layers: nn.ModuleList, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+    """∂loss/∂θ for every parameter of ``layers``, by autograd, keyed as the layered models name
+    them (``layers.<i>.weight``): an :class:`~dynets.rules.Update`'s ``grads``; no ``p.grad`` is written."""
+    names, params = zip(*layers.named_parameters())
+    return {f"layers.{name}": g for name, g in zip(names, torch.autograd.grad(loss, params))}
+
+
 def _worst_residual(model: nn.Module, state, condition: Condition) -> float:
     return residual_norm(model.vector_field(None, tuple(state), condition)).max().item()
 
 
 def grad_mismatch(model: nn.Module, reference: ReferenceEP | ReferencePC, rule, x: torch.Tensor,
                   labels: torch.Tensor) -> dict[str, float]:
-    """Per parameter, max |dynets' gradient − the reference's p.grad| / max |the reference's|,
-    from the current weights (the reference's layers a copy of the model's)."""
-    reference.grads(x, model.target(labels))
-    want = [p.grad.clone() for p in reference.layers.parameters()]
+    """Per parameter, max |dynets' gradient − the reference's| / max |the reference's|, from the
+    current weights (the reference's layers a copy of the model's).
+
+    Args:
+        model: the dynets model (a :class:`~dynets.models.LayeredHopfield` or
+            :class:`~dynets.models.PredictiveCoding`).
+        reference: its textbook counterpart, on a copy of ``model.layers``.
+        rule: the dynets rule to compare.
+        x: the input ``(batch, in)``.
+        labels: the class labels ``(batch,)``.
+    """
+    want = reference.grads(x, model.target(labels))
     ours = rule.update(model, x, labels).grads
-    return {name: ((ours[name] - w).abs().max() / w.abs().max()).item()
-            for (name, _), w in zip(model.named_parameters(), want, strict=True)}
+    if set(ours) != set(want):
+        raise AssertionError(f"dynets updates {sorted(ours)}, the reference {sorted(want)}")
+    return {name: ((ours[name] - w).abs().max() / w.abs().max()).item() for name, w in want.items()}
 
 
 def check_same_grads(model: nn.Module, reference: ReferenceEP | ReferencePC, x: torch.Tensor, labels: torch.Tensor,
                      tol: float, methods: tuple[str, ...] = ("fast_euler", "euler")) -> None:
     """Raise unless dynets' rule (through each of ``methods``) gives the gradients the
-    reference writes to ``p.grad``, within ``tol`` (relative to the largest entry)."""
+    reference computes, within ``tol`` (relative to the largest entry)."""
     for method in methods:
         for name, err in grad_mismatch(model, reference, reference.rule(method), x, labels).items():
             if not err <= tol:

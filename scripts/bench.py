@@ -4,7 +4,7 @@
 
 ep (centered, β 0.5, hard sigmoid; 30 Euler steps of Δt 0.5 from rest, ±β phases of 10) and pc (nudged, β 0.1,
 tanh, linear read-out; 20 steps from the feedforward pass): ``dynets`` at the steps of ``autograd_reference``
-(dynets.testing; checked first to write the same p.grad), ``dynets_torchdiffeq``, and stopped at the residual
+(dynets.testing; checked first to give the same gradients), ``dynets_torchdiffeq``, and stopped at the residual
 the reference leaves: ``dynets_adaptive`` (ep; Δt 0.5, ``_dt1``: 1), ``dynets_gauss_seidel`` (Δt 1); on GPU
 ``*_compiled``. The other families (CHL, implicit differentiation, node perturbation with 16 antithetic probes,
 wake-sleep on a Helmholtz machine, x > 0.5, FA, DTP) on compare.yaml's nets (sigmoid, Gauss-Seidel). Each step
@@ -27,7 +27,7 @@ from dynets.testing import ReferenceEP, ReferencePC, check_same_grads
 
 CPU_CONFIGS = ["784,512,10:128", "784,1024,1024,10:128"]
 GPU_CONFIGS = ["784,512,10:128", "784,512,10:1024", "784,1024,1024,10:128", "784,1024,1024,10:1024"]
-PHASES, SEED, TOL = ("steps_free", "steps_nudged_+", "steps_nudged_-"), 0, 1e-3   # TOL: of the p.grad check
+PHASES, SEED, TOL = ("steps_free", "steps_nudged_+", "steps_nudged_-"), 0, 1e-3   # TOL: of the gradient check
 FIXED = {"dynets": "fast_euler", "dynets_torchdiffeq": "euler", "dynets_compiled": "fast_euler"}   # *_compiled: GPU
 STOPPED = {"dynets_adaptive": ("fast_euler", 0.5), "dynets_adaptive_dt1": ("fast_euler", 1.0),
            "dynets_gauss_seidel": ("gauss_seidel", 1.0), "dynets_gauss_seidel_compiled": ("gauss_seidel", 1.0)}
@@ -47,8 +47,7 @@ FAMILIES = {   # name: (model of sizes, rule, binary inputs)
 
 def train_step(rule, model, x, labels) -> dict:
     """The rule's update written to p.grad, its metrics returned: the one call of the rule API here."""
-    update = rule.update(model, x, labels)
-    write_grads(model, update.grads)
+    write_grads(model, (update := rule.update(model, x, labels)).grads)
     return update.metrics
 
 
@@ -101,7 +100,7 @@ def bench_reference(family, sizes, batch, device, args) -> dict:
     make_model, reference, act, stops = REFERENCES[family]
     x, labels = random_batch(sizes, batch, device, SEED)
     model = make_model(sizes).to(device)
-    ref = reference(copy.deepcopy(model.layers))
+    ref, y = reference(copy.deepcopy(model.layers)), model.target(labels)
     check_same_grads(model, ref, x, labels, TOL)   # while every copy still has the same weights
     r, cuda = ref.residuals(model, x, labels), device.type == "cuda"
     compiled = lambda name: "on" if name.endswith("_compiled") else "off"
@@ -109,13 +108,13 @@ def bench_reference(family, sizes, batch, device, args) -> dict:
     rules = {**{n: ref.rule(m, compiled(n)) for n, m in FIXED.items() if cuda or compiled(n) == "off"}, **stopped}
     steps = {name: with_adam(net.parameters(), lambda r=rule, n=net: train_step(r, n, x, labels))
              for name, rule in rules.items() for net in [model if name == "dynets" else copy.deepcopy(model)]}
-    steps["autograd_reference"] = with_adam(ref.layers.parameters(), lambda: ref.grads(x, model.target(labels)))
-    steps["backprop"] = backprop(sizes, act, x, model.target(labels))
+    named = nn.ModuleDict({"layers": ref.layers})   # its parameters named as ref.grads names them (the model's)
+    steps["autograd_reference"] = with_adam(named.parameters(), lambda: write_grads(named, ref.grads(x, y)))
+    steps["backprop"] = backprop(sizes, act, x, y)
     result, ms = timed(f"{family} {'-'.join(map(str, sizes))}/b{batch}", steps, device, args)
-    # The steps each stopped rule takes after the timed steps, i.e. on partly trained weights.
     used = {n: "+".join(str(m[k]) for k in PHASES if k in m) for n, rule in stopped.items()
             for m in [train_step(rule, copy.deepcopy(model), x, labels)]}
-    print(f"reference leaves residual {r}; steps (free+nudged) to reach it: {used}")
+    print(f"reference leaves residual {r}; steps (free+nudged) to reach it, after the timed steps: {used}")
     best = min((n for n in ms if n.startswith("dynets")), key=ms.get)
     return {**result, "speedup_vs_autograd": ms["autograd_reference"] / ms["dynets"], "steps_same_residual": used,
             "dynets_best": best, "ratio_best_vs_backprop": ms[best] / ms["backprop"], "speedup_best_vs_autograd":
@@ -136,8 +135,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--configs", nargs="+", help="sizes:batch, e.g. 784,512,10:128 (default: 2 on CPU, 4 on GPU)")
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=20), parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--families", nargs="+", choices=[*REFERENCES, *FAMILIES], default=[*REFERENCES, *FAMILIES])
     args = parser.parse_args()
     device, results = torch.device(args.device), []

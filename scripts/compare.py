@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dynets.app.options import renamed
-from dynets.app.run import data_shape, evaluation
+from dynets.app.builder import data_shape, evaluation
 from dynets.studies.compare import Entry, Metric, compare, markdown, summarise, write
 
 log = logging.getLogger("dynets")

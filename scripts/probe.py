@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dynets.app.options import renamed
-from dynets.app.run import data_shape, instantiate
+from dynets.app.builder import data_shape, instantiate
 from dynets.studies.selfsup import Method, Probes, study, write
 
 log = logging.getLogger("dynets")

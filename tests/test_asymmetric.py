@@ -253,5 +253,5 @@ def test_bad_feedback_shapes_name_both_layers():
 @pytest.mark.parametrize("feedback", ["random", "tied"])
 def test_a_rule_that_learns_feedback_names_the_option_to_set(rule, feedback):
     model = Asymmetric([5, 4, 3], feedback)
-    with pytest.raises(ValueError, match="set feedback='learned'"):
+    with pytest.raises(ValueError, match="set feedback_mode='learned'"):
         rule.update(model, torch.rand(2, 5), torch.tensor([0, 1]))

@@ -81,17 +81,17 @@ def test_compare_trains_every_entry_on_the_same_split():
     assert all(r["test_accuracy"] > 0.5 for r in rows), [r["test_accuracy"] for r in rows]
 
 
-def test_the_training_alignment_probe_measures_against_the_rules_own_cost():
+def test_the_training_alignment_measure_measures_against_the_rules_own_cost():
     """Backprop with cross-entropy is its own exact gradient: the app's per-epoch probe
     reports cosine 1 only if its reference uses the rule's cost (not squared error)."""
-    from dynets.app.run import alignment_probe
+    from dynets.app.run import alignment_measure
     from dynets.costs import CrossEntropy
 
     torch.manual_seed(0)
     model = PredictiveCoding([6, 8, 3]).double()
     x, y = torch.rand(7, 6, dtype=torch.float64), torch.tensor([0, 1, 2, 2, 1, 0, 1])
     rule = Backprop(SettleOptions(method="fast_euler", step_size=0.2, atol=1e-10, max_time=100), cost=CrossEntropy())
-    metrics = alignment_probe(rule, x, y)(model)
+    metrics = alignment_measure(rule, x, y)(model)
     assert metrics["align_cos/all"] == pytest.approx(1.0, abs=1e-6)
 
 

@@ -13,10 +13,10 @@ from omegaconf import OmegaConf
 
 from dynets.app import run as app
 
-from dynets.app import plots
+from dynets.app import builder, plots
 from dynets.likelihood import Likelihood
 from dynets.models import PredictiveCoding
-from dynets.app.options import ConfigError, resolved
+from dynets.app.options import ConfigError, renamed, resolved
 from dynets.evaluate import ReconstructionError
 from dynets.app.fit import train_step
 
@@ -45,7 +45,7 @@ def composed(*overrides: str) -> dict:
     ("data=npz", "no value for data.path: set it on the command line, e.g. data.path=<value>"),
 ])
 def test_a_bad_value_is_named_before_anything_is_built(override, message, monkeypatch):
-    monkeypatch.setattr(app, "instantiate", lambda node: pytest.fail("built before the config was checked"))
+    monkeypatch.setattr(builder, "instantiate", lambda node: pytest.fail("built before the config was checked"))
     with pytest.raises(ConfigError, match=re.escape(message)):
         app.build(composed(override))
 
@@ -187,3 +187,9 @@ def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
     monkeypatch.setattr(app, "main", lambda config, run_dir: {}["no such key"])
     with pytest.raises(KeyError):
         app.run({}, tmp_path, [], "python scripts/train.py")
+
+
+def test_the_renamed_feedback_option_names_what_replaced_it():
+    message = renamed(["model=asymmetric", "model.feedback=learned"])
+    assert message.startswith("model.feedback=learned: model.feedback is gone")
+    assert "model.feedback_mode=random, tied or learned" in message and "model.feedback_gain" in message

@@ -205,7 +205,7 @@ def test_feedback_moves_the_wake_rates_toward_causes_that_explain_the_data():
     tight = SettleOptions(method="fast_euler", step_size=0.2, atol=1e-12, max_time=500)
 
     def explained(feedback):
-        model.feedback = feedback
+        model.feedback_gain = feedback
         m = tight(model, Condition(x))
         assert m.converged
         logits = model.generative[0](m.state[0])
@@ -218,7 +218,7 @@ def test_feedback_moves_the_wake_rates_toward_causes_that_explain_the_data():
 @pytest.mark.parametrize("data", [True, False])
 def test_gauss_seidel_blocks_reach_the_flow_s_fixed_point(data):
     model = machine((4, 3, 2))
-    model.feedback = 0.5
+    model.feedback_gain = 0.5
     x = (torch.rand(6, 4, generator=torch.Generator().manual_seed(7)) < 0.5).double()
     condition = Condition(x) if data else Condition(batch_size=6)
     flow = settle(model, condition, method="euler", step_size=0.2, atol=1e-10, max_time=500)

@@ -12,7 +12,7 @@ import wandb
 from wandb.proto import wandb_internal_pb2
 
 from dynets.app.loggers import JsonLinesLogger, WandbLogger, flatten, percent
-from dynets.app.fit import _report
+from dynets.app.health import report
 
 CONFIG = {"seed": 3, "rule": {"_target_": "dynets.rules.EquilibriumPropagation", "beta": 0.25, "variant": "centered"},
           "model": {"sizes": [16, 8]}}
@@ -197,15 +197,15 @@ def test_percent_keeps_two_digits_and_never_rounds_to_all_or_none(fraction, text
 
 def test_unconverged_warning_gives_the_shortfall(caplog):
     with caplog.at_level(logging.WARNING, logger="dynets"):
-        _report(3, {"train_converged": 1 - 0.996}, [])
+        report(3, {"train_converged": 1 - 0.996}, [])
     assert "epoch 3: 99.6% of the samples did not reach the settle tolerance" in caplog.text
 
 
 def test_unconverged_warning_says_how_many_updates_were_written_from_them(caplog):
     with caplog.at_level(logging.WARNING, logger="dynets"):
-        _report(3, {"train_converged": 0.9}, [])
+        report(3, {"train_converged": 0.9}, [])
         assert "allow_unconverged" not in caplog.text   # refused: none written
-        _report(4, {"train_converged": 0.9, "train_unconverged_updates": 0.25}, [])
+        report(4, {"train_converged": 0.9, "train_unconverged_updates": 0.25}, [])
     assert "epoch 4: 10.0% of the samples" in caplog.text
     assert "rule.allow_unconverged=true: 25.0% of the updates came from such phases" in caplog.text
 

@@ -29,7 +29,7 @@ def conditions(model, x, y):
     width = model.sizes[-2]   # layer −2 of the state, whatever the arrangement
     noise = {-2: torch.randn(len(x), width, dtype=torch.float64)}
     out = [model.prepare(Condition(x, model.target(y), 0.7, cost=CrossEntropy(), noise=noise))]
-    if model.generative:
+    if model.is_generative:
         out.append(Condition(batch_size=len(x), noise=noise))
     return out
 
@@ -162,7 +162,7 @@ def clamped_energy(model, x, target, hidden):
     hidden layers free; per sample."""
     f, W = torch.tanh, model.layers
     v = [x, *hidden, target]
-    if model.generative:   # μ_l = W_l f(v_{l+1}) + b_l, the top's prior
+    if model.is_generative:   # μ_l = W_l f(v_{l+1}) + b_l, the top's prior
         errors = [v[l] - W[l](f(v[l + 1])) for l in range(len(W))] + [target - model.prior]
     else:                  # μ_1 = W_0 x + b_0, μ_l = W_{l−1} f(v_{l−1}) + b_{l−1}
         errors = [v[1] - W[0](x)] + [v[l + 1] - W[l](f(v[l])) for l in range(1, len(W))]

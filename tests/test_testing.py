@@ -21,9 +21,9 @@ def problem(cls, activation, batch=5, seed=0):
     return model, x, torch.randint(0, SIZES[-1], (batch,))
 
 
-def reference_grads(reference, x, y):
-    reference.grads(x, y)
-    return torch.cat([p.grad.flatten() for p in reference.layers.parameters()])
+def reference_grads(reference, model, x, y):
+    grads = reference.grads(x, y)
+    return torch.cat([grads[name].flatten() for name, _ in model.named_parameters()])
 
 
 def flat_grads(model, rule, x, y):
@@ -55,7 +55,7 @@ def test_reference_ep_is_the_gradient_in_the_limit():
     """Long phases and a small β: textbook EP → the exact gradient (implicit differentiation)."""
     model, x, y = problem(LayeredHopfield, "hard_sigmoid")
     reference = ReferenceEP(copy.deepcopy(model.layers), beta=1e-3, free_steps=400, nudged_steps=400)
-    got = reference_grads(reference, x, model.target(y))
+    got = reference_grads(reference, model, x, model.target(y))
     tight = SettleOptions(method="fast_euler", atol=1e-12, max_time=2000, check_every=1)
     want = flat_grads(model, ImplicitDifferentiation(tight, adjoint_tol=1e-12, adjoint_max_steps=100000), x, y)
     assert (got - want).norm() / want.norm() < 1e-4
@@ -65,7 +65,7 @@ def test_reference_pc_is_backprop_in_the_limit():
     """Long nudged phase and a small β: textbook PC → backprop of the squared error."""
     model, x, y = problem(PredictiveCoding, "tanh")
     reference = ReferencePC(copy.deepcopy(model.layers), beta=1e-4, steps=400)
-    got = reference_grads(reference, x, model.target(y))
+    got = reference_grads(reference, model, x, model.target(y))
     want = flat_grads(model, Backprop(), x, y)
     assert (got - want).norm() / want.norm() < 1e-3
 
@@ -88,3 +88,15 @@ def test_pc_residual_is_what_dynets_settle_reports_after_the_same_steps():
     rule, c = reference.rule(), model.prepare(Condition(x, model.target(y)))
     eq = rule.settle(model, c.nudged(reference.beta), init=rule.settle(model, c).state)
     assert reference.residuals(model, x, y) == pytest.approx({"nudged": eq.residual.max().item()}, rel=1e-9)
+
+
+
+@pytest.mark.parametrize("reference_class, model_class, activation",
+                         [(ReferenceEP, LayeredHopfield, "hard_sigmoid"), (ReferencePC, PredictiveCoding, "tanh")])
+def test_a_reference_returns_its_gradients_as_a_rule_does(reference_class, model_class, activation):
+    """Keyed by the model's parameter names, no p.grad written (the numbers: the limit tests above)."""
+    model, x, y = problem(model_class, activation)
+    reference = reference_class(copy.deepcopy(model.layers))
+    grads = reference.grads(x, model.target(y))
+    assert list(grads) == [name for name, _ in model.named_parameters()]
+    assert all(p.grad is None for p in reference.layers.parameters())

@@ -133,7 +133,7 @@ def test_the_best_epoch_follows_validation_when_test_disagrees(digits):
     small = dynets.data.from_arrays(digits.train.x[:300], digits.train.y[:300], val_fraction=0.2)
     shifted = dataclasses.replace(small, test=Split(small.val.x, (small.val.y + 1) % 10))
     test_accuracy = lambda model: {"test_accuracy": free_phase_metrics(model, shifted.test, FAST)["accuracy"]}
-    summary, epochs = small_run(shifted, seed=3, lr=0.01, probes=[test_accuracy])
+    summary, epochs = small_run(shifted, seed=3, lr=0.01, measures=[test_accuracy])
     val, test = [e["val_accuracy"] for e in epochs], [e["test_accuracy"] for e in epochs]
     assert first_best(val) not in (first_best(test), len(epochs))   # a run where the choice matters
     assert summary["best_epoch"] == first_best(val) and summary["val_accuracy"] == max(val)
@@ -187,9 +187,17 @@ class Inert(Rule):
         return Update({name: torch.zeros_like(p) for name, p in model.named_parameters()})
 
 
+class Stopped(Rule):
+    """A rule that trains nothing any more, as HebbianSleep once its stop rule fired: an empty update."""
+
+    def update(self, model, x, y=None):
+        return Update({}, {"stopped": 1.0})
+
+
 @pytest.mark.parametrize("rule,lr,dead", [
     (EquilibriumPropagation(0.5, settle=FAST, allow_unconverged=True), 50.0, "% of the hidden units sit at a bound of their activation"),
     (Inert(FAST), 3e-3, "the rule's update is exactly zero"),
+    (Stopped(FAST), 3e-3, None),   # a rule that stopped is not a dead network
     (EquilibriumPropagation(0.5, settle=FAST, allow_unconverged=True), 3e-3, None),
 ])
 def test_a_dead_network_is_reported(digits, caplog, rule, lr, dead):

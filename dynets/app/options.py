@@ -34,7 +34,10 @@ HIDDEN_GONE = ("a model's sizes are model.sizes, the constructor's argument, [in
 RENAMED = {"model.hidden": HIDDEN_GONE,
            "hidden": ("the table's sizes are sizes, [input, hidden..., labels] with the ends read from the data: "
                       "sizes.1=512 widens the first hidden layer, 'sizes=[${shape.features},512,${shape.classes}]' "
-                      "sets them all")}
+                      "sets them all"),
+           "model.feedback": ("the word now means only an Asymmetric model's feedback weights B: which B it has is "
+                              "model.feedback_mode=random, tied or learned; the Helmholtz machine's wake-phase "
+                              "lambda is model.feedback_gain")}
 
 
 class ConfigError(ValueError):

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from ..models.base import DynamicalModel, EnergyModel
 from ..settle import SettleOptions, residual_norm
 from ..phases import Condition
-from ..models.pc import PredictiveCoding
+from ..capabilities import PredictionErrors
 
 ALIGN_PREFIX = "align_cos/"
 """metrics.jsonl key prefix of alignment cosines; see :func:`alignment_metrics`."""
@@ -213,7 +213,7 @@ def first_layer_fields(model: DynamicalModel) -> tuple[torch.Tensor, str]:
     first hidden layer (μ_0 = W_0 f(v_1) + b_0, ``W_0`` of shape ``(pixels, units)``): its
     columns, the image each unit draws (its projective field)."""
     weight = model.layers[0].weight
-    if isinstance(model, PredictiveCoding) and model.generative:
+    if isinstance(model, PredictionErrors) and model.is_generative:
         return weight.T, "Generative fields (the pixels each first-layer unit predicts)"
     return weight, "First-layer receptive fields"
 

@@ -29,7 +29,7 @@ class Asymmetric(Layered):
 
     Args:
         sizes: ``[in_features, hidden..., out_features]``.
-        feedback: ``tied`` (B_l = W_lᵀ, no parameter of its own: LayeredHopfield),
+        feedback_mode: ``tied`` (B_l = W_lᵀ, no parameter of its own: LayeredHopfield),
             ``random`` (a fixed random B, a buffer no optimizer sees: feedback alignment)
             or ``learned`` (B is a parameter, trained by the rules that learn feedback:
             Kolen–Pollack, weight mirrors, difference target propagation).
@@ -40,26 +40,26 @@ class Asymmetric(Layered):
             default generator like the forward weights.
     """
 
-    def __init__(self, sizes: list[int], feedback: str = "random", activation: str = "hard_sigmoid",
+    def __init__(self, sizes: list[int], feedback_mode: str = "random", activation: str = "hard_sigmoid",
                  feedback_scale: float = 1.0, seed: int | None = None) -> None:
         super().__init__()
         if len(sizes) < 2 or any(int(n) < 1 for n in sizes):
             raise ValueError(f"sizes must list >= 2 positive layer sizes, got {list(sizes)}")
-        if feedback not in FEEDBACK:
-            raise ValueError(f"unknown feedback {feedback!r}; valid: {', '.join(FEEDBACK)}")
+        if feedback_mode not in FEEDBACK:
+            raise ValueError(f"unknown feedback_mode {feedback_mode!r}; valid: {', '.join(FEEDBACK)}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; valid: {', '.join(ACTIVATIONS)}")
-        self.sizes, self.feedback_mode, self.activation = [int(n) for n in sizes], feedback, activation
+        self.sizes, self.feedback_mode, self.activation = [int(n) for n in sizes], feedback_mode, activation
         self.act = ACTIVATIONS[activation]
         self.in_features, self.out_features = self.sizes[0], self.sizes[-1]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(self.sizes, self.sizes[1:]))
-        if feedback == "tied":
+        if feedback_mode == "tied":
             return
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         shapes = [(a, b) for a, b in zip(self.sizes[1:-1], self.sizes[2:])]
         draws = [(2 * torch.rand(shape, generator=generator) - 1) * feedback_scale / math.sqrt(shape[1])
                  for shape in shapes]
-        if feedback == "learned":
+        if feedback_mode == "learned":
             self.feedback = nn.ParameterList(nn.Parameter(b) for b in draws)
         else:
             for k, b in enumerate(draws):
@@ -68,6 +68,11 @@ class Asymmetric(Layered):
     @property
     def learns_feedback(self) -> bool:
         return self.feedback_mode == "learned"
+
+    @property
+    def own_feedback(self) -> bool:
+        """Whether B is weights of its own (``random`` or ``learned``), not W's transpose (``tied``)."""
+        return self.feedback_mode != "tied"
 
     def feedback_weights(self) -> list[torch.Tensor]:
         """[B_1, ..., B_{L−1}]: B_l (n_l × n_{l+1}) carries layer l+1 down to hidden layer l."""
@@ -90,7 +95,7 @@ class Asymmetric(Layered):
         """Set B (learned or random feedback); each must have B_l's shape, named in the error."""
         own = self.feedback_weights()
         if self.feedback_mode == "tied" or len(weights) != len(own):
-            raise ValueError(f"set_feedback needs {len(own)} matrices for feedback={self.feedback_mode!r} "
+            raise ValueError(f"set_feedback needs {len(own)} matrices for feedback_mode={self.feedback_mode!r} "
                              f"(tied feedback has none of its own); got {len(weights)}")
         for l, (b, new) in enumerate(zip(own, weights), start=1):
             if new.shape != b.shape:

@@ -58,14 +58,14 @@ class Helmholtz(DynamicalModel):
 
         g_l(m) = σ(R_{l−1} m_{l−1} + r_{l−1} + λ G_{l−1}ᵀ (m_{l−1} − σ(G_{l−1} m_l + g_{l−1}))),
 
-    where λ = ``feedback`` and the fed-back term is ∂/∂m_l of log p(m_{l−1} | m_l), so it moves
+    where λ = ``feedback_gain`` and the fed-back term is ∂/∂m_l of log p(m_{l−1} | m_l), so it moves
     m_l toward causes that explain the layer below (λ = 0: the recognition pass, where
     :meth:`init_state` starts); with no data (state ``(m_0, ..., m_L)``), the generative mean
     field g_L = σ(b), g_l = σ(G_l m_{l+1} + g_l).
 
     Args:
         sizes: ``[visible, hidden..., top]``, at least two layers.
-        feedback: λ >= 0 of the continuous-time wake phase.
+        feedback_gain: λ >= 0 of the continuous-time wake phase.
         init_scale: standard deviation of the initial weights (biases start at 0).
         seed: seed of the initial weights (a ``torch.Generator`` of its own).
 
@@ -77,13 +77,13 @@ class Helmholtz(DynamicalModel):
     needs_input = False
     unit_values = (0.0, 1.0)
 
-    def __init__(self, sizes: list[int], feedback: float = 0.0, init_scale: float = 0.1, seed: int = 0) -> None:
+    def __init__(self, sizes: list[int], feedback_gain: float = 0.0, init_scale: float = 0.1, seed: int = 0) -> None:
         super().__init__()
         if len(sizes) < 2 or any(int(n) < 1 for n in sizes):
             raise ValueError(f"sizes must list >= 2 positive layer sizes [visible, ..., top], got {list(sizes)}")
-        if feedback < 0 or init_scale < 0:
-            raise ValueError(f"need feedback >= 0 and init_scale >= 0, got {feedback}, {init_scale}")
-        self.sizes, self.feedback = [int(n) for n in sizes], float(feedback)
+        if feedback_gain < 0 or init_scale < 0:
+            raise ValueError(f"need feedback_gain >= 0 and init_scale >= 0, got {feedback_gain}, {init_scale}")
+        self.sizes, self.feedback_gain = [int(n) for n in sizes], float(feedback_gain)
         self.in_features, self.out_features = self.sizes[0], self.sizes[-1]
         g = torch.Generator().manual_seed(seed)
         pairs = list(zip(self.sizes[:-1], self.sizes[1:]))
@@ -214,7 +214,7 @@ class Helmholtz(DynamicalModel):
             n = len(self.sizes)
             down = [lambda s, l=l: torch.sigmoid(self.generative[l](s[l + 1])) for l in range(n - 1)]
             return down + [lambda s: torch.sigmoid(self.prior).expand(s[-1].shape)]
-        x, lam = condition.x.to(self.dtype), self.feedback
+        x, lam = condition.x.to(self.dtype), self.feedback_gain
 
         def up(l: int) -> Callable[[State], torch.Tensor]:   # state index l is layer l + 1
             def g(s: State) -> torch.Tensor:

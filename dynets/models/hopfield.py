@@ -2,8 +2,9 @@
 of Laborieux et al. (2021)."""
 from __future__ import annotations
 
+import math
 from abc import abstractmethod
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Callable
 
 import torch
@@ -11,59 +12,8 @@ from torch import nn
 
 from ..costs import SquaredError
 from ..phases import Block, Condition, State, VectorField, by_layer
+from .activations import ACTIVATIONS, EnergyActivation
 from .base import DynamicalModel, EnergyModel
-
-
-@dataclass(frozen=True)
-class Activation:
-    """ρ and G with G' = ρ⁻¹, so that s = ρ(u) is the stationary point of G(s) − u·s;
-    ``rho_`` is ρ in place (a settle step applies ρ to fresh drives: one allocation less);
-    ``prox(c, k)`` is argmin_s G(s) + ½k·s² − c·s, the nudged top layer's exact update."""
-
-    rho: Callable[[torch.Tensor], torch.Tensor]
-    G: Callable[[torch.Tensor], torch.Tensor]
-    rho_: Callable[[torch.Tensor], torch.Tensor]
-    prox: Callable[[torch.Tensor, float], torch.Tensor]
-
-
-def _entropy(s: torch.Tensor) -> torch.Tensor:
-    return torch.xlogy(s, s) + torch.xlogy(1 - s, 1 - s)
-
-
-def _box_prox(c: torch.Tensor, k: float) -> torch.Tensor:
-    """argmin over [0, 1] of ½(1 + k)s² − c·s: clip(c/(1 + k)) where it is convex; for
-    1 + k ≤ 0 it is concave and the minimum is at the end where it is lower."""
-    if 1.0 + k > 0.0:
-        return (c / (1.0 + k)).clamp_(0.0, 1.0)
-    return (c > 0.5 * (1.0 + k)).to(c.dtype)
-
-
-def _newton_prox(rho: Callable, drho: Callable, slope: float) -> Callable:
-    """prox of a smooth ρ with max ρ' = ``slope``: ρ(u) where u + k·ρ(u) = c, by Newton in u.
-    The map is increasing when 1 + k·slope > 0, and a Newton step then cuts the error by
-    a factor ≤ |k|·slope/(1 + min(k, 0)·slope) at worst, quadratically near the root;
-    ``steps`` steps from u = c. Where the block is not convex (1 + k·slope ≤ 0) it returns
-    ``None``: the caller keeps the plain update ρ(c − k·s)."""
-    def prox(c: torch.Tensor, k: float, steps: int = 12) -> torch.Tensor | None:
-        if 1.0 + k * slope <= 0.0:
-            return None
-        u = c.clone()
-        for _ in range(steps):
-            r = rho(u)
-            u = u - (u + k * r - c) / (1.0 + k * drho(r))
-        return rho(u)
-    return prox
-
-
-ACTIVATIONS = {
-    # G = ½s² on the box [0, 1]: the fixed point clip(u) is the box-constrained minimum.
-    "hard_sigmoid": Activation(lambda u: u.clamp(0.0, 1.0), lambda s: 0.5 * s * s, lambda u: u.clamp_(0.0, 1.0),
-                               _box_prox),
-    "sigmoid": Activation(torch.sigmoid, _entropy, torch.sigmoid_,
-                          _newton_prox(torch.sigmoid, lambda r: r * (1 - r), 0.25)),
-    "tanh": Activation(torch.tanh, lambda s: 0.5 * (torch.xlogy(1 + s, 1 + s) + torch.xlogy(1 - s, 1 - s)),
-                       torch.tanh_, _newton_prox(torch.tanh, lambda r: 1 - r * r, 1.0)),
-}
 
 
 class Layered(DynamicalModel):
@@ -74,11 +24,11 @@ class Layered(DynamicalModel):
     whose top-down matrices D_l a leaf gives by :meth:`top_down` (:class:`LayeredHopfield`:
     D_l = W_lᵀ, symmetric; ``Asymmetric``: a feedback pathway of its own). The flow, the
     Gauss–Seidel blocks and the shared input drive are this class's; a leaf sets ``sizes``,
-    ``layers`` (``nn.Linear`` W_l, b_{l+1}) and ``act`` (an :class:`Activation`).
+    ``layers`` (``nn.Linear`` W_l, b_{l+1}) and ``act`` (an :class:`~dynets.models.activations.EnergyActivation`).
     """
 
     sizes: list[int]
-    act: Activation
+    act: EnergyActivation
 
     @abstractmethod
     def top_down(self) -> list[torch.Tensor]:
@@ -87,6 +37,12 @@ class Layered(DynamicalModel):
     def init_state(self, condition: Condition) -> State:
         x = condition.x
         return tuple(x.new_zeros(x.shape[0], n) for n in self.sizes[1:])
+
+    def unit_bounds(self) -> tuple[float, float]:
+        """(ρ(−∞), ρ(+∞)), the bounds of every unit (capability
+        :class:`~dynets.capabilities.Saturating`)."""
+        low, high = self.act.rho(torch.tensor([-math.inf, math.inf], dtype=torch.float64)).tolist()
+        return low, high
 
     def prepare(self, condition: Condition) -> Condition:
         """``condition`` with the input drive W₀x (the one large matmul of a step, and

@@ -2,38 +2,17 @@
 nodes that settle by descending the sum of their squared prediction errors."""
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Callable
 
 import torch
 from torch import nn
 
 from ..phases import Block, Condition, State, VectorField, by_layer
+from .activations import PC_ACTIVATIONS
 from .base import EnergyModel
 
 
-@dataclass(frozen=True)
-class Activation:
-    """f, its derivative ``df(s, f(s))`` (given f(s) too, so tanh and sigmoid reuse it), and
-    ``slope`` = sup |f'| (it bounds a layer's curvature for Gauss–Seidel steps)."""
-
-    f: Callable[[torch.Tensor], torch.Tensor]
-    df: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    slope: float
-
-
-PC_ACTIVATIONS = {
-    "tanh": Activation(torch.tanh, lambda s, fs: 1 - fs * fs, 1.0),
-    "sigmoid": Activation(torch.sigmoid, lambda s, fs: fs * (1 - fs), 0.25),
-    "relu": Activation(torch.relu, lambda s, fs: (s > 0).to(s.dtype), 1.0),
-    # GELU, f(s) = s·Φ(s): relu-like but smooth, so the gradient flow does not chatter at a kink.
-    # f' = Φ(s) + s·φ(s) peaks at s = √2: Φ(√2) + √2·φ(√2) = 1.1289.
-    "gelu": Activation(torch.nn.functional.gelu,
-                       lambda s, fs: 0.5 * (1 + torch.erf(s * 0.5 ** 0.5)) + s * torch.exp(-0.5 * s * s) * (2 * math.pi) ** -0.5,
-                       1.129),
-    "linear": Activation(lambda s: s, lambda s, fs: torch.ones_like(s), 1.0),
-}
 ARRANGEMENTS = ("discriminative", "generative")
 
 
@@ -94,11 +73,11 @@ class PredictiveCoding(EnergyModel):
         self.sizes, self.activation, self.arrangement = [int(n) for n in sizes], activation, arrangement
         self.act = PC_ACTIVATIONS[activation]
         self.in_features, self.out_features = self.sizes[0], self.sizes[-1]
-        self.generative = arrangement == "generative"
-        self.needs_input = not self.generative
+        self.is_generative = arrangement == "generative"
+        self.needs_input = not self.is_generative
         L = len(self.sizes) - 1
         # Edges (to, from, f applied to the source), in value-layer indices; layers[k] is edge k.
-        if self.generative:
+        if self.is_generative:
             self.edges = [(k, k + 1, True) for k in range(L)]
             self.layers = nn.ModuleList(nn.Linear(self.sizes[k + 1], self.sizes[k]) for k in range(L))
             self.prior = nn.Parameter(torch.zeros(self.sizes[-1]))
@@ -122,7 +101,7 @@ class PredictiveCoding(EnergyModel):
         """Discriminative: ``condition`` with μ_1 = W_1 x + b_1 (constant during a settle,
         and the one large matmul of a step) computed once for every phase of the batch."""
         self.check_condition(condition)
-        if self.generative:
+        if self.is_generative:
             return condition
         with torch.no_grad():
             return replace(condition, constants=self.layers[0](condition.x))
@@ -131,7 +110,7 @@ class PredictiveCoding(EnergyModel):
         """``mu(v, k, fv=None)``: the prediction of edge k from the values v (``fv(j)``, if
         given, returns f(v_j), so that a caller computes each f once); the prepared μ_1 is
         used outside autograd only (under autograd it is recomputed, with its graph)."""
-        shared = condition.constants if not (torch.is_grad_enabled() or self.generative) else None
+        shared = condition.constants if not (torch.is_grad_enabled() or self.is_generative) else None
         f = self.act.f
 
         def mu(v: list[torch.Tensor], k: int, fv: Callable | None = None) -> torch.Tensor:
@@ -147,7 +126,7 @@ class PredictiveCoding(EnergyModel):
     def _errors(self, v: list[torch.Tensor], mu: Callable) -> dict[int, torch.Tensor]:
         """{value index: ε} of every predicted layer."""
         eps = {to: v[to] - mu(v, k) for k, (to, _, _) in enumerate(self.edges)}
-        if self.generative:
+        if self.is_generative:
             eps[len(v) - 1] = v[-1] - self.prior
         return eps
 
@@ -159,14 +138,14 @@ class PredictiveCoding(EnergyModel):
 
     def reconstruction(self, state: State, condition: Condition) -> torch.Tensor:
         """Generative: ``(batch,)`` ½‖x − μ_0‖², the error of the data's prediction."""
-        if not self.generative or condition.x is None:
+        if not self.is_generative or condition.x is None:
             raise ValueError("reconstruction needs the generative arrangement and data x in the condition")
         return 0.5 * self.errors(state, condition)[0].pow(2).sum(1)
 
     def reconstruct(self, state: State, condition: Condition) -> torch.Tensor:
         """Generative: ``(batch, data)`` x̂ = μ_0 = x − ε_0, the top-down prediction of the data x
         (a discriminative net has its input below its errors: nothing reconstructs it)."""
-        if not self.generative or condition.x is None:
+        if not self.is_generative or condition.x is None:
             raise ValueError("a reconstruction needs the generative arrangement and data x in the condition "
                              f"(this net is {self.arrangement})")
         return condition.x - self.errors(state, condition)[0]
@@ -175,11 +154,16 @@ class PredictiveCoding(EnergyModel):
         """``(batch,)`` E = Σ ½‖ε_l‖² (the noise term is added by ``total_energy``)."""
         return sum(0.5 * eps.pow(2).sum(1) for eps in self.errors(state, condition))
 
+    def prior_mean(self) -> torch.Tensor | None:
+        """μ_L ``(top,)``, the top layer's learned prior (the generative arrangement), else ``None``
+        (capability :class:`~dynets.capabilities.MeanPrior`)."""
+        return self.prior if self.is_generative else None
+
     def init_state(self, condition: Condition) -> State:
         """Discriminative: the feedforward pass (the free equilibrium). Generative: the
         prior's top-down pass v_L = prior, v_l = μ_l (the free equilibrium with no data)."""
         mu, L, off = self._predictor(condition), len(self.sizes) - 1, self._offset(condition)
-        if self.generative:
+        if self.is_generative:
             v = [None] * L + [self.prior.expand(condition.batch, -1).clone()]
             for k in reversed(range(off, L)):
                 v[k] = mu(v, k)
@@ -193,7 +177,7 @@ class PredictiveCoding(EnergyModel):
     def feedforward(self, condition: Condition) -> State:
         """Discriminative: the feedforward pass v_l = μ_l(v_{l−1}), which is the free
         equilibrium; under autograd it carries the graph (the ``Backprop`` reference)."""
-        if self.generative:
+        if self.is_generative:
             raise ValueError("feedforward is the free equilibrium of the discriminative arrangement only")
         return self.init_state(condition)
 
@@ -218,7 +202,7 @@ class PredictiveCoding(EnergyModel):
 
             def err(j: int) -> torch.Tensor:
                 if j not in eps:
-                    eps[j] = v[j] - (self.prior if j == len(v) - 1 and self.generative else mu(v, self._edge_to(j), fv))
+                    eps[j] = v[j] - (self.prior if j == len(v) - 1 and self.is_generative else mu(v, self._edge_to(j), fv))
                 return eps[j]
 
             out = []
@@ -238,7 +222,7 @@ class PredictiveCoding(EnergyModel):
 
     def _edge_to(self, j: int) -> int:
         """The edge whose prediction targets value layer j."""
-        return j if self.generative else j - 1
+        return j if self.is_generative else j - 1
 
     def dynamics(self, condition: Condition) -> VectorField:
         """ds/dt = −∂F/∂s (noise included), analytic (plain tensor ops: differentiable for the reference rules)."""
@@ -314,6 +298,6 @@ class PredictiveCoding(EnergyModel):
             source = self.act.f(v[frm]) if nonlinear else v[frm]
             grads[f"layers.{k}.weight"] = (eps[to].T @ source).mul_(scale)
             grads[f"layers.{k}.bias"] = eps[to].sum(0).mul_(scale)
-        if self.generative:
+        if self.is_generative:
             grads["prior"] = eps[len(v) - 1].sum(0).mul_(scale)
         return grads

@@ -42,7 +42,7 @@ class _Nudged(Rule):
         super().check_model(model)
         if self.needs_learned_feedback and not model.learns_feedback:
             raise ValueError(f"{type(self).__name__} trains the feedback weights B, but this model has "
-                             f"feedback={model.feedback_mode!r}; set feedback='learned'")
+                             f"feedback_mode={model.feedback_mode!r}; set feedback_mode='learned'")
 
     def phases(self, model: Asymmetric, x: torch.Tensor, y: torch.Tensor | None):
         """(condition, free, a, b, ok, scale, metrics): the nudged ends a (β₂) and b (β₁),

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from ..capabilities import Decoder, Dreams, Recognition, Stateful, code_layer
+from ..capabilities import Decoder, Dreams, MeanPrior, Recognition, Stateful, code_layer
 from ..models.helmholtz import Helmholtz
 from ..sampling import sample
 from ..settle import SettleOptions
@@ -27,11 +27,14 @@ def top_down(model, code: torch.Tensor, settle: SettleOptions) -> torch.Tensor:
 
 
 def prior_code(model, n: int, noise: float, generator: torch.Generator) -> torch.Tensor:
-    """``(n, top)`` codes drawn around the top-level prior: prior + noise·ξ, ξ ~ N(0, I)."""
-    if not isinstance(getattr(model, "prior", None), torch.Tensor):
-        raise TypeError(f"{type(model).__name__} has no top-level prior to dream from: use start='replay'")
-    xi = torch.randn(n, model.prior.shape[0], generator=generator, dtype=model.prior.dtype)
-    return model.prior.detach() + noise * xi.to(model.prior.device)
+    """``(n, top)`` codes drawn around the top-level prior (capability
+    :class:`~dynets.capabilities.MeanPrior`): μ_L + noise·ξ, ξ ~ N(0, I)."""
+    mean = model.prior_mean() if isinstance(model, MeanPrior) else None
+    if mean is None:
+        raise TypeError(f"{type(model).__name__} has no top-level prior to dream from (capability MeanPrior: "
+                        "a method prior_mean()): use start='replay'")
+    xi = torch.randn(n, mean.shape[0], generator=generator, dtype=mean.dtype)
+    return mean.detach() + noise * xi.to(mean.device)
 
 
 class SleepInterleaved(Rule):

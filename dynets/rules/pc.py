@@ -93,6 +93,6 @@ class PredictiveCodingRule(Rule):
         for name, _, weight in self.phases(condition):
             for key, g in model.param_grads(settled[name].state, condition).items():
                 grads[key] = grads[key].add_(g, alpha=weight) if key in grads else g.mul_(weight)
-        if model.generative:
+        if model.is_generative:
             metrics["reconstruction"] = model.reconstruction(free.state, condition).mean().item()
         return Update(grads, metrics)

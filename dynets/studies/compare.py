@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .. import diagnostics
+from ..capabilities import SeparateFeedback
 from ..data import Dataset
 from ..models.base import DynamicalModel
 from ..rules import ImplicitDifferentiation, Rule
@@ -104,7 +105,7 @@ def run_entry(name: str, entry: Entry, data: Dataset, *, epochs: int, batch_size
     row: dict[str, Any] = {"rule": name, "seed": seed, f"test_{metric.name}": test,
                            f"val_{metric.name}": val, "best_epoch": summary["best_epoch"],
                            "epoch_time_s": summary["wall_time_s"] / epochs}
-    if getattr(model, "feedback_mode", "tied") != "tied":   # separate feedback B (Asymmetric): how far from Wᵀ
+    if isinstance(model, SeparateFeedback) and model.own_feedback:   # B of its own: how far from Wᵀ
         row["feedback_angle"] = max(model.feedback_angles())
     row.update({f"cos_init_{k}": v for k, v in at_init.items()})
     row.update({f"cos_end_{k}": v for k, v in at_end.items()})

@@ -20,7 +20,7 @@ from torch import nn
 from ..app import plots
 from ..app.fit import fit
 from ..app.run import check_self_supervised
-from ..capabilities import Dreams
+from ..capabilities import Dreams, MeanPrior
 from ..data import Dataset, Split, binarised, unlabelled
 from ..evaluate import ReconstructionError, pick_layer, settled
 from ..phases import Condition
@@ -180,7 +180,7 @@ def dreams(model, settle, n: int, seed: int) -> torch.Tensor | None:
     generator = torch.Generator().manual_seed(seed)
     if isinstance(model, Dreams):
         return Sleep("prior").dream(model, Condition(batch_size=n, generator=generator)).state[0]
-    if isinstance(getattr(model, "prior", None), torch.Tensor):
+    if isinstance(model, MeanPrior) and model.prior_mean() is not None:
         return top_down(model, prior_code(model, n, 1.0, generator), settle)
     return None
 
