@@ -1,0 +1,112 @@
+"""ConvHopfield (the published P_CNN energy): the drive against autograd of Φ, the fixed
+points against the published synchronous iteration, EP against implicit differentiation,
+and which other rules run on it."""
+import numpy as np
+import pytest
+import torch
+
+from dynets import Condition, SettleOptions
+from dynets.costs import CrossEntropy
+from dynets.models import ConvHopfield
+from dynets.rules import EquilibriumPropagation, ImplicitDifferentiation
+
+TIGHT = SettleOptions(method="fast_euler", atol=1e-12, max_time=3000, check_every=1)
+ARCHS = {   # tiny images: 1x6x6 input, one or two convolutions, fc to 3 classes
+    "max": dict(in_size=6, channels=[1, 2], kernels=[3], strides=[1], paddings=[1], pools=["max"], fc=[4, 3]),
+    "avg": dict(in_size=6, channels=[1, 2], kernels=[3], strides=[1], paddings=[1], pools=["avg"], fc=[3]),
+    "two": dict(in_size=6, channels=[1, 3, 2], kernels=[3, 2], strides=[1, 2], paddings=[1, 0], pools=["max", "none"],
+                fc=[3]),
+}
+
+
+def problem(arch="max", softmax=False, activation="hard_sigmoid", batch=4, scale=2.0, seed=0):
+    torch.manual_seed(seed)
+    model = ConvHopfield(**ARCHS[arch], activation=activation, softmax=softmax).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(scale)
+    return model, torch.rand(batch, 1, 6, 6, dtype=torch.float64), torch.randint(0, 3, (batch,))
+
+
+def condition(model, x, y, beta=0.3, **kw):
+    cost = CrossEntropy() if model.softmax else None
+    return model.prepare(Condition(x, model.target(y), beta, **({"cost": cost} if cost else {}), **kw))
+
+
+def random_state(model, batch):
+    return tuple(torch.rand(batch, *shape, dtype=torch.float64) for shape in model.shapes)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("softmax", [False, True])
+@pytest.mark.parametrize("activation", ["hard_sigmoid", "tanh"])
+def test_vector_field_is_rho_of_autograd_drive(arch, softmax, activation):
+    """ds/dt = ρ(∂Φ_β/∂s) − s with ∂Φ_β/∂s by autograd of Φ − β·C (noise as a drive)."""
+    model, x, y = problem(arch, softmax, activation)
+    noise = {0: 0.1 * torch.randn(4, *model.shapes[0], dtype=torch.float64)}
+    c = condition(model, x, y, noise=noise)
+    s = tuple(t.requires_grad_() for t in random_state(model, 4))
+    phi = model.primitive(s, c) - c.beta * model.cost(s, c) + (noise[0] * s[0]).flatten(1).sum(1)
+    u = torch.autograd.grad(phi.sum(), s)
+    with torch.no_grad():
+        got = model.vector_field(torch.tensor(0.0), s, c)
+    for g, ui, si in zip(got, u, s, strict=True):
+        torch.testing.assert_close(g, model.act.rho(ui) - si, rtol=1e-12, atol=1e-12)
+
+
+def published_iteration(model, c, steps=3000):
+    """The published code's settle: s ← ρ(∂Φ_β/∂s) for all layers at once, ∂Φ_β/∂s by autograd."""
+    s = tuple(torch.zeros(c.batch, *shape, dtype=torch.float64) for shape in model.shapes)
+    for _ in range(steps):
+        with torch.enable_grad():
+            s = tuple(t.requires_grad_() for t in s)
+            phi = model.primitive(s, c) - c.beta * model.cost(s, c)
+            new = tuple(model.act.rho(u).detach() for u in torch.autograd.grad(phi.sum(), s))
+        change = max((a - b.detach()).abs().max().item() for a, b in zip(new, s))
+        s = new
+        if change < 1e-13:
+            return s
+    pytest.fail(f"the synchronous iteration did not converge (last change {change:.3g})")
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("softmax", [False, True])
+@pytest.mark.parametrize("method", ["fast_euler", "gauss_seidel"])
+def test_fixed_point_is_the_published_synchronous_iterations(arch, softmax, method):
+    model, x, y = problem(arch, softmax, scale=0.7)   # at 1.0, "max" without softmax cycles with period 2
+    c = condition(model, x, y, beta=0.5)
+    eq = SettleOptions(method=method, atol=1e-12, max_time=3000, check_every=1)(model, c)
+    assert eq.converged
+    for got, want in zip(eq.state, published_iteration(model, c), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+
+
+def flat(model, grads):
+    return torch.cat([grads[name].flatten() for name, _ in model.named_parameters()])
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["mse", "softmax"])
+def exact(request):
+    model, x, y = problem("max", request.param, "sigmoid", scale=1.5)
+    ref = ImplicitDifferentiation(TIGHT, adjoint_tol=1e-13, adjoint_max_steps=100000, cost=condition(model, x, y).cost)
+    return model, x, y, flat(model, ref.update(model, x, y).grads)
+
+
+def ep(model, beta, variant):
+    return EquilibriumPropagation(beta, variant, TIGHT, cost=CrossEntropy() if model.softmax else None)
+
+
+def test_centered_ep_aligns_with_implicit_differentiation(exact):
+    model, x, y, g = exact
+    got = flat(model, ep(model, 0.01, "centered").update(model, x, y).grads)
+    assert torch.nn.functional.cosine_similarity(got, g, 0) >= 0.999
+    assert abs(got.norm() / g.norm() - 1) < 0.01
+
+
+@pytest.mark.parametrize("variant,order", [("centered", 2), ("positive", 1), ("negative", 1)])
+def test_ep_error_shrinks_at_the_theoretical_rate(exact, variant, order):
+    model, x, y, g = exact
+    betas = [0.2, 0.1, 0.05, 0.025]
+    errors = [(flat(model, ep(model, b, variant).update(model, x, y).grads) - g).norm().item() for b in betas]
+    slope = np.polyfit(np.log(betas), np.log(errors), 1)[0]
+    assert abs(slope - order) < 0.15, (variant, slope, errors)
