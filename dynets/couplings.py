@@ -30,8 +30,9 @@ class Coupling(nn.Module, ABC):
 
     ``forward(s)`` is the drive g(s) (with its bias); ``adjoint(s, e)`` is the
     vector–Jacobian product (∂g/∂s at s)ᵀe, without bias; ``linearize(s)`` gives both at
-    one s, sharing what they have in common (a max-pooling's arg-max). The shapes are
-    per sample and fixed at construction.
+    one s, sharing what they have in common (a max-pooling's arg-max); ``param_vjp(s, e)``
+    is ∂⟨g(s), e⟩/∂θ, the learning rules' Hebbian term. The shapes are per sample and
+    fixed at construction.
     """
 
     in_shape: tuple[int, ...]
@@ -48,6 +49,14 @@ class Coupling(nn.Module, ABC):
     def linearize(self, s: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
         """``(g(s), e ↦ (∂g/∂s at s)ᵀe)``; a leaf overrides it to share work between the two."""
         return self(s), lambda e: self.adjoint(s, e)
+
+    def param_vjp(self, s: torch.Tensor, e: torch.Tensor) -> list[torch.Tensor]:
+        """∂⟨g(s), e⟩/∂θ summed over the batch, one tensor per parameter in ``parameters()``
+        order (a Hebbian term: for a dense layer e·sᵀ and Σe). By autograd unless a leaf
+        gives it in closed form."""
+        params = list(self.parameters())
+        with torch.enable_grad():
+            return list(torch.autograd.grad((self(s) * e).sum(), params, allow_unused=True, materialize_grads=True))
 
 
 class Dense(Coupling):
@@ -70,6 +79,9 @@ class Dense(Coupling):
 
     def adjoint(self, s: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         return (e @ self.linear.weight).view(e.shape[0], *self.in_shape)
+
+    def param_vjp(self, s: torch.Tensor, e: torch.Tensor) -> list[torch.Tensor]:
+        return [e.T @ s.flatten(1), e.sum(0)]
 
 
 def conv_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -138,7 +150,21 @@ class Conv(Coupling):
         if self.pool != "max":
             return self(s), lambda e: self.adjoint(s, e)
         out, where = F.max_pool2d(self.conv(s), 2, return_indices=True)
-        return out, lambda e: self._transpose(F.max_unpool2d(e, where, 2, output_size=self.map_size))
+        return out, lambda e: self._transpose(self._unpool_max(e, where))
+
+    def _unpool_max(self, e: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        return F.max_unpool2d(e, where, 2, output_size=self.map_size)
+
+    def param_vjp(self, s: torch.Tensor, e: torch.Tensor) -> list[torch.Tensor]:
+        """The weight's gradient of ⟨W ⋆ s, e'⟩ (e' the pooling's adjoint of e, at s), by
+        ``torch.nn.grad.conv2d_weight``; the bias's, Σe' over batch and positions."""
+        c = self.conv
+        if self.pool == "max":
+            e = self._unpool_max(e, F.max_pool2d(c(s), 2, return_indices=True)[1])
+        elif self.pool == "avg":
+            e = self._unpool_avg(e)
+        weight = torch.nn.grad.conv2d_weight(s, c.weight.shape, e, c.stride, c.padding)
+        return [weight, e.sum((0, 2, 3))]
 
 
 class Module(Coupling):

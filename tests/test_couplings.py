@@ -41,6 +41,19 @@ def test_adjoint_is_autograds_vjp(make):
         assert torch.allclose(vjp(e), expected, atol=1e-12)
 
 
+@pytest.mark.parametrize("make", COUPLINGS)
+def test_param_vjp_is_autograds(make):
+    """∂⟨g(s), e⟩/∂θ in closed form (Dense, Conv) against autograd, parameter by parameter."""
+    torch.manual_seed(0)
+    coupling = make()
+    s, e = torch.randn(3, *coupling.in_shape), torch.randn(3, *coupling.out_shape)
+    expected = torch.autograd.grad((coupling(s) * e).sum(), list(coupling.parameters()))
+    with torch.no_grad():
+        got = coupling.param_vjp(s, e)
+    for g, want in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, want, rtol=1e-12, atol=1e-12)
+
+
 def identity_conv(pool):
     """A 1x1 convolution with weight 1 and no bias: g = pool(s), so the adjoint is the pooling's."""
     c = Conv((1, 4, 4), 1, 1, pool=pool)
