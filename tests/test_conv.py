@@ -110,3 +110,21 @@ def test_ep_error_shrinks_at_the_theoretical_rate(exact, variant, order):
     errors = [(flat(model, ep(model, b, variant).update(model, x, y).grads) - g).norm().item() for b in betas]
     slope = np.polyfit(np.log(betas), np.log(errors), 1)[0]
     assert abs(slope - order) < 0.15, (variant, slope, errors)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("softmax", [False, True])
+def test_phase_difference_is_autograds(arch, softmax):
+    """The closed-form Hebbian difference against autograd of E (and, for the softmax read-out,
+    the mean of ∂C/∂θ at the two states) at two random states."""
+    model, x, y = problem(arch, softmax)
+    c = condition(model, x, y, beta=0.0)
+    a, b = random_state(model, 4), random_state(model, 4)
+    params = list(model.parameters())
+    total = 0.7 * (model.energy(a, c) - model.energy(b, c)).mean()
+    if softmax:
+        total = total + 0.5 * (model.cost(a, c) + model.cost(b, c)).mean()
+    want = torch.autograd.grad(total, params, allow_unused=True, materialize_grads=True)
+    got = model.param_grad_difference(a, b, c, scale=0.7)
+    for (name, _), w in zip(model.named_parameters(), want, strict=True):
+        torch.testing.assert_close(got[name], w, rtol=1e-12, atol=1e-12)

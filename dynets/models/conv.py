@@ -102,17 +102,20 @@ class CoupledHopfield(EnergyModel):
 
     def param_grad_difference(self, a: State, b: State, condition: Condition,
                               scale: float = 1.0) -> dict[str, torch.Tensor]:
-        """scale·[∂E/∂θ(a) − ∂E/∂θ(b)], batch mean, by one backward through Φ(a) − Φ(b).
-        With ``softmax`` the read-out's parameters, outside E, get ½[∂C/∂θ(a) + ∂C/∂θ(b)]:
-        for centered EP (β, −β) this is the published [β·∂C/∂θ(a) + β·∂C/∂θ(b)]/(2β),
-        for a one-sided pair it differs by O(β) from ∂C/∂θ at the free state."""
-        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
-        with torch.enable_grad():
-            total = -scale * (self.primitive(a, condition) - self.primitive(b, condition)).mean()
-            if self.softmax:
-                total = total + 0.5 * (self.cost(a, condition) + self.cost(b, condition)).mean()
-            grads = torch.autograd.grad(total, [p for _, p in named], allow_unused=True, materialize_grads=True)
-        return {n: g for (n, _), g in zip(named, grads)}
+        """scale·[∂E/∂θ(a) − ∂E/∂θ(b)], batch mean, from each coupling's Hebbian term
+        ∂⟨g_l(s_l), s_{l+1}⟩/∂θ (:meth:`~dynets.couplings.Coupling.param_vjp`). With
+        ``softmax`` the read-out's parameters, outside E, get ½[∂C/∂θ(a) + ∂C/∂θ(b)]: for
+        centered EP (β, −β) this is the published [β·∂C/∂θ(a) + β·∂C/∂θ(b)]/(2β); for a
+        one-sided pair it is O(β) from ∂C/∂θ at the free state, as the rule itself."""
+        k, x = -scale / condition.batch, condition.x
+        grads = []
+        for c, sa, ta, sb, tb in zip(self.couplings, (x,) + tuple(a[:-1]), a, (x,) + tuple(b[:-1]), b):
+            grads += [ga.sub_(gb).mul_(k) for ga, gb in zip(c.param_vjp(sa, ta), c.param_vjp(sb, tb))]
+        if self.softmax:
+            r, cost, y = self.couplings[-1], condition.cost, condition.target
+            ends = [r.param_vjp(s[-1], cost.grad(r(s[-1]), y)) for s in (a, b)]
+            grads += [ga.add_(gb).mul_(0.5 / condition.batch) for ga, gb in zip(*ends)]
+        return self.named_grads(grads)
 
     def _drive_fn(self, condition: Condition) -> Callable[..., list[torch.Tensor]]:
         """``u(s, layers, self_term=True)``: ∂Φ_β/∂s_l (+ noise) of ``layers``. The input drive
