@@ -8,7 +8,8 @@ import torch
 from dynets import Condition, SettleOptions
 from dynets.costs import CrossEntropy
 from dynets.models import ConvHopfield
-from dynets.rules import EquilibriumPropagation, ImplicitDifferentiation
+from dynets.rules import (Backprop, BackpropThroughTime, ContrastiveHebbian, EquilibriumPropagation,
+                          ImplicitDifferentiation, NodePerturbation, WeightPerturbation)
 
 TIGHT = SettleOptions(method="fast_euler", atol=1e-12, max_time=3000, check_every=1)
 ARCHS = {   # tiny images: 1x6x6 input, one or two convolutions, fc to 3 classes
@@ -128,3 +129,80 @@ def test_phase_difference_is_autograds(arch, softmax):
     got = model.param_grad_difference(a, b, c, scale=0.7)
     for (name, _), w in zip(model.named_parameters(), want, strict=True):
         torch.testing.assert_close(got[name], w, rtol=1e-12, atol=1e-12)
+
+
+def cosine(model, grads, g):
+    return torch.nn.functional.cosine_similarity(flat(model, grads), g, 0).item()
+
+
+def test_implicit_gradient_matches_finite_differences(exact):
+    """The reference itself, with the softmax read-out's direct term: dL/dθ along a direction."""
+    model, x, y, g = exact
+    direction = [torch.randn_like(p) for p in model.parameters()]
+    c = condition(model, x, y, beta=0.0)
+
+    def loss(eps):
+        with torch.no_grad():
+            for p, d in zip(model.parameters(), direction):
+                p.add_(eps * d)
+            value = model.cost(TIGHT(model, model.prepare(c)).state, c).mean().item()
+            for p, d in zip(model.parameters(), direction):
+                p.sub_(eps * d)
+        return value
+
+    fd = (loss(1e-5) - loss(-1e-5)) / 2e-5
+    assert fd == pytest.approx((g @ torch.cat([d.flatten() for d in direction])).item(), rel=1e-5)
+
+
+def test_long_bptt_is_the_implicit_gradient(exact):
+    model, x, y, g = exact
+    got = flat(model, BackpropThroughTime(400, 0.5, cost=condition(model, x, y).cost).update(model, x, y).grads)
+    assert (got - g).norm() < 1e-8 * g.norm()
+
+
+def test_node_perturbation_per_unit_of_the_feature_maps(exact):
+    """Noise on every unit of each map; a softmax read-out adds its direct ∂L/∂θ (without it
+    the cosine is 0.39)."""
+    model, x, y, g = exact
+    rule = NodePerturbation(1e-4, 200, settle=TIGHT, cost=condition(model, x, y).cost)
+    assert cosine(model, rule.update(model, x, y).grads, g) > 0.9
+
+
+def test_weight_perturbation(exact):
+    model, x, y, g = exact
+    settle = SettleOptions(method="gauss_seidel", atol=1e-12, max_time=3000)
+    rule = WeightPerturbation(1e-4, 60, settle=settle, cost=condition(model, x, y).cost)
+    # about sqrt(probes / weights) = sqrt(60 / 111): 0.57 at this seed, mse and softmax
+    assert cosine(model, rule.update(model, x, y).grads, g) > 0.4
+
+
+def test_chl_on_the_conv_net_and_why_not_with_a_softmax_read_out():
+    model, x, y = problem("max", False, "sigmoid", scale=1.5)
+    g = flat(model, ImplicitDifferentiation(TIGHT, adjoint_tol=1e-12).update(model, x, y).grads)
+    assert cosine(model, ContrastiveHebbian(TIGHT).update(model, x, y).grads, g) > 0.95
+    model, x, y = problem("max", True)
+    with pytest.raises(ValueError, match="softmax=true keeps its read-out outside the state"):
+        ContrastiveHebbian(TIGHT, cost=CrossEntropy()).update(model, x, y)
+
+
+def test_backprop_says_why_it_cannot_run():
+    model, x, y = problem()
+    with pytest.raises(TypeError, match="Backprop needs .*FeedForward.*ConvHopfield has none"):
+        Backprop().update(model, x, y)
+
+
+def test_softmax_read_out_needs_the_cross_entropy():
+    model, x, y = problem("max", True)
+    with pytest.raises(ValueError, match="softmax=true .* needs the cross-entropy cost"):
+        EquilibriumPropagation(0.1, settle=TIGHT).update(model, x, y)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(pools=["max", "none"]), r"pools must list one value per convolution \(1"),
+    (dict(in_size=7), r"convolution 0 \(input \(1, 7, 7\)\): max-pooling 2x2 with stride 2 does not divide the 7x7"),
+    (dict(pools=["min"]), "unknown pool 'min'; valid: none, max, avg"),
+    (dict(fc=[]), "fc must list at least one dense layer"),
+])
+def test_bad_architectures_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ConvHopfield(**{**ARCHS["max"], **kwargs})
