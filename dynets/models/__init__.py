@@ -2,7 +2,7 @@
 from .asymmetric import Asymmetric
 from .base import DynamicalModel, EnergyModel
 from .boltzmann import BoltzmannMachine
-from .conv import ConvHopfield, CoupledHopfield
+from .conv import ConvHopfield
 from .helmholtz import Helmholtz
 from .hopfield import ACTIVATIONS, LayeredHopfield
 from .memory import AssociativeMemory, DenseAssociativeMemory
@@ -11,4 +11,4 @@ from .readback import ReadBackHopfield
 
 __all__ = ["DynamicalModel", "EnergyModel", "LayeredHopfield", "ACTIVATIONS", "PredictiveCoding", "Helmholtz",
            "BoltzmannMachine", "AssociativeMemory", "DenseAssociativeMemory", "Asymmetric", "ReadBackHopfield",
-           "CoupledHopfield", "ConvHopfield"]
+           "ConvHopfield"]
