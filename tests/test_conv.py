@@ -206,3 +206,23 @@ def test_softmax_read_out_needs_the_cross_entropy():
 def test_bad_architectures_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ConvHopfield(**{**ARCHS["max"], **kwargs})
+
+
+def test_a_users_module_as_a_coupling():
+    """CoupledHopfield with a user's nonlinear nn.Module between a pooled conv and the read-out:
+    the drive is autograd's ∂Φ/∂s (its adjoint by VJP), and centered EP still follows the gradient."""
+    from torch import nn
+    from dynets.couplings import Conv, Dense, Module
+    from dynets.models.conv import CoupledHopfield
+    torch.manual_seed(0)
+    middle = Module(nn.Sequential(nn.Flatten(), nn.Linear(18, 4), nn.Tanh()), (2, 3, 3))
+    model = CoupledHopfield([Conv((1, 6, 6), 2, 3, padding=1, pool="max"), middle, Dense((4,), 3)], "sigmoid").double()
+    x, y = torch.rand(4, 1, 6, 6, dtype=torch.float64), torch.randint(0, 3, (4,))
+    c = condition(model, x, y)
+    s = tuple(t.requires_grad_() for t in random_state(model, 4))
+    u = torch.autograd.grad((model.primitive(s, c) - c.beta * model.cost(s, c)).sum(), s)
+    with torch.no_grad():
+        for g, ui, si in zip(model.vector_field(torch.tensor(0.0), s, c), u, s, strict=True):
+            torch.testing.assert_close(g, model.act.rho(ui) - si, rtol=1e-12, atol=1e-12)
+    g = flat(model, ImplicitDifferentiation(TIGHT, adjoint_tol=1e-12).update(model, x, y).grads)
+    assert cosine(model, ep(model, 0.01, "centered").update(model, x, y).grads, g) >= 0.999
