@@ -28,9 +28,9 @@ class CoupledHopfield(EnergyModel):
 
         ∂Φ/∂s_l = g_{l−1}(s_{l−1}) + (∂g_l/∂s_l)ᵀ s_{l+1}
 
-    from each coupling's forward map and adjoint (no autograd in a settle). States are
-    ``(batch, *shape)``: feature maps ``(batch, C, H, W)`` after a convolution, vectors after
-    a dense coupling.
+    from each coupling's forward map and adjoint (autograd in a settle only for a user's
+    module). States are ``(batch, *shape)``: feature maps ``(batch, C, H, W)`` after a
+    convolution, vectors after a dense coupling.
 
     With ``softmax`` the last coupling is the read-out, outside the energy (Laborieux et al.
     2021): the state stops at the last hidden layer, the output is o = g_L(s_L) (the logits,
@@ -175,10 +175,14 @@ class CoupledHopfield(EnergyModel):
 
     def blocks(self, condition: Condition) -> list[Block]:
         """Gauss–Seidel blocks: the even layers, then the odd ones (layer l couples only to
-        l ± 1). g is the exact block minimiser ρ(∂Φ/∂s_l) for a hidden layer and, for a top
-        layer nudged with the squared error, the prox of :class:`~dynets.models.LayeredHopfield`;
-        a top layer nudged through a softmax read-out has no closed-form minimiser and takes
-        the plain update ρ(∂Φ_β/∂s_L). Same fixed points as the flow."""
+        l ± 1). Same fixed points as the flow. Where the coupling above a layer is affine in it
+        (dense, a convolution unpooled or average-pooled), g = ρ(∂Φ/∂s_l) is the exact
+        minimiser of F over the layer given the rest, and for a top layer nudged with the
+        squared error g is the prox of :class:`~dynets.models.LayeredHopfield`. Under a
+        max-pooling (or a nonlinear module) the drive into s_l depends on s_l through the
+        arg-max, and g is the fixed-point update ρ(∂Φ/∂s_l) at the current s_l (the flow's
+        step at Δt = 1, as the published code iterates); so is a top layer nudged through a
+        softmax read-out, which has no closed-form minimiser."""
         u, act, top, beta = self._drive_fn(condition), self.act, self.n_energy - 1, condition.beta
         exact = beta != 0.0 and not self.softmax and isinstance(condition.cost, SquaredError)
 
