@@ -6,7 +6,6 @@ from torch import nn
 
 from dynets.couplings import Conv, Dense, Module, check_chain
 
-torch.set_default_dtype(torch.float64)
 
 
 def autograd_vjp(coupling, s, e):
@@ -29,9 +28,9 @@ COUPLINGS = [
 @pytest.mark.parametrize("make", COUPLINGS)
 def test_adjoint_is_autograds_vjp(make):
     torch.manual_seed(0)
-    coupling = make()
-    s = torch.randn(3, *coupling.in_shape)
-    e = torch.randn(3, *coupling.out_shape)
+    coupling = make().double()
+    s = torch.randn(3, *coupling.in_shape, dtype=torch.float64)
+    e = torch.randn(3, *coupling.out_shape, dtype=torch.float64)
     assert coupling(s).shape == (3, *coupling.out_shape)
     expected = autograd_vjp(coupling, s, e)
     with torch.no_grad():
@@ -45,8 +44,9 @@ def test_adjoint_is_autograds_vjp(make):
 def test_param_vjp_is_autograds(make):
     """∂⟨g(s), e⟩/∂θ in closed form (Dense, Conv) against autograd, parameter by parameter."""
     torch.manual_seed(0)
-    coupling = make()
-    s, e = torch.randn(3, *coupling.in_shape), torch.randn(3, *coupling.out_shape)
+    coupling = make().double()
+    s = torch.randn(3, *coupling.in_shape, dtype=torch.float64)
+    e = torch.randn(3, *coupling.out_shape, dtype=torch.float64)
     expected = torch.autograd.grad((coupling(s) * e).sum(), list(coupling.parameters()))
     with torch.no_grad():
         got = coupling.param_vjp(s, e)
@@ -56,7 +56,7 @@ def test_param_vjp_is_autograds(make):
 
 def identity_conv(pool):
     """A 1x1 convolution with weight 1 and no bias: g = pool(s), so the adjoint is the pooling's."""
-    c = Conv((1, 4, 4), 1, 1, pool=pool)
+    c = Conv((1, 4, 4), 1, 1, pool=pool).double()
     with torch.no_grad():
         c.conv.weight.fill_(1.0)
         c.conv.bias.zero_()
@@ -65,8 +65,8 @@ def identity_conv(pool):
 
 def test_max_pool_adjoint_routes_to_the_argmax():
     torch.manual_seed(1)
-    s = torch.randn(2, 1, 4, 4)
-    e = torch.randn(2, 1, 2, 2)
+    s = torch.randn(2, 1, 4, 4, dtype=torch.float64)
+    e = torch.randn(2, 1, 2, 2, dtype=torch.float64)
     got = identity_conv("max").adjoint(s, e)
     expected = torch.zeros_like(s)
     for b in range(2):
@@ -80,8 +80,8 @@ def test_max_pool_adjoint_routes_to_the_argmax():
 
 def test_avg_pool_adjoint_spreads_a_quarter():
     torch.manual_seed(2)
-    s = torch.randn(2, 1, 4, 4)
-    e = torch.randn(2, 1, 2, 2)
+    s = torch.randn(2, 1, 4, 4, dtype=torch.float64)
+    e = torch.randn(2, 1, 2, 2, dtype=torch.float64)
     got = identity_conv("avg").adjoint(s, e)
     for i in range(4):
         for j in range(4):
