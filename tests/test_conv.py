@@ -226,3 +226,20 @@ def test_a_users_module_as_a_coupling():
             torch.testing.assert_close(g, model.act.rho(ui) - si, rtol=1e-12, atol=1e-12)
     g = flat(model, ImplicitDifferentiation(TIGHT, adjoint_tol=1e-12).update(model, x, y).grads)
     assert cosine(model, ep(model, 0.01, "centered").update(model, x, y).grads, g) >= 0.999
+
+
+def test_published_weights_load_by_order():
+    """The published P_CNN's synapses (Conv2d then Linear, each weight and bias) copied by order
+    give our Φ when Φ is computed the published way: Σ ⟨pool(conv(s_l)), s_{l+1}⟩ + Σ ⟨W s_l + b, s_{l+1}⟩."""
+    from torch import nn
+    model, x, _ = problem("two")
+    synapses = nn.ModuleList([nn.Conv2d(1, 3, 3, 1, 1), nn.Conv2d(3, 2, 2, 2, 0), nn.Linear(2, 3)]).double()
+    with torch.no_grad():
+        for q, p in zip(synapses.parameters(), model.parameters(), strict=True):
+            q.copy_(p)
+    s = random_state(model, 4)
+    pools = [nn.MaxPool2d(2, 2), nn.Identity()]
+    layers = (x,) + s
+    phi = sum((pools[l](synapses[l](layers[l])) * layers[l + 1]).sum((1, 2, 3)) for l in range(2))
+    phi = phi + (synapses[2](layers[2].flatten(1)) * layers[3]).sum(1)
+    torch.testing.assert_close(model.primitive(s, Condition(x)), phi, rtol=1e-12, atol=1e-12)
