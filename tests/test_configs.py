@@ -94,7 +94,12 @@ def builds(cfg) -> bool:
     return True
 
 
-@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+# TODO(lead): remove once the data keep (C, H, W) images (helper "images"): digits are flat (64,) until then.
+IMAGES = pytest.mark.xfail(strict=True, reason="ConvHopfield needs (C, H, W) images; the data are flat vectors")
+
+
+@pytest.mark.parametrize("group,option", [pytest.param(g, o, marks=IMAGES) if (g, o) == ("model", "conv_hopfield")
+                                          else (g, o) for g in GROUPS for o in options(g)])
 def test_every_config_composes_and_instantiates(group, option, npz_file):
     config = composed(overrides_for(group, option, npz_file))
     if (group, option) == ("data", "mnist"):
@@ -104,8 +109,8 @@ def test_every_config_composes_and_instantiates(group, option, npz_file):
     if config["data"]["_target_"].endswith("fashion_mnist") and not Path("/usr/share/datasets/fashion-mnist").exists():
         pytest.skip("dataset-fashion-mnist is not installed")
     data, model, rule, optimizer = build(config)
-    assert model.sizes[0] == data.n_features
-    assert model.sizes[-1] == data.n_classes or not model.supervised   # a generative model has no label layer
+    assert model.in_features == data.n_features
+    assert model.out_features == data.n_classes or not model.supervised   # a generative model has no label layer
     assert optimizer.param_groups[0]["lr"] == config["optimizer"]["lr"]
     for node in config["logger"].values():
         assert hasattr(instantiate(node), "log")

@@ -2,6 +2,7 @@
 from .asymmetric import Asymmetric
 from .base import DynamicalModel, EnergyModel
 from .boltzmann import BoltzmannMachine
+from .conv import ConvHopfield
 from .helmholtz import Helmholtz
 from .hopfield import ACTIVATIONS, LayeredHopfield
 from .memory import AssociativeMemory, DenseAssociativeMemory
@@ -9,4 +10,5 @@ from .pc import PredictiveCoding
 from .readback import ReadBackHopfield
 
 __all__ = ["DynamicalModel", "EnergyModel", "LayeredHopfield", "ACTIVATIONS", "PredictiveCoding", "Helmholtz",
-           "BoltzmannMachine", "AssociativeMemory", "DenseAssociativeMemory", "Asymmetric", "ReadBackHopfield"]
+           "BoltzmannMachine", "AssociativeMemory", "DenseAssociativeMemory", "Asymmetric", "ReadBackHopfield",
+           "ConvHopfield"]

@@ -181,7 +181,8 @@ def drive_to_params(model: DynamicalModel, condition: Condition, free: Equilibri
                     g: State) -> dict[str, torch.Tensor]:
     """``{name: (1/B) Σ_b (D⁻¹g_b)ᵀ ∂f/∂θ}`` at the free equilibrium: weight gradients from
     ``g``, per-sample ``(batch, *shape)`` sensitivities of the cost to each layer's drive
-    noise (see :class:`NodePerturbation`). D, the diagonal of ∂f/∂ξ, is one VJP with ones."""
+    noise (see :class:`NodePerturbation`). D, the diagonal of ∂f/∂ξ, is one VJP with ones.
+    A read-out outside the dynamics (``ConvHopfield(softmax=True)``) adds its direct ∂L/∂θ."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     with torch.enable_grad():
         zero = tuple(torch.zeros_like(s, requires_grad=True) for s in free.state)
@@ -191,6 +192,11 @@ def drive_to_params(model: DynamicalModel, condition: Condition, free: Equilibri
                         for gl, d in zip(g, gain))
         grads = torch.autograd.grad(f, [p for _, p in named], grad_outputs=adjoint, allow_unused=True,
                                     materialize_grads=True)
+        # A read-out outside the dynamics (a softmax layer) learns by its own delta rule, ∂L/∂θ.
+        loss = model.cost(free.state, condition).mean()
+        if loss.requires_grad:
+            direct = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True, materialize_grads=True)
+            grads = [gr + d for gr, d in zip(grads, direct)]
     return {n: gr for (n, _), gr in zip(named, grads)}
 
 

@@ -18,7 +18,9 @@ class ImplicitDifferentiation(Rule):
     r"""The exact gradient of L = mean_b C(s*_b) at the free equilibrium f(s*, θ) = 0,
     by the implicit function theorem (recurrent backprop: Almeida 1987, Pineda 1987):
 
-        dL/dθ = wᵀ ∂f/∂θ,   where  (∂f/∂s)ᵀ w = −∂L/∂s.
+        dL/dθ = ∂L/∂θ + wᵀ ∂f/∂θ,   where  (∂f/∂s)ᵀ w = −∂L/∂s,
+
+    ∂L/∂θ the direct term of a read-out outside the dynamics (a softmax layer; else 0).
 
     The adjoint system is solved by restarted GMRES (Saad & Schultz 1986) on −(∂f/∂s)ᵀ, one
     vector-Jacobian product per iteration, until ‖(∂f/∂s)ᵀ w + ∂L/∂s‖ ≤ adjoint_tol·‖∂L/∂s‖
@@ -56,9 +58,12 @@ class ImplicitDifferentiation(Rule):
             # Under autograd the model recomputes its batch constants with their graph.
             f = phase_field(model, condition)(torch.tensor(free.t), s)
             loss = model.cost(s, condition).mean()
-            g = torch.autograd.grad(loss, s, allow_unused=True, materialize_grads=True)
+            # dL/dθ = ∂L/∂θ (a read-out outside the dynamics, e.g. a softmax layer) + wᵀ∂f/∂θ
+            g = torch.autograd.grad(loss, (*s, *params), allow_unused=True, materialize_grads=True)
+            g, direct = g[:len(s)], g[len(s):]
             w, residual, steps = self._adjoint(f, s, g)
-            grads = torch.autograd.grad(f, params, grad_outputs=w)
+            grads = torch.autograd.grad(f, params, grad_outputs=w, allow_unused=True, materialize_grads=True)
+            grads = [a + b for a, b in zip(grads, direct)]
         done = residual <= self.adjoint_tol
         if not done:
             log.warning("ImplicitDifferentiation: the adjoint did not converge in %d steps (relative residual %.3g > "
