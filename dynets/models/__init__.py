@@ -2,11 +2,12 @@
 from .asymmetric import Asymmetric
 from .base import DynamicalModel, EnergyModel
 from .boltzmann import BoltzmannMachine
+from .conv_pc import ConvPredictiveCoding
 from .helmholtz import Helmholtz
 from .hopfield import ACTIVATIONS, LayeredHopfield
 from .memory import AssociativeMemory, DenseAssociativeMemory
 from .pc import PredictiveCoding
 from .readback import ReadBackHopfield
 
-__all__ = ["DynamicalModel", "EnergyModel", "LayeredHopfield", "ACTIVATIONS", "PredictiveCoding", "Helmholtz",
+__all__ = ["DynamicalModel", "EnergyModel", "LayeredHopfield", "ACTIVATIONS", "PredictiveCoding", "ConvPredictiveCoding", "Helmholtz",
            "BoltzmannMachine", "AssociativeMemory", "DenseAssociativeMemory", "Asymmetric", "ReadBackHopfield"]
