@@ -208,6 +208,8 @@ def test_bad_architectures_are_named():
         ConvPredictiveCoding(8, [1, 2, 3], [3], [1, 1], [0, 0], ["max", "max"], [3])
     with pytest.raises(ValueError, match="convolution 1: max-pooling 2x2 .* does not divide the 3x3 map"):
         ConvPredictiveCoding(8, [1, 2, 3], [3, 2], [1, 1], [1, 0], ["max", "max"], [3])
+    with pytest.raises(ValueError, match=r"positive whole numbers, got in_size=None, channels=\[None, 2\]"):
+        ConvPredictiveCoding(None, [None, 2], [3], [1], [1], ["max"], [3])
     with pytest.raises(ValueError, match="fc at least the read-out"):
         ConvPredictiveCoding(8, [1, 2], [3], [1], [1], ["max"], [])
     with pytest.raises(ValueError, match="unknown activation 'soft'"):
@@ -217,3 +219,4 @@ def test_bad_architectures_are_named():
         settle(model, Condition(x.flatten(1)))
     with pytest.raises(ValueError, match="nothing to learn"):
         PredictiveCodingRule(variant="unsupervised").update(model, x, y)
+

@@ -267,6 +267,11 @@ def conv_couplings(in_size: int, channels: Sequence[int], kernels: Sequence[int]
         fc: the dense layers' sizes, the read-out last.
     """
     n = len(channels) - 1
+    sizes = [in_size, *channels, *fc]
+    if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in sizes):
+        raise ValueError(f"in_size, channels and fc must be positive whole numbers, got in_size={in_size}, "
+                         f"channels={list(channels)}, fc={list(fc)} (a conv net reads (C, H, W) images: vector "
+                         f"data have no channels nor in_size)")
     if n < 0 or not fc:
         raise ValueError(f"channels must list the input's channels (then each convolution's), and fc at least "
                          f"the read-out's size; got channels={list(channels)}, fc={list(fc)}")
