@@ -97,8 +97,8 @@ def test_every_config_composes_and_instantiates(group, option, npz_file):
     if config["data"]["_target_"].endswith("fashion_mnist") and not Path("/usr/share/datasets/fashion-mnist").exists():
         pytest.skip("dataset-fashion-mnist is not installed")
     data, model, rule, optimizer = build(config)
-    assert model.sizes[0] == data.n_features
-    assert model.sizes[-1] == data.n_classes or not model.supervised   # a generative model has no label layer
+    assert model.in_features == data.n_features
+    assert model.out_features == data.n_classes or not model.supervised   # a generative model has no label layer
     assert optimizer.param_groups[0]["lr"] == config["optimizer"]["lr"]
     for node in config["logger"].values():
         assert hasattr(instantiate(node), "log")

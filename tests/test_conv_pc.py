@@ -220,3 +220,22 @@ def test_bad_architectures_are_named():
     with pytest.raises(ValueError, match="nothing to learn"):
         PredictiveCodingRule(variant="unsupervised").update(model, x, y)
 
+
+def test_the_config_builds_the_published_net_on_digits():
+    """configs/model/conv_pc.yaml: its keys are the constructor's, and on digits it builds a
+    net of digits' image shape whose parameters are the convolutions', then the dense layers'
+    (weight, bias of each), as the published code orders them."""
+    from pathlib import Path
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+    import dynets
+    from dynets.app.run import build_model, sized
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    with initialize_config_dir(config_dir=str(configs), version_base=None):
+        config = OmegaConf.to_container(compose("train", overrides=["model=conv_pc"]))
+    model = build_model(sized(config, dynets.data.digits())["model"])
+    assert model.in_shape == (1, 8, 8) and model.out_shape == (10,)
+    kinds = [(type(m).__name__, tuple(p.shape)) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
+             for p in (m.weight, m.bias)]
+    assert kinds == [("Conv2d", (16, 1, 3, 3)), ("Conv2d", (16,)), ("Linear", (10, 256)), ("Linear", (10,))]
+    assert [tuple(p.shape) for p in model.parameters()] == [s for _, s in kinds]
