@@ -7,7 +7,6 @@ import torch
 
 from ..capabilities import PredictionErrors
 from ..costs import Cost
-from ..models.pc import PredictiveCoding
 from ..settle import SettleOptions
 from ..phases import Condition
 from .base import Rule, Update
@@ -25,7 +24,8 @@ class PredictiveCodingRule(Rule):
 
         ΔW_k ∝ ⟨ε_to f(v_from)ᵀ⟩,  Δb_k ∝ ⟨ε_to⟩,   i.e.  p.grad = Σ_phases w·∂E/∂θ(s_phase),
 
-    in closed form (``model.param_grads``). Variants:
+    in closed form (``model.param_grads``), on layers of any shape (vectors, feature maps:
+    :class:`~dynets.models.PredictiveCoding`, :class:`~dynets.models.ConvPredictiveCoding`). Variants:
 
     - ``nudged`` (default): one phase nudged with β (F = E + β·C, warm-started from the
       free equilibrium), w = 1/β. For the discriminative arrangement the free errors are
@@ -75,7 +75,7 @@ class PredictiveCodingRule(Rule):
             return [("clamped", condition.clamped({-1: condition.target}), 1.0)]
         return [("free", None, 1.0)]
 
-    def update(self, model: PredictiveCoding, x: torch.Tensor, y: torch.Tensor | None = None) -> Update:
+    def update(self, model: PredictionErrors, x: torch.Tensor, y: torch.Tensor | None = None) -> Update:
         self.check_model(model)
         why = INVALID.get((self.variant, model.arrangement))
         if why:

@@ -1,0 +1,292 @@
+"""Predictive coding on any layered net built from couplings: convolutions, pooling, dense
+layers, a user's own modules (Whittington & Bogacz 2017, discriminative; the published
+convolutional arguments of Laborieux et al. 2021's ``P_CNN``)."""
+from __future__ import annotations
+
+from dataclasses import replace
+from math import prod
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..couplings import Conv, Coupling, Dense, check_chain
+from ..phases import Block, Condition, State, VectorField, by_layer
+from .base import EnergyModel
+from .pc import PC_ACTIVATIONS, _squared_norm
+
+
+class CoupledPredictiveCoding(EnergyModel):
+    r"""Discriminative predictive coding on a chain of couplings g_0, …, g_{L−1}: value nodes
+    v_l of any shape (feature maps, vectors), v_0 = x clamped, state ``(v_1, ..., v_L)``,
+
+        μ_1 = g_0(x),  μ_{l+1} = g_l(f(v_l)),  ε_l = v_l − μ_l,
+        E = Σ_l ½‖ε_l‖² (over every unit of a map),  F = E + β·C(v_L, y) − Σ_l ξ_lᵀ v_l,
+
+    and dv/dt = −∂F/∂v, analytic through the couplings' adjoints (no autograd in a settle):
+
+        −∂E/∂v_l = −ε_l + f'(v_l) ⊙ (∂g_l/∂a at a = f(v_l))ᵀ ε_{l+1}.
+
+    As for :class:`~dynets.models.PredictiveCoding`, the free equilibrium (β = 0) is the
+    feedforward pass with every error zero (:meth:`init_state` starts there), and a nudge of β
+    moves the errors to ≈ −β·∂C/∂μ_l, backprop's, so the PC update tends to the gradient of the
+    feedforward net as β → 0. No activation acts on the input x.
+
+    Args:
+        couplings: the maps between consecutive layers, input first (each one's
+            ``out_shape`` the next one's ``in_shape``); the read-out is the last one's output.
+        activation: ``tanh``, ``sigmoid``, ``relu``, ``gelu`` or ``linear``.
+
+    Parameters: ``layers.k.*``, the k-th coupling's (which predicts layer k+1 from layer k).
+    """
+
+    arrangement = "discriminative"
+    generative = False
+
+    def __init__(self, couplings: Sequence[Coupling], activation: str = "tanh") -> None:
+        super().__init__()
+        if not couplings:
+            raise ValueError("a predictive coding net needs at least one coupling")
+        if activation not in PC_ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; valid: {', '.join(PC_ACTIVATIONS)}")
+        check_chain(list(couplings))
+        self.layers = nn.ModuleList(couplings)
+        self.activation, self.act = activation, PC_ACTIVATIONS[activation]
+        self.in_features, self.out_features = prod(self.in_shape), prod(self.out_shape)
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        """The first coupling's input shape, e.g. ``(1, 8, 8)``."""
+        return tuple(self.layers[0].in_shape)
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        """The last coupling's output shape (the read-out's)."""
+        return tuple(self.layers[-1].out_shape)
+
+    def prepare(self, condition: Condition) -> Condition:
+        """``condition`` with μ_1 = g_0(x) (constant during a settle) computed once for every
+        phase of the batch."""
+        self.check_condition(condition)
+        with torch.no_grad():
+            return replace(condition, constants=self.layers[0](condition.x))
+
+    def _mu1(self, condition: Condition) -> torch.Tensor:
+        """μ_1: the prepared one outside autograd, recomputed with its graph under autograd."""
+        if condition.constants is not None and not torch.is_grad_enabled():
+            return condition.constants
+        return self.layers[0](condition.x)
+
+    def errors(self, state: State, condition: Condition) -> list[torch.Tensor]:
+        """The prediction errors ``[ε_1, ..., ε_L]``, each of its layer's shape."""
+        f, v = self.act.f, [condition.x, *state]
+        return [v[1] - self._mu1(condition)] + [v[k + 1] - self.layers[k](f(v[k])) for k in range(1, len(state))]
+
+    def reconstruction(self, state: State, condition: Condition) -> torch.Tensor:
+        """Refused: the input of a discriminative net is below its errors; nothing predicts it."""
+        raise ValueError("a reconstruction needs the generative arrangement and data x in the condition "
+                         f"({type(self).__name__} is discriminative: nothing predicts its input)")
+
+    def energy(self, state: State, condition: Condition) -> torch.Tensor:
+        """``(batch,)`` E = Σ ½‖ε_l‖² over every unit of every layer."""
+        return sum(0.5 * e.pow(2).flatten(1).sum(1) for e in self.errors(state, condition))
+
+    def init_state(self, condition: Condition) -> State:
+        """The feedforward pass v_1 = g_0(x), v_{l+1} = g_l(f(v_l)): the free equilibrium."""
+        v = [self._mu1(condition)]
+        for g in self.layers[1:]:
+            v.append(g(self.act.f(v[-1])))
+        # Copies: the prepared μ_1 must not become a state tensor that a caller may edit.
+        return tuple(s if torch.is_grad_enabled() else s.detach().clone() for s in v)
+
+    def feedforward(self, condition: Condition) -> State:
+        """The feedforward pass (the free equilibrium); under autograd it carries the graph."""
+        return self.init_state(condition)
+
+    def _force(self, condition: Condition) -> Callable[[State, range], list[torch.Tensor]]:
+        """``force(state, layers)``: −∂F/∂s_l (noise included) of the given state layers. Each
+        coupling is linearised once per call (its prediction and its adjoint share a max-pooling's
+        arg-max), and only the couplings those layers touch."""
+        f, df, beta, cost, y = self.act.f, self.act.df, condition.beta, condition.cost, condition.target
+        mu1 = self._mu1(condition)
+        noise = by_layer(condition.noise, self._shapes(condition), "noise")
+
+        def force(state: State, layers: range) -> list[torch.Tensor]:
+            v, n, lin, fv = [condition.x, *state], len(state), {}, {}
+
+            def linear(j: int):   # (g_j(f(v_j)), its adjoint), for value layer j >= 1
+                if j not in lin:
+                    fv[j] = f(v[j])
+                    lin[j] = self.layers[j].linearize(fv[j])
+                return lin[j]
+
+            err = lambda j: v[1] - mu1 if j == 1 else v[j] - linear(j - 1)[0]
+            out = []
+            for l in layers:
+                j = l + 1
+                d = -err(j)
+                if j < n:
+                    back = linear(j)[1](err(j + 1))
+                    d = d + back * df(v[j], fv[j])
+                if l == n - 1 and beta != 0.0:
+                    d = d - beta * cost.grad(state[l], y)
+                out.append(d + noise[l] if l in noise else d)
+            return out
+
+        return force
+
+    def _shapes(self, condition: Condition) -> State:
+        """Uninitialised tensors of the state's shapes (for checking noise)."""
+        return tuple(condition.x.new_empty(condition.batch, *g.out_shape) for g in self.layers)
+
+    def dynamics(self, condition: Condition) -> VectorField:
+        """ds/dt = −∂F/∂s (noise included), analytic (plain tensor ops: differentiable for the reference rules)."""
+        self.check_condition(condition)
+        force = self._force(condition)
+        return lambda t, state: tuple(force(state, range(len(state))))
+
+    def blocks(self, condition: Condition) -> list[Block]:
+        """Gauss–Seidel blocks: the even state layers, then the odd ones (∂F/∂s_l involves only
+        s_{l−1}, s_l, s_{l+1}), each layer stepping by :meth:`curvature_steps`, as
+        :meth:`dynets.models.PredictiveCoding.blocks` does."""
+        self.check_condition(condition)
+        force, n, steps = self._force(condition), len(self.layers), self.curvature_steps(condition)
+
+        def block(first: int) -> Block:
+            layers = range(first, n, 2)
+            g = lambda state: [state[l] + d for l, d in zip(layers, force(state, layers))]
+            return tuple(layers), g, tuple(steps[l] for l in layers)
+
+        return [block(0), block(1)]
+
+    def curvature_steps(self, condition: Condition) -> list[torch.Tensor]:
+        """Each state layer's Gauss–Seidel step α_l = 2/(μ_l + L_l), from the bounds μ_l = 1
+        (+ β·min ∂²C) and L_l = 1 + (sup|f'|·‖J_l‖₂)² (+ β·max ∂²C) of its block Hessian
+        I + D J_lᵀ J_l D, J_l = ∂g_l/∂a the coupling above it (as PredictiveCoding's, which
+        explains the terms left out). ‖J_l‖₂ is bounded by the linear part of the coupling:
+        a dense weight's norm; a convolution's operator norm on its input map, times ½ after
+        average-pooling (2×2 average: norm ½) and 1 after max-pooling (a selection).
+
+        Raises:
+            ValueError: a coupling with no such bound (a user's ``Module``), or a nudged
+                phase whose cost declares no curvature.
+        """
+        n, beta = len(self.layers), condition.beta
+        if beta != 0.0 and condition.cost.curvature is None:
+            raise ValueError(f"settle=gauss_seidel sizes its steps by the cost's curvature, and "
+                             f"{type(condition.cost).__name__} declares none (Cost.curvature): declare it, "
+                             f"or use settle=fast_euler")
+        steps = []
+        for l in range(n):
+            low = high = 1.0
+            if l + 1 < n:
+                high = high + self.act.slope ** 2 * coupling_squared_norm(self.layers[l + 1])
+            if l == n - 1 and beta != 0.0:
+                a, b = (beta * c for c in condition.cost.curvature)
+                low, high = low + min(a, b), high + max(a, b)
+            steps.append(2 / (low + high) if low > 0 else 1 / high)
+        w = next(self.parameters())
+        return [torch.as_tensor(s, dtype=w.dtype, device=w.device) for s in steps]
+
+    def param_grads(self, state: State, condition: Condition) -> dict[str, torch.Tensor]:
+        """∂F/∂θ, batch mean, local to each coupling: ∂F/∂θ_k = −⟨(∂g_k/∂θ_k)ᵀ ε_{k+1}⟩ at the
+        coupling's own input (a dense layer's −⟨ε f(v)ᵀ⟩; a convolution's the correlation of
+        its error, unpooled, with its input's patches), one vector–Jacobian product per coupling."""
+        with torch.no_grad():
+            eps = self.errors(state, condition)
+            inputs = [condition.x] + [self.act.f(s) for s in state[:-1]]
+        named = [(name, p) for name, p in self.named_parameters() if p.requires_grad]
+        with torch.enable_grad():
+            drive = sum((g(a) * e).sum() for g, a, e in zip(self.layers, inputs, eps))
+            grads = torch.autograd.grad(drive, [p for _, p in named], allow_unused=True, materialize_grads=True)
+        scale = -1.0 / condition.batch
+        return {name: g.mul_(scale) for (name, _), g in zip(named, grads)}
+
+
+def coupling_squared_norm(coupling: Coupling, iterations: int = 30) -> torch.Tensor:
+    """An upper estimate of ‖∂g/∂a‖₂² over every a, for the couplings that have one.
+
+    Args:
+        coupling: a :class:`~dynets.couplings.Dense` or :class:`~dynets.couplings.Conv`.
+        iterations: power iterations on the convolution's AᵀA.
+    """
+    if isinstance(coupling, Dense):
+        return _squared_norm(coupling.linear.weight)
+    if not isinstance(coupling, Conv):
+        raise ValueError(f"settle=gauss_seidel sizes each layer's step by a bound on its coupling's Jacobian, and a "
+                         f"{type(coupling).__name__} coupling has none: use settle=fast_euler (the flow)")
+    c = coupling.conv
+    A = lambda u: F.conv2d(u, c.weight, None, c.stride, c.padding)
+    At = lambda u: F.conv_transpose2d(u, c.weight, None, c.stride, c.padding, coupling.output_padding)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(0)
+        u = torch.randn(1, *coupling.in_shape, generator=g, dtype=c.weight.dtype).to(c.weight.device)
+        for _ in range(iterations):
+            u = At(A(u))
+            u = u / torch.linalg.vector_norm(u)
+        # Raised by 10 %: the estimate approaches from below.
+        return 1.1 * torch.linalg.vector_norm(A(u)) ** 2 * (0.25 if coupling.pool == "avg" else 1.0)
+
+
+class ConvPredictiveCoding(CoupledPredictiveCoding):
+    """:class:`CoupledPredictiveCoding` on a convolutional net given by the published code's
+    arguments (``P_CNN`` of Laborieux et al. 2021): convolutions, each followed by a 2×2,
+    stride-2 pooling or none, then dense layers; the parameters are in that order, each
+    coupling's ``torch.nn.Conv2d`` or ``torch.nn.Linear`` (weight, bias), so published weights
+    load by order. The input is ``(channels[0], in_size, in_size)``; the read-out ``(fc[-1],)``.
+
+    Args:
+        in_size: the side of the (square) input image.
+        channels: the input's channels, then each convolution's output channels.
+        kernels: each convolution's (square) kernel size.
+        strides: each convolution's stride.
+        paddings: each convolution's zero padding.
+        pools: after each convolution, ``max``, ``avg`` or ``none``.
+        fc: the sizes of the dense layers after the last convolution, the read-out last.
+        activation: ``tanh``, ``sigmoid``, ``relu``, ``gelu`` or ``linear``.
+    """
+
+    def __init__(self, in_size: int, channels: Sequence[int], kernels: Sequence[int], strides: Sequence[int],
+                 paddings: Sequence[int], pools: Sequence[str], fc: Sequence[int], activation: str = "tanh") -> None:
+        super().__init__(conv_couplings(in_size, channels, kernels, strides, paddings, pools, fc), activation)
+
+
+def conv_couplings(in_size: int, channels: Sequence[int], kernels: Sequence[int], strides: Sequence[int],
+                   paddings: Sequence[int], pools: Sequence[str], fc: Sequence[int]) -> list[Coupling]:
+    """The couplings of the published convolutional net: a :class:`~dynets.couplings.Conv` per
+    convolution, then a :class:`~dynets.couplings.Dense` per dense layer (the first flattens).
+
+    Args:
+        in_size: the side of the (square) input image.
+        channels: the input's channels, then each convolution's output channels.
+        kernels: each convolution's kernel size.
+        strides: each convolution's stride.
+        paddings: each convolution's zero padding.
+        pools: after each convolution, ``max``, ``avg`` or ``none``.
+        fc: the dense layers' sizes, the read-out last.
+    """
+    n = len(channels) - 1
+    sizes = [in_size, *channels, *fc]
+    if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in sizes):
+        raise ValueError(f"in_size, channels and fc must be positive whole numbers, got in_size={in_size}, "
+                         f"channels={list(channels)}, fc={list(fc)} (a conv net reads (C, H, W) images: vector "
+                         f"data have no channels nor in_size)")
+    if n < 0 or not fc:
+        raise ValueError(f"channels must list the input's channels (then each convolution's), and fc at least "
+                         f"the read-out's size; got channels={list(channels)}, fc={list(fc)}")
+    for name, values in (("kernels", kernels), ("strides", strides), ("paddings", paddings), ("pools", pools)):
+        if len(values) != n:
+            raise ValueError(f"{name} has {len(values)} entries but channels={list(channels)} makes {n} "
+                             f"convolutions: give one per convolution")
+    shape, out = (int(channels[0]), int(in_size), int(in_size)), []
+    for k in range(n):
+        try:
+            out.append(Conv(shape, channels[k + 1], kernels[k], strides[k], paddings[k], pools[k]))
+        except ValueError as err:
+            raise ValueError(f"convolution {k}: {err}") from err
+        shape = out[-1].out_shape
+    for size in fc:
+        out.append(Dense(shape, size))
+        shape = out[-1].out_shape
+    return out
