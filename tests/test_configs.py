@@ -94,12 +94,7 @@ def builds(cfg) -> bool:
     return True
 
 
-# TODO(lead): remove once the data keep (C, H, W) images (helper "images"): digits are flat (64,) until then.
-IMAGES = pytest.mark.xfail(strict=True, reason="ConvHopfield needs (C, H, W) images; the data are flat vectors")
-
-
-@pytest.mark.parametrize("group,option", [pytest.param(g, o, marks=IMAGES) if (g, o) == ("model", "conv_hopfield")
-                                          else (g, o) for g in GROUPS for o in options(g)])
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_config_composes_and_instantiates(group, option, npz_file):
     config = composed(overrides_for(group, option, npz_file))
     if (group, option) == ("data", "mnist"):

@@ -42,7 +42,7 @@ class CoupledPredictiveCoding(EnergyModel):
     """
 
     arrangement = "discriminative"
-    generative = False
+    is_generative = False
 
     def __init__(self, couplings: Sequence[Coupling], activation: str = "tanh") -> None:
         super().__init__()
