@@ -36,11 +36,9 @@ METHODS_THAT_FIT = ("generative predictive coding (PredictiveCoding with arrange
 
 def learns_without_labels(model, rule) -> bool:
     """Whether ``rule`` trains ``model`` without reading a label: a model with no label layer
-    (``supervised = False``), or generative predictive coding with the ``unsupervised`` rule."""
-    rule = getattr(rule, "wake", rule)   # SleepInterleaved: its wake rule decides
-    if not getattr(model, "supervised", True):
-        return True
-    return getattr(model, "arrangement", None) == "generative" and getattr(rule, "variant", None) == "unsupervised"
+    (``supervised = False``), or a rule that needs no target (``Rule.needs_target``: e.g. generative
+    predictive coding's ``unsupervised`` variant; :meth:`Rule.check_model` refuses the pairs it cannot train)."""
+    return not model.supervised or not rule.needs_target
 
 
 def check_self_supervised(model, rule) -> None:
@@ -198,8 +196,7 @@ def mismatch(model: DynamicalModel, rule: Rule) -> str | None:
         rule.check_model(model)
     except (TypeError, ValueError) as err:
         return str(err)
-    inner = rule.wake if isinstance(getattr(rule, "wake", None), Rule) else rule   # SleepInterleaved
-    needs_target = inner.needs_target
+    needs_target = rule.needs_target
     own_target = type(model).target is not DynamicalModel.target   # e.g. the read-back model's input
     if needs_target and not (model.supervised or own_target):
         return f"{type(rule).__name__} trains a read-out toward a label, and {type(model).__name__} has no label layer"

@@ -77,6 +77,11 @@ class SleepInterleaved(Rule):
         for name, g in generators(wake).items():   # the wake rule's streams, checkpointed with ours
             setattr(self, f"wake_{name}", g)
 
+    @property
+    def needs_target(self) -> bool:
+        """The wake rule's: sleep phases read no label."""
+        return self.wake.needs_target
+
     def check_model(self, model) -> None:
         self.wake.check_model(model)
 
