@@ -27,7 +27,7 @@ def test_the_new_model_trains_by_ep_along_the_exact_gradient():
     assert ns["cosine"] > 0.99
     with pytest.raises(TypeError, match=r"Backprop needs a model with a free equilibrium that is a feedforward "
                                         r"pass \(capability FeedForward: a method feedforward\(condition\); "
-                                        r"e\.g\. PredictiveCoding\); Tiny has none"):
+                                        r"e\.g\. PredictiveCoding, ConvPredictiveCoding\); Tiny has none"):
         dynets.rules.Backprop().check_model(ns["model"])
 
 
