@@ -33,6 +33,13 @@ class CoupledPredictiveCoding(EnergyModel):
     moves the errors to ≈ −β·∂C/∂μ_l, backprop's, so the PC update tends to the gradient of the
     feedforward net as β → 0. No activation acts on the input x.
 
+    Max-pooling makes F piecewise smooth, with a kink where a window's arg-max ties. A strong
+    nudge or a clamped output can push a pooled unit onto one, where F has no stationary point
+    and no settle converges (measured on tiny nets with two max-pooled convolutions: Euler and
+    Gauss–Seidel stalled at residuals 1e-4–1e-2 for some batches at β = 0.05–0.5 and with the
+    output clamped; another batch settled at every |β| ≤ 0.04; with one max-pooling, digits
+    trained with every phase settled). Average pooling has no kink.
+
     Args:
         couplings: the maps between consecutive layers, input first (each one's
             ``out_shape`` the next one's ``in_shape``); the read-out is the last one's output.
