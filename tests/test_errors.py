@@ -22,7 +22,8 @@ from dynets.app.fit import train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-MODELS = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml"))
+# TODO(lead): the conv models (no model.sizes; they read (C, H, W) images) join once the data keep images.
+MODELS = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml") if "\nsizes:" in p.read_text())
 RULES = sorted(p.stem for p in (CONFIGS / "rule").glob("*.yaml"))
 # 4x4 bars: binary (every model reads it) and labelled (two orientations); tiny splits and nets.
 NET = ["model.sizes.1=4", "trainer.device=cpu", "logger=none", "trainer.epochs=1", "trainer.batch_size=8"]
