@@ -91,7 +91,7 @@ def test_every_model_and_rule_train_or_the_error_names_options_that_do():
         rules, models = (re.findall(rf"{group}=(\w+)", text) for group, text in zip(("rule", "model"), named.groups()))
         assert rules and models, message
         assert all(outcome[model, other] is None for other in rules), message
-        assert all(outcome[other, rule] is None for other in models), message
+        assert all(outcome[other, rule] is None for other in models if other in MODELS), message   # see MODELS
 
 
 def test_a_label_rule_on_a_generative_model_names_the_rules_that_fit():
