@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from dynets import Condition, SettleOptions
+from dynets import Condition, SettleOptions, diagnostics
 from dynets.models import ConvAsymmetric, ConvHopfield
 from dynets.models.conv_asymmetric import forward_weight, mirror_estimate
-from dynets.rules import EquilibriumPropagation, write_grads
+from dynets.rules import EquilibriumPropagation, ImplicitDifferentiation, write_grads
 from dynets.rules.dtp import DifferenceTargetPropagation
 from dynets.rules.feedback import FeedbackAlignment, KolenPollack, VectorFieldEP, WeightMirror
 
@@ -141,6 +141,20 @@ def test_tied_vector_field_ep_gives_eps_update():
 
 
 @pytest.mark.parametrize("arch", ["conv_max", "stride"])
+def test_feedback_alignment_with_b_equal_to_w_is_the_exact_gradient(arch):
+    """With B = W the nudge's response is ρ′ times the adjoint, so FA's delta rule on the conv
+    net tends to implicit differentiation's gradient as β → 0 (O(β²), centered)."""
+    model, _, x, y = problem(arch, "learned")
+    mirrored(model)
+    ref = ImplicitDifferentiation(TIGHT, adjoint_tol=1e-13, adjoint_max_steps=100000)
+    errors = []
+    for beta in (0.02, 0.01):
+        a = diagnostics.alignment(model, FeedbackAlignment(beta, settle=TIGHT), ref, x, y)
+        errors.append(abs(a["all"]["norm_ratio"] - 1) + 1 - a["all"]["cosine"])
+    assert errors[1] < 1e-4 and errors[1] < errors[0] / 3, errors
+
+
+@pytest.mark.parametrize("arch", ["conv_max", "stride"])
 def test_kolen_pollack_feedback_update_is_the_forward_delta_rule_and_decays_the_gap(arch):
     """B's update is W's delta rule, −⟨∂⟨g(free_l), (a − b)_{l+1}⟩/∂W⟩/(2β) by autograd (the
     correlation of B's own map, roles swapped), and SGD shrinks W − B by (1 − lr·λ)."""
@@ -246,5 +260,6 @@ def test_the_config_builds_conv_hopfields_net_with_random_feedback_on_digits():
         config = OmegaConf.to_container(compose("train", overrides=["model=conv_asymmetric"]))
     model = build_model(sized(config, dynets.data.digits())["model"])
     assert model.in_shape == (1, 8, 8) and model.out_shape == (10,) and model.feedback_mode == "random"
+    assert [c.pool for c in model.couplings[:2]] == ["avg", "avg"]
     assert [tuple(p.shape) for p in model.parameters()] == [(16, 1, 3, 3), (16,), (32, 16, 3, 3), (32,), (10, 128), (10,)]
     assert [tuple(b.shape) for b in model.feedback_weights()] == [(32, 16, 3, 3), (10, 128)]

@@ -22,19 +22,21 @@ def forward_weight(coupling: Coupling) -> torch.Tensor:
     return coupling.conv.weight if isinstance(coupling, Conv) else coupling.linear.weight
 
 
-def feedback_map(coupling: Coupling, weight: torch.Tensor, s: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """e ↦ the coupling's adjoint at ``s`` with ``weight`` in place of W: for a convolution the
-    transposed convolution with ``weight`` of the pooling's adjoint (max-unpooling to the
-    arg-max of the forward W ⋆ s + b, or e/4 spread), for a dense coupling ``weight``ᵀe."""
+def feedback_linearize(coupling: Coupling, weight: torch.Tensor,
+                       s: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """(g(s), e ↦ the coupling's adjoint at ``s`` with ``weight`` in place of W): for a
+    convolution the transposed convolution with ``weight`` of the pooling's adjoint
+    (max-unpooling to the arg-max of the forward W ⋆ s + b, found by the one convolution that
+    gives g(s), or e/4 spread), for a dense coupling ``weight``ᵀe."""
     if isinstance(coupling, Dense):
-        return lambda e: (e @ weight).view(e.shape[0], *coupling.in_shape)
+        return coupling(s), lambda e: (e @ weight).view(e.shape[0], *coupling.in_shape)
     c = coupling.conv
     if coupling.pool == "max":
-        where = F.max_pool2d(c(s), 2, return_indices=True)[1]
+        out, where = F.max_pool2d(c(s), 2, return_indices=True)
         unpool = lambda e: coupling._unpool_max(e, where)
     else:
-        unpool = coupling._unpool_avg if coupling.pool == "avg" else (lambda e: e)
-    return lambda e: F.conv_transpose2d(unpool(e), weight, None, c.stride, c.padding, coupling.output_padding)
+        out, unpool = coupling(s), (coupling._unpool_avg if coupling.pool == "avg" else (lambda e: e))
+    return out, lambda e: F.conv_transpose2d(unpool(e), weight, None, c.stride, c.padding, coupling.output_padding)
 
 
 def mirror_estimate(coupling: Coupling, noise: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -66,7 +68,8 @@ class ConvAsymmetric(CoupledLayered):
     of the pooling's adjoint (max-unpooling at the forward arg-max, recomputed at each
     evaluation, or the average's spread), for a dense coupling B_lᵀe. With B = W
     (``tied``) it is exactly ConvHopfield's flow; otherwise there is no energy and the
-    flow may oscillate (``settle`` then reports ``converged=False``). Feedback weights are
+    flow may oscillate (``settle`` then reports ``converged=False``). There is no softmax
+    read-out (the feedback rules' local updates read the output from the state). Feedback weights are
     compared with W itself (a convolution's adjoint uses W's tensor, transposed by the
     operation): ``feedback_angles`` are 0 for B = W.
 
@@ -152,7 +155,7 @@ class ConvAsymmetric(CoupledLayered):
         coupling = self.couplings[k]
         if k == 0 or not self.own_feedback:
             return coupling.linearize(s)
-        return coupling(s), feedback_map(coupling, self.feedback_weights()[k - 1], s)
+        return feedback_linearize(coupling, self.feedback_weights()[k - 1], s)
 
     def _hebbian(self, lower: State, upper: State, scale: float) -> dict[str, torch.Tensor]:
         """scale·Σ ∂⟨g_l(lower_l), upper_l⟩/∂θ by each coupling's closed form, by parameter name."""
