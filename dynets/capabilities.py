@@ -122,7 +122,10 @@ class SeparateFeedback(Protocol):
     to W_lᵀ in degrees; ``set_feedback(weights)`` sets B; ``own_feedback`` (a property) says
     whether B is weights of its own rather than Wᵀ (a tied model has this capability with B = Wᵀ),
     ``learns_feedback`` (a property) whether B is a trained parameter; ``hebbian_difference(a, b, x, scale)`` and
-    ``delta_rule(a, b, pre, x, scale)`` give ``{name: gradient}`` from two phases. Used by
+    ``delta_rule(a, b, pre, x, scale)`` give ``{name: gradient}`` from two phases;
+    ``mirror_update(grads)`` carries the forward weights' updates onto the feedback that
+    stands for them and ``mirror_sleep(sigma, samples, generator)`` estimates, from noise,
+    what each B stands for (Wᵀ, or W for a convolution's feedback). Used by
     :class:`~dynets.rules.VectorFieldEP`, :class:`~dynets.rules.FeedbackAlignment`,
     :class:`~dynets.rules.KolenPollack`, :class:`~dynets.rules.WeightMirror`,
     :class:`~dynets.rules.DifferenceTargetPropagation` and the comparison study.
@@ -139,6 +142,8 @@ class SeparateFeedback(Protocol):
                            scale: float = 1.0) -> dict[str, torch.Tensor]: ...
     def delta_rule(self, a: State, b: State, pre: State, x: torch.Tensor,
                    scale: float = 1.0) -> dict[str, torch.Tensor]: ...
+    def mirror_update(self, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+    def mirror_sleep(self, sigma: float, samples: int, generator: torch.Generator) -> list[torch.Tensor]: ...
 
 
 @runtime_checkable

@@ -3,6 +3,7 @@ from .asymmetric import Asymmetric
 from .base import DynamicalModel, EnergyModel
 from .boltzmann import BoltzmannMachine
 from .conv import ConvHopfield
+from .conv_asymmetric import ConvAsymmetric
 from .conv_pc import ConvPredictiveCoding
 from .helmholtz import Helmholtz
 from .hopfield import ACTIVATIONS, LayeredHopfield
@@ -12,4 +13,4 @@ from .readback import ReadBackHopfield
 
 __all__ = ["DynamicalModel", "EnergyModel", "LayeredHopfield", "ACTIVATIONS", "PredictiveCoding", "Helmholtz",
            "BoltzmannMachine", "AssociativeMemory", "DenseAssociativeMemory", "Asymmetric", "ReadBackHopfield",
-           "ConvHopfield", "ConvPredictiveCoding"]
+           "ConvHopfield", "ConvPredictiveCoding", "ConvAsymmetric"]

@@ -133,3 +133,18 @@ class Asymmetric(Layered):
             d = (ua - ub) * s
             grads[f"layers.{l}.weight"], grads[f"layers.{l}.bias"] = d.T @ p, d.sum(0)
         return grads
+
+    def mirror_update(self, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``{"feedback.<l>": the update of W_{l+1} in grads, transposed}`` (Kolen–Pollack)."""
+        return {f"feedback.{l}": grads[f"layers.{l + 1}.weight"].T for l in range(len(self.layers) - 1)}
+
+    def mirror_sleep(self, sigma: float, samples: int, generator: torch.Generator) -> list[torch.Tensor]:
+        """One weight-mirror sleep: per B_l, the estimate ⟨ξ (W_{l+1} ξ)ᵀ⟩/σ² of W_{l+1}ᵀ from
+        ``samples`` noise patterns ξ ~ N(0, σ²I) of hidden layer l+1, drawn by ``generator``."""
+        out = []
+        for layer in self.layers[1:]:
+            w = layer.weight.detach()
+            xi = torch.randn(samples, w.shape[1], generator=generator, dtype=w.dtype).to(w.device).mul_(sigma)
+            current = xi @ w.T   # the postsynaptic currents the noise causes
+            out.append(xi.T @ current / (samples * sigma ** 2))
+        return out

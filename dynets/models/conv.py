@@ -14,35 +14,26 @@ from torch import nn
 from ..costs import CrossEntropy, SquaredError
 from ..couplings import POOLS, Conv, Coupling, Dense, check_chain
 from ..phases import Block, Condition, State, VectorField, by_layer
-from .base import EnergyModel
+from .base import DynamicalModel, EnergyModel
 from .hopfield import ACTIVATIONS
 
 
-class CoupledHopfield(EnergyModel):
-    r"""The layered energy of couplings g_l (layer l to l+1, s_0 = x clamped):
+class CoupledLayered(DynamicalModel):
+    r"""The layered flow of couplings g_l (layer l to l+1, s_0 = x clamped):
 
-        E(s) = Σ_l Σ_i G(s_{l,i}) − Φ(s),   Φ(s) = Σ_l ⟨g_l(s_l), s_{l+1}⟩,
+        ds_l/dt = ρ(u_l) − s_l,   u_l = g_{l−1}(s_{l−1}) + D_l(s_l)[s_{l+1}],
 
-    in the primitive-function form of :class:`~dynets.models.LayeredHopfield`:
-    ds_l/dt = ρ(∂Φ_β/∂s_l) − s_l, Φ_β = Φ − β·C, with the drive
-
-        ∂Φ/∂s_l = g_{l−1}(s_{l−1}) + (∂g_l/∂s_l)ᵀ s_{l+1}
-
-    from each coupling's forward map and adjoint (autograd in a settle only for a user's
-    module). States are ``(batch, *shape)``: feature maps ``(batch, C, H, W)`` after a
-    convolution, vectors after a dense coupling.
-
-    With ``softmax`` the last coupling is the read-out, outside the energy (Laborieux et al.
-    2021): the state stops at the last hidden layer, the output is o = g_L(s_L) (the logits,
-    which :class:`~dynets.costs.CrossEntropy` passes through a softmax), and the nudge acts
-    on s_L through it, −β·(∂g_L/∂s_L)ᵀ ∂C/∂o. The read-out's parameters are not in E: EP
-    gives them the direct gradient ∂C/∂θ (see :meth:`param_grad_difference`).
+    with D_l the top-down map of coupling l (:meth:`linearize`): the coupling's adjoint
+    (∂g_l/∂s_l)ᵀ in :class:`CoupledHopfield`, where u_l = ∂Φ/∂s_l; a feedback map of its
+    own in :class:`~dynets.models.conv_asymmetric.ConvAsymmetric`. The top layer is nudged
+    by −β·∂C/∂s_L (or, with ``softmax``, through the read-out). The flow and the Gauss–Seidel
+    blocks are this class's.
 
     Args:
         couplings: the maps from the input to the first layer, then layer to layer; each
             one's ``out_shape`` is the next one's ``in_shape``.
         activation: one of ``hard_sigmoid`` (ρ = clip(·, 0, 1)), ``sigmoid``, ``tanh``.
-        softmax: the last coupling is a read-out outside the energy (cross-entropy cost).
+        softmax: the last coupling is a read-out outside the flow's state (cross-entropy cost).
     """
 
     def __init__(self, couplings: list[Coupling], activation: str = "hard_sigmoid", softmax: bool = False) -> None:
@@ -91,32 +82,6 @@ class CoupledHopfield(EnergyModel):
         with torch.no_grad():
             return replace(condition, constants=self.couplings[0](condition.x))
 
-    def primitive(self, state: State, condition: Condition) -> torch.Tensor:
-        """``(batch,)`` Φ(s; x) = Σ_l ⟨g_l(s_l), s_{l+1}⟩."""
-        below = (condition.x,) + tuple(state[:-1])
-        return sum((c(b) * s).flatten(1).sum(1) for c, b, s in zip(self.couplings, below, state))
-
-    def energy(self, state: State, condition: Condition) -> torch.Tensor:
-        """E = Σ G(s) − Φ(s) (the noise term is added by ``total_energy``)."""
-        return sum(self.act.G(s).flatten(1).sum(1) for s in state) - self.primitive(state, condition)
-
-    def param_grad_difference(self, a: State, b: State, condition: Condition,
-                              scale: float = 1.0) -> dict[str, torch.Tensor]:
-        """scale·[∂E/∂θ(a) − ∂E/∂θ(b)], batch mean, from each coupling's Hebbian term
-        ∂⟨g_l(s_l), s_{l+1}⟩/∂θ (:meth:`~dynets.couplings.Coupling.param_vjp`). With
-        ``softmax`` the read-out's parameters, outside E, get ½[∂C/∂θ(a) + ∂C/∂θ(b)]: for
-        centered EP (β, −β) this is the published [β·∂C/∂θ(a) + β·∂C/∂θ(b)]/(2β); for a
-        one-sided pair it is O(β) from ∂C/∂θ at the free state, as the rule itself."""
-        k, x = -scale / condition.batch, condition.x
-        grads = []
-        for c, sa, ta, sb, tb in zip(self.couplings, (x,) + tuple(a[:-1]), a, (x,) + tuple(b[:-1]), b):
-            grads += [ga.sub_(gb).mul_(k) for ga, gb in zip(c.param_vjp(sa, ta), c.param_vjp(sb, tb))]
-        if self.softmax:
-            r, cost, y = self.couplings[-1], condition.cost, condition.target
-            ends = [r.param_vjp(s[-1], cost.grad(r(s[-1]), y)) for s in (a, b)]
-            grads += [ga.add_(gb).mul_(0.5 / condition.batch) for ga, gb in zip(*ends)]
-        return self.named_grads(grads)
-
     def _drive_fn(self, condition: Condition) -> Callable[..., list[torch.Tensor]]:
         """``u(s, layers, self_term=True)``: ∂Φ_β/∂s_l (+ noise) of ``layers``. The input drive
         comes from ``prepare`` (outside autograd); each coupling is linearised once at a state
@@ -149,6 +114,10 @@ class CoupledHopfield(EnergyModel):
 
         return u
 
+    def linearize(self, k: int, s: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+        """Coupling k at ``s``: (g_k(s), e ↦ D_k e), D_k its top-down map (here its adjoint)."""
+        return self.couplings[k].linearize(s)
+
     def _linearizer(self) -> Callable[[int, torch.Tensor], tuple]:
         """``linear(k, s)``: coupling k's (g(s), adjoint at s), cached under ``no_grad`` while
         ``s`` is the same, unmodified tensor (a Gauss–Seidel half-sweep leaves the other
@@ -157,10 +126,10 @@ class CoupledHopfield(EnergyModel):
 
         def linear(k: int, s: torch.Tensor) -> tuple:
             if torch.is_grad_enabled():
-                return self.couplings[k].linearize(s)
+                return self.linearize(k, s)
             hit = cache.get(k)
             if hit is None or hit[0] is not s or hit[1] != s._version:
-                hit = cache[k] = (s, s._version, *self.couplings[k].linearize(s))
+                hit = cache[k] = (s, s._version, *self.linearize(k, s))
             return hit[2:]
 
         return linear
@@ -201,6 +170,60 @@ class CoupledHopfield(EnergyModel):
             return tuple(layers), g
 
         return [block(0), block(1)]
+
+
+class CoupledHopfield(CoupledLayered, EnergyModel):
+    r"""The layered energy of couplings g_l (layer l to l+1, s_0 = x clamped):
+
+        E(s) = Σ_l Σ_i G(s_{l,i}) − Φ(s),   Φ(s) = Σ_l ⟨g_l(s_l), s_{l+1}⟩,
+
+    in the primitive-function form of :class:`~dynets.models.LayeredHopfield`:
+    ds_l/dt = ρ(∂Φ_β/∂s_l) − s_l, Φ_β = Φ − β·C, with the drive
+
+        ∂Φ/∂s_l = g_{l−1}(s_{l−1}) + (∂g_l/∂s_l)ᵀ s_{l+1}
+
+    from each coupling's forward map and adjoint (autograd in a settle only for a user's
+    module). States are ``(batch, *shape)``: feature maps ``(batch, C, H, W)`` after a
+    convolution, vectors after a dense coupling.
+
+    With ``softmax`` the last coupling is the read-out, outside the energy (Laborieux et al.
+    2021): the state stops at the last hidden layer, the output is o = g_L(s_L) (the logits,
+    which :class:`~dynets.costs.CrossEntropy` passes through a softmax), and the nudge acts
+    on s_L through it, −β·(∂g_L/∂s_L)ᵀ ∂C/∂o. The read-out's parameters are not in E: EP
+    gives them the direct gradient ∂C/∂θ (see :meth:`param_grad_difference`).
+
+    Args:
+        couplings: the maps from the input to the first layer, then layer to layer; each
+            one's ``out_shape`` is the next one's ``in_shape``.
+        activation: one of ``hard_sigmoid`` (ρ = clip(·, 0, 1)), ``sigmoid``, ``tanh``.
+        softmax: the last coupling is a read-out outside the energy (cross-entropy cost).
+    """
+
+    def primitive(self, state: State, condition: Condition) -> torch.Tensor:
+        """``(batch,)`` Φ(s; x) = Σ_l ⟨g_l(s_l), s_{l+1}⟩."""
+        below = (condition.x,) + tuple(state[:-1])
+        return sum((c(b) * s).flatten(1).sum(1) for c, b, s in zip(self.couplings, below, state))
+
+    def energy(self, state: State, condition: Condition) -> torch.Tensor:
+        """E = Σ G(s) − Φ(s) (the noise term is added by ``total_energy``)."""
+        return sum(self.act.G(s).flatten(1).sum(1) for s in state) - self.primitive(state, condition)
+
+    def param_grad_difference(self, a: State, b: State, condition: Condition,
+                              scale: float = 1.0) -> dict[str, torch.Tensor]:
+        """scale·[∂E/∂θ(a) − ∂E/∂θ(b)], batch mean, from each coupling's Hebbian term
+        ∂⟨g_l(s_l), s_{l+1}⟩/∂θ (:meth:`~dynets.couplings.Coupling.param_vjp`). With
+        ``softmax`` the read-out's parameters, outside E, get ½[∂C/∂θ(a) + ∂C/∂θ(b)]: for
+        centered EP (β, −β) this is the published [β·∂C/∂θ(a) + β·∂C/∂θ(b)]/(2β); for a
+        one-sided pair it is O(β) from ∂C/∂θ at the free state, as the rule itself."""
+        k, x = -scale / condition.batch, condition.x
+        grads = []
+        for c, sa, ta, sb, tb in zip(self.couplings, (x,) + tuple(a[:-1]), a, (x,) + tuple(b[:-1]), b):
+            grads += [ga.sub_(gb).mul_(k) for ga, gb in zip(c.param_vjp(sa, ta), c.param_vjp(sb, tb))]
+        if self.softmax:
+            r, cost, y = self.couplings[-1], condition.cost, condition.target
+            ends = [r.param_vjp(s[-1], cost.grad(r(s[-1]), y)) for s in (a, b)]
+            grads += [ga.add_(gb).mul_(0.5 / condition.batch) for ga, gb in zip(*ends)]
+        return self.named_grads(grads)
 
 
 class ConvHopfield(CoupledHopfield):

@@ -76,6 +76,15 @@ class DifferenceTargetPropagation(_Nudged):
         self.targets, self.sigma, self.reg = targets, float(sigma), float(reg)
         self.generator = torch.Generator().manual_seed(int(seed))
 
+    def check_model(self, model) -> None:
+        """Also: the targets and the reconstruction loss are written for dense layers."""
+        super().check_model(model)
+        if not isinstance(model, Asymmetric):
+            raise TypeError(f"DifferenceTargetPropagation cannot run on {type(model).__name__}: its targets "
+                            "ρ(c_l + B_l ĥ_{l+1}) and its reconstruction loss, which trains each B_l to invert "
+                            "layer l+1's map through a noise-perturbed forward pass, are written for dense layers "
+                            "(model=asymmetric); use fa, vfep, kp or mirror on a convolutional net")
+
     def nudged(self, model: Asymmetric, condition: Condition, free: Equilibrium, beta: float) -> Equilibrium:
         if self.targets == "settle":
             return super().nudged(model, condition, free, beta)

@@ -78,8 +78,8 @@ class _Nudged(Rule):
         return Update(step.grads, metrics)
 
     def trains(self, name: str, model: Asymmetric) -> bool:
-        """Whether this rule writes a gradient for parameter ``name``."""
-        return name.startswith("layers.") or (self.needs_learned_feedback and name.startswith("feedback."))
+        """Whether this rule writes a gradient for parameter ``name`` (every forward one)."""
+        return not name.startswith("feedback.") or self.needs_learned_feedback
 
     def phase_update(self, model: Asymmetric, condition: Condition, free: State, a: State, b: State,
                      x: torch.Tensor, scale: float) -> Update:
@@ -106,7 +106,7 @@ class VectorFieldEP(_Nudged):
     """
 
     def trains(self, name: str, model: Asymmetric) -> bool:
-        return name.startswith("layers.") or model.learns_feedback
+        return not name.startswith("feedback.") or model.learns_feedback
 
     def phase_update(self, model, condition, free, a, b, x, scale):
         return Update(model.hebbian_difference(a, b, x, scale))
@@ -171,11 +171,13 @@ class KolenPollack(_Nudged):
 
     def phase_update(self, model, condition, free, a, b, x, scale):
         grads = model.delta_rule(a, b, free, x, scale)
-        for l, fb in enumerate(model.feedback):   # the transposed update, before W's own decay is added
-            grads[f"feedback.{l}"] = grads[f"layers.{l + 1}.weight"].T + self.decay * fb.detach()
+        mirrored = model.mirror_update(grads)   # W's update carried onto B, before W's own decay is added
+        for l, fb in enumerate(model.feedback):
+            grads[f"feedback.{l}"] = mirrored[f"feedback.{l}"] + self.decay * fb.detach()
         if self.decay:
-            for l, layer in enumerate(model.layers):
-                grads[f"layers.{l}.weight"] = grads[f"layers.{l}.weight"] + self.decay * layer.weight.detach()
+            for name, w in model.named_parameters():
+                if name.endswith("weight") and not name.startswith("feedback."):
+                    grads[name] = grads[name] + self.decay * w.detach()
         return Update(grads)
 
 
@@ -209,17 +211,12 @@ class WeightMirror(_Nudged):
         self.generator = torch.Generator().manual_seed(int(seed))
 
     def sleep_grads(self, model: Asymmetric) -> dict[str, torch.Tensor]:
-        """One sleep: ``{"feedback.<l>": B_l − ⟨ξ (W_{l+1} ξ)ᵀ⟩/σ²}`` (index l counts the hidden
-        layers from 0), noise from the rule's generator."""
+        """One sleep: ``{"feedback.<l>": B_l − (the model's mirror estimate of what B_l stands
+        for, W_{l+1}ᵀ: ⟨ξ (W_{l+1} ξ)ᵀ⟩/σ²)}`` (index l counts the hidden layers from 0), noise
+        from the rule's generator (:meth:`~dynets.models.Asymmetric.mirror_sleep`)."""
         self.check_model(model)
-        grads = {}
-        for l, fb in enumerate(model.feedback):
-            w = model.layers[l + 1].weight.detach()
-            xi = torch.randn(self.samples, fb.shape[0], generator=self.generator, dtype=w.dtype).to(w.device)
-            xi = xi.mul_(self.sigma)
-            current = xi @ w.T   # the postsynaptic currents the noise causes
-            grads[f"feedback.{l}"] = fb.detach() - xi.T @ current / (self.samples * self.sigma ** 2)
-        return grads
+        estimates = model.mirror_sleep(self.sigma, self.samples, self.generator)
+        return {f"feedback.{l}": fb.detach() - m for l, (fb, m) in enumerate(zip(model.feedback, estimates))}
 
     def phase_update(self, model, condition, free, a, b, x, scale):
         return Update({**model.delta_rule(a, b, free, x, scale), **self.sleep_grads(model)})
