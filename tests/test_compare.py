@@ -124,3 +124,31 @@ def test_every_row_of_every_table_builds_a_model_its_rule_can_train(table):
         if "seed" in inspect.signature(type(model)).parameters:   # its own generator takes the seed
             other = row.model(1)
             assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), other.parameters())), name
+
+
+def test_every_row_of_the_conv_table_trains_the_same_conv_net_on_images():
+    """compare_conv.yaml: each row's rule accepts its model, and every model is the same P_CNN on the
+    digits' (1, 8, 8) images: 3×3 convolutions to 16 and 32 channels, each halving the map by max-pooling
+    (8 → 4 → 2), so the read-out sees 32·2·2 = 128 inputs; the EP rows are its three variants."""
+    from pathlib import Path
+    from hydra import compose, initialize_config_dir
+    script = _script()
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "configs"), version_base=None):
+        cfg = compose("compare_conv")
+    data = dynets.data.digits()
+    rows = script.entries(cfg, data)
+    assert {"bp", "pc", "ep", "chl", "implicit", "bptt", "np", "wp"} <= set(rows)
+    want = [(16, 1, 3, 3), (16,), (32, 16, 3, 3), (32,), (10, 128), (10,)]
+    variants = set()
+    for name, row in rows.items():
+        model, rule = row.model(0), row.rule(0)
+        rule.check_model(model)
+        assert model.in_shape == data.sample_shape == (1, 8, 8), name
+        assert [tuple(p.shape) for p in model.parameters()] == want, name
+        assert [m.pool for m in model.modules() if isinstance(m, dynets.couplings.Conv)] == ["max", "max"], name
+        assert row.optimizer(list(model.parameters())).defaults["lr"] == cfg.rules[name].lr, name
+        expected = dynets.models.ConvPredictiveCoding if name in ("bp", "pc") else dynets.models.ConvHopfield
+        assert type(model) is expected, name
+        if isinstance(rule, EquilibriumPropagation):
+            variants.add(rule.variant)
+    assert variants == {"centered", "positive", "negative"}

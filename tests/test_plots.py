@@ -153,3 +153,31 @@ def test_plotting_never_imports_pyplot(tmp_path):
             "print('matplotlib.pyplot' in sys.modules)")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("kind", ["hopfield", "pc"])
+def test_conv_runs_draw_their_first_filters_and_skip_what_does_not_apply(tmp_path, monkeypatch, kind):
+    """A conv net has no dense first layer: on one-channel images its figure is the first
+    convolution's filters, filter i (its 3×3 kernel) tile i; on three channels no grey image
+    applies, and the run's other plots are still made."""
+    from dynets.models import ConvHopfield, ConvPredictiveCoding
+    make = ConvHopfield if kind == "hopfield" else ConvPredictiveCoding
+
+    def net(channels):
+        return make(in_size=8, channels=[channels, 5], kernels=[3], strides=[1], paddings=[1], pools=["max"],
+                    fc=[3]).double()
+    drawn = []
+    grid = plots.receptive_field_grid
+    monkeypatch.setattr(plots, "receptive_field_grid", lambda w, shape, *a: drawn.append((w, shape)) or grid(w, shape, *a))
+    model = net(1)
+    probe = Condition(torch.rand(2, 1, 8, 8, dtype=torch.float64))
+    assert set(plots.plot_run(tmp_path, model, probe, SettleOptions())) == {"settling", "receptive_fields"}
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    weight, shape = drawn[0]
+    assert shape == (3, 3)
+    for i in range(5):
+        torch.testing.assert_close(weight[i].reshape(3, 3), conv.weight[i, 0])
+    colour = Condition(torch.rand(2, 3, 8, 8, dtype=torch.float64))
+    assert set(plots.plot_run(tmp_path / "rgb", net(3), colour, SettleOptions())) == {"settling"}
+    with pytest.raises(ValueError, match="no first-layer weights to draw"):
+        plots.receptive_fields(net(3), tmp_path / "rf.png")

@@ -19,6 +19,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .. import couplings
 from ..models.base import DynamicalModel, EnergyModel
 from ..settle import SettleOptions, residual_norm
 from ..phases import Condition
@@ -205,17 +206,39 @@ def receptive_field_grid(weight: torch.Tensor, image_shape: tuple[int, int], n: 
     return grid
 
 
-def first_layer_fields(model: DynamicalModel) -> tuple[torch.Tensor, str]:
-    """``(units, pixels)``: each first-layer unit's weights on the input, and what they are.
+def first_map(model: DynamicalModel) -> torch.nn.Module | None:
+    """The map from the input to the first layer: the first of ``model.couplings`` (a coupled
+    network's) or of ``model.layers``; ``None`` when the model has neither."""
+    for name in ("couplings", "layers"):
+        maps = getattr(model, name, None)
+        if isinstance(maps, torch.nn.ModuleList) and len(maps):
+            return maps[0]
+    return None
 
-    Rows of ``model.layers[0].weight`` (``W x``: a unit's input weights, its receptive field),
+
+def first_layer_fields(model: DynamicalModel) -> tuple[torch.Tensor, str, tuple[int, int] | None] | None:
+    """``(units, pixels)``: each first-layer unit's weights on the input, what they are, and their
+    image shape where the weights fix it (``None``: the input's); ``None`` when no figure applies.
+
+    Rows of a dense first layer's weight (``W x``: a unit's input weights, its receptive field),
     except for generative predictive coding, whose first weights predict the pixels from the
     first hidden layer (μ_0 = W_0 f(v_1) + b_0, ``W_0`` of shape ``(pixels, units)``): its
-    columns, the image each unit draws (its projective field)."""
-    weight = model.layers[0].weight
+    columns, the image each unit draws (its projective field). A convolution on one-channel
+    images: its filters, each a ``k × k`` image; on several channels, ``None`` (no grey image)."""
+    first = first_map(model)
+    if isinstance(first, couplings.Conv):
+        weight = first.conv.weight
+        if weight.shape[1] != 1:
+            return None
+        return weight.flatten(1), "First-layer convolution filters", tuple(weight.shape[-2:])
+    if isinstance(first, couplings.Dense):
+        first = first.linear
+    if not isinstance(first, torch.nn.Linear):
+        return None
+    weight = first.weight
     if isinstance(model, PredictionErrors) and model.is_generative:
-        return weight.T, "Generative fields (the pixels each first-layer unit predicts)"
-    return weight, "First-layer receptive fields"
+        return weight.T, "Generative fields (the pixels each first-layer unit predicts)", None
+    return weight, "First-layer receptive fields", None
 
 
 def receptive_fields(model: DynamicalModel, path: str | os.PathLike,
@@ -223,10 +246,18 @@ def receptive_fields(model: DynamicalModel, path: str | os.PathLike,
     """Plot the first ``n`` units of :func:`first_layer_fields` as images, on one symmetric
     colour scale (blue < 0 < red), to the PNG ``path``.
 
-    ``image_shape`` (h, w) defaults to :func:`square_shape` of the input size, which raises
-    ValueError for a non-square input. Returns ``path``."""
-    weight, title = first_layer_fields(model)
-    shape = image_shape if image_shape is not None else square_shape(weight.shape[1])
+    ``image_shape`` (h, w) defaults to the fields' own (a convolution's kernel), else to
+    :func:`square_shape` of the input size, which raises ValueError for a non-square input.
+    Returns ``path``.
+
+    Raises:
+        ValueError: the model has no first-layer weights to draw (:func:`first_layer_fields`)."""
+    fields = first_layer_fields(model)
+    if fields is None:
+        raise ValueError(f"{type(model).__name__} has no first-layer weights to draw as images "
+                         "(a dense layer, or a convolution on one-channel images)")
+    weight, title, own = fields
+    shape = image_shape or own or square_shape(weight.shape[1])
     grid = receptive_field_grid(weight, shape, n)
     scale = np.nanmax(np.abs(grid))
     fig = Figure(figsize=(6, 6), layout="constrained")
@@ -246,7 +277,8 @@ def plot_run(run_dir: str | os.PathLike, model: DynamicalModel, probe_condition:
 
     ``settling`` (always, on ``probe_condition``), ``learning_curves`` (when
     ``metrics.jsonl`` exists), ``alignment`` (when it has ``align_cos/`` keys) and
-    ``receptive_fields`` (when ``image_shape`` is given or the input size is a square)."""
+    ``receptive_fields`` (when :func:`first_layer_fields` finds weights to draw, and ``image_shape``
+    is given, the fields fix their own, or the input size is a square)."""
     run_dir = Path(run_dir)
     out = {"settling": settling(model, probe_condition, settle_options, run_dir / "settling.png")}
     metrics = run_dir / "metrics.jsonl"
@@ -254,7 +286,8 @@ def plot_run(run_dir: str | os.PathLike, model: DynamicalModel, probe_condition:
         out["learning_curves"] = learning_curves(metrics, run_dir / "learning_curves.png")
         if alignment_keys(read_metrics(metrics)):
             out["alignment"] = alignment_curves(metrics, run_dir / "alignment.png")
-    if image_shape is not None or math.isqrt(model.in_features) ** 2 == model.in_features:
+    fields = first_layer_fields(model)
+    if fields is not None and (image_shape or fields[2] or math.isqrt(fields[0].shape[1]) ** 2 == fields[0].shape[1]):
         out["receptive_fields"] = receptive_fields(model, run_dir / "receptive_fields.png", image_shape)
     return out
 

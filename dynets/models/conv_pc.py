@@ -156,7 +156,7 @@ class CoupledPredictiveCoding(EnergyModel):
     def blocks(self, condition: Condition) -> list[Block]:
         """Gauss–Seidel blocks: the even state layers, then the odd ones (∂F/∂s_l involves only
         s_{l−1}, s_l, s_{l+1}), each layer stepping by :meth:`curvature_steps`, as
-        :meth:`dynets.models.PredictiveCoding.blocks` does."""
+        :meth:`dynets.models.pc.PredictiveCoding.blocks` does."""
         self.check_condition(condition)
         force, n, steps = self._force(condition), len(self.layers), self.curvature_steps(condition)
 
