@@ -57,13 +57,15 @@ def test_the_published_settings_reach_the_built_objects(cifar_folder):
     groups = optimizer.param_groups
     assert [g["lr"] for g in groups] == LRS and all(g["weight_decay"] == 3e-4 and g["momentum"] == 0.9 for g in groups)
     assert [len(g["params"]) for g in groups] == [2] * 5   # each layer's weight and bias, in the published order
-    assert groups[0]["params"][0] is model.couplings[0].conv.weight and groups[4]["params"][1] is model.couplings[4].linear.bias
+    assert groups[0]["params"][0] is model.couplings[0].conv.weight
+    assert groups[4]["params"][1] is model.couplings[4].linear.bias
     scheduler = build_scheduler(config, optimizer)
     assert (scheduler.T_max, scheduler.eta_min) == (100, 1e-5)
     optimizer.step(), scheduler.step()   # one epoch: each layer's rate on the cosine from its own start
     cosine = lambda lr: 1e-5 + (lr - 1e-5) * (1 + math.cos(math.pi / 100)) / 2
     assert [g["lr"] for g in groups] == pytest.approx([cosine(lr) for lr in LRS], rel=1e-12)
-    assert data.train.augment is not None and config["trainer"]["epochs"] == 120 and config["trainer"]["batch_size"] == 128
+    assert data.train.augment is not None
+    assert (config["trainer"]["epochs"], config["trainer"]["batch_size"]) == (120, 128)
     assert abs(data.test.x.mean().item()) < 1.0 and data.test.x.max() < 1.0   # normalised: (x − mean)/(3·std)
 
 
