@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
+from .couplings import Conv
 from .phases import Condition
 from .rules import EquilibriumPropagation, PredictiveCodingRule
 from .settle import SettleOptions, residual_norm
@@ -32,6 +34,15 @@ class ReferenceEP:
         self.layers, self.beta, self.step_size = layers, beta, step_size
         self.free_steps, self.nudged_steps = free_steps, nudged_steps
 
+    prefix = "layers"   # the model's name of ``layers``: the gradients are keyed as its parameters
+
+    @staticmethod
+    def rho(u: torch.Tensor) -> torch.Tensor:
+        return u.clamp(0.0, 1.0)
+
+    def zeros(self, x: torch.Tensor) -> list:
+        return [x.new_zeros(x.shape[0], layer.out_features) for layer in self.layers]
+
     def phi(self, x: torch.Tensor, states: list, y: torch.Tensor, beta: float) -> torch.Tensor:
         below = [x, *states[:-1]]
         phi = sum((s * layer(b)).sum() for s, layer, b in zip(states, self.layers, below))
@@ -41,12 +52,11 @@ class ReferenceEP:
         for _ in range(steps):
             states = [s.detach().requires_grad_() for s in states]
             grads = torch.autograd.grad(self.phi(x, states, y, beta), states)
-            states = [s + self.step_size * (-s + g.clamp(0.0, 1.0)) for s, g in zip(states, grads)]
+            states = [s + self.step_size * (-s + self.rho(g)) for s, g in zip(states, grads)]
         return [s.detach() for s in states]
 
     def free_phase(self, x: torch.Tensor, y: torch.Tensor) -> list:
-        zeros = [x.new_zeros(x.shape[0], layer.out_features) for layer in self.layers]
-        return self.settle(x, y, zeros, 0.0, self.free_steps)
+        return self.settle(x, y, self.zeros(x), 0.0, self.free_steps)
 
     def nudged_phase(self, x: torch.Tensor, y: torch.Tensor, free: list, beta: float) -> list:
         return self.settle(x, y, free, beta, self.nudged_steps)
@@ -61,7 +71,7 @@ class ReferenceEP:
         free = self.free_phase(x, y)
         plus, minus = (self.nudged_phase(x, y, free, b) for b in (self.beta, -self.beta))
         delta = (self.phi(x, plus, y, self.beta) - self.phi(x, minus, y, -self.beta)) / (2 * self.beta)
-        return _named(self.layers, -delta / x.shape[0])
+        return _named(self.layers, -delta / x.shape[0], self.prefix)
 
     def rule(self, method: str = "fast_euler", compile: str = "off") -> EquilibriumPropagation:
         """Centered EP with the same β, Δt and steps (a fixed budget, so its phases end short
@@ -84,6 +94,42 @@ class ReferenceEP:
         free, nudged = (SettleOptions(method=method, step_size=step_size, atol=residuals[k], max_time=200,
                                       compile=compile) for k in ("free", "nudged"))
         return EquilibriumPropagation(self.beta, "centered", free, nudged)
+
+
+class ReferenceConvEP(ReferenceEP):
+    r"""Centered EP on a :class:`~dynets.models.ConvHopfield` (hard sigmoid, squared error) the way
+    the published convolutional code (``P_CNN`` of Laborieux et al. 2021) computes it: Φ built from
+    the torch modules themselves, pool(conv(s_l)) and linear(flatten(s_l)), with no adjoint of
+    dynets', and every step of the synchronous iteration
+
+        Φ_β(s) = Σ_l ⟨pool(W_l ⋆ s_l + b_l), s_{l+1}⟩ − β·½‖s_L − y‖²,
+        s ← s + Δt·(−s + ρ(∂Φ_β/∂s))      (Δt = 1: the published s ← ρ(∂Φ_β/∂s)),
+
+    differentiating Φ by autograd; the update is ∂Φ/∂θ by autograd at the two nudged equilibria,
+    as :class:`ReferenceEP`'s. ``layers``: a copy of the model's ``couplings``.
+    """
+
+    prefix = "couplings"
+
+    def __init__(self, layers: nn.ModuleList, beta: float = 0.5, step_size: float = 1.0,
+                 free_steps: int = 40, nudged_steps: int = 12) -> None:
+        super().__init__(layers, beta, step_size, free_steps, nudged_steps)
+
+    def zeros(self, x: torch.Tensor) -> list:
+        return [x.new_zeros(x.shape[0], *c.out_shape) for c in self.layers]
+
+    def phi(self, x: torch.Tensor, states: list, y: torch.Tensor, beta: float) -> torch.Tensor:
+        below = [x, *states[:-1]]
+        phi = sum((s * _published_drive(c, b)).sum() for s, c, b in zip(states, self.layers, below))
+        return phi - beta * 0.5 * (states[-1] - y).pow(2).sum()
+
+
+def _published_drive(coupling: nn.Module, s: torch.Tensor) -> torch.Tensor:
+    """pool(conv(s)) of a :class:`~dynets.couplings.Conv`, linear(flatten(s)) of a ``Dense``."""
+    if not isinstance(coupling, Conv):
+        return coupling.linear(s.flatten(1))
+    pools = {"max": lambda z: F.max_pool2d(z, 2), "avg": lambda z: F.avg_pool2d(z, 2), "none": lambda z: z}
+    return pools[coupling.pool](coupling.conv(s))
 
 
 class ReferencePC:
@@ -154,11 +200,12 @@ def _budget(method: str, step_size: float, steps: int, compile: str) -> SettleOp
                          check_every=steps, compile=compile)
 
 
-def _named(layers: nn.ModuleList, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+def _named(layers: nn.ModuleList, loss: torch.Tensor, prefix: str = "layers") -> dict[str, torch.Tensor]:
     """∂loss/∂θ for every parameter of ``layers``, by autograd, keyed as the layered models name
-    them (``layers.<i>.weight``): an :class:`~dynets.rules.Update`'s ``grads``; no ``p.grad`` is written."""
+    them (``layers.<i>.weight``; ``couplings.<i>.conv.weight`` with ``prefix="couplings"``): an
+    :class:`~dynets.rules.Update`'s ``grads``; no ``p.grad`` is written."""
     names, params = zip(*layers.named_parameters())
-    return {f"layers.{name}": g for name, g in zip(names, torch.autograd.grad(loss, params))}
+    return {f"{prefix}.{name}": g for name, g in zip(names, torch.autograd.grad(loss, params))}
 
 
 def _worst_residual(model: nn.Module, state, condition: Condition) -> float:

@@ -8,22 +8,24 @@ tanh, linear read-out; 20 steps from the feedforward pass): ``dynets`` at the st
 the reference leaves: ``dynets_adaptive`` (ep; Δt 0.5, ``_dt1``: 1), ``dynets_gauss_seidel`` (Δt 1); on GPU
 ``*_compiled``. The other families (CHL, implicit differentiation, node perturbation with 16 antithetic probes,
 wake-sleep on a Helmholtz machine, x > 0.5, FA, DTP) on compare.yaml's nets (sigmoid, Gauss-Seidel). Each step
-ends with the same fused Adam step; ``backprop``: the same-size MLP. The last lines: one JSON object each.
+ends with the same fused Adam step; ``backprop``: the same-size MLP. conv: the published MNIST CNN (1x28x28, 32-64
+5x5 max-pooled, fc 10, batch 128): ConvHopfield's EP (as ep, Gauss-Seidel) and the textbook conv EP (free 40, ±β
+12 synchronous steps, Δt 1), ConvPredictiveCoding's PC (as pc) at the same residual, backprop through the same
+couplings. The last lines: one JSON object each.
 """
 import argparse
 import copy
 import json
-import statistics
-import time
 
 import torch
 from torch import nn
 
-from dynets.models import Asymmetric, Helmholtz, LayeredHopfield, PredictiveCoding
+from dynets.models import Asymmetric, ConvHopfield, ConvPredictiveCoding, Helmholtz, LayeredHopfield, PredictiveCoding
 from dynets.rules import (ContrastiveHebbian, DifferenceTargetPropagation, FeedbackAlignment, ImplicitDifferentiation,
-                          NodePerturbation, WakeSleep, write_grads)
+                          NodePerturbation, PredictiveCodingRule, WakeSleep, write_grads)
 from dynets.settle import SettleOptions
-from dynets.testing import ReferenceEP, ReferencePC, check_same_grads
+from dynets.studies.timing import backprop_step, timed, train_step, with_adam
+from dynets.testing import ReferenceConvEP, ReferenceEP, ReferencePC, check_same_grads
 
 CPU_CONFIGS = ["784,512,10:128", "784,1024,1024,10:128"]
 GPU_CONFIGS = ["784,512,10:128", "784,512,10:1024", "784,1024,1024,10:128", "784,1024,1024,10:1024"]
@@ -43,62 +45,26 @@ FAMILIES = {   # name: (model of sizes, rule, binary inputs)
     "wake_sleep": (Helmholtz, lambda: WakeSleep("plain"), True),
     "fa": (asym("random"), lambda: FeedbackAlignment(0.5, settle=gs()), False),
     "dtp": (asym("learned"), lambda: DifferenceTargetPropagation(0.5, reg=0.1, settle=gs()), False)}
-
-
-def train_step(rule, model, x, labels) -> dict:
-    """The rule's update written to p.grad, its metrics returned: the one call of the rule API here."""
-    write_grads(model, (update := rule.update(model, x, labels)).grads)
-    return update.metrics
-
-
-def with_adam(params, grads):
-    """A timed step: ``grads()`` writes p.grad, then the fused Adam step every method shares."""
-    opt = torch.optim.Adam(params, lr=1e-3, fused=True)
-    return lambda: (grads(), opt.step())
+CONV_NET = dict(in_size=28, channels=[1, 32, 64], kernels=[5, 5], strides=[1, 1], paddings=[0, 0], pools=["max"] * 2,
+                fc=[10])   # the published MNIST CNN (Laborieux et al. 2021), at batch 128
 
 
 def backprop(sizes, act: nn.Module, x, onehot):
     """A backprop step of the same-size feedforward net: ``act`` hidden layers, linear out, squared error."""
     mlp = nn.Sequential(*[m for a, b in zip(sizes, sizes[1:]) for m in (nn.Linear(a, b), act)][:-1]).to(x.device)
-    loss = lambda: 0.5 * (mlp(x) - onehot).pow(2).sum(1).mean()
-    return with_adam(mlp.parameters(), lambda: (mlp.zero_grad(set_to_none=True), loss().backward()))
+    return backprop_step(mlp, x, onehot)
 
 
-def random_batch(sizes, batch, device, seed, binary=False):
+def random_batch(shape, classes, batch, device, seed, binary=False):
     """Seeded inputs in [0, 1) (``binary``: x > 0.5) and labels; torch's generator seeded for the init."""
     gen = torch.Generator().manual_seed(seed)
-    x, labels = torch.rand(batch, sizes[0], generator=gen), torch.randint(sizes[-1], (batch,), generator=gen)
+    x, labels = torch.rand(batch, *shape, generator=gen), torch.randint(classes, (batch,), generator=gen)
     torch.manual_seed(seed)
     return (x > 0.5).float().to(device) if binary else x.to(device), labels.to(device)
-
-
-def timed(config: str, steps: dict, device, args, base: str = "dynets") -> tuple[dict, dict]:
-    """Median ms per step of each callable (taking turns: load falls on all alike), peak CUDA MB: printed, returned."""
-    cuda, peak, times = device.type == "cuda", {}, {name: [] for name in steps}
-    sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
-    for name, step in steps.items():
-        torch.cuda.reset_peak_memory_stats(device) if cuda else None
-        for _ in range(args.warmup):
-            step()
-        peak.update({name: torch.cuda.max_memory_allocated(device) / 2**20} if cuda else {})
-    for _ in range(args.repeats):
-        for name, step in steps.items():
-            sync(), (start := time.perf_counter()), step(), sync()
-            times[name].append(time.perf_counter() - start)
-    ms = {name: 1e3 * statistics.median(t) for name, t in times.items()}
-    print(f"\n{config} on {device} ({torch.get_num_threads()} threads), median of {args.repeats}\n"
-          f"{'method':<28} {'ms/step':>9} {'x ' + base[:7]:>9} {'peak MB':>9}")
-    for name, t in ms.items():
-        print(f"{name:<28} {t:9.2f} {t / ms[base]:9.2f} {peak.get(name, float('nan')):9.1f}")
-    return {"device": str(device), "threads": torch.get_num_threads(), "config": config,
-            **{f"ms_{name}": t for name, t in ms.items()}, **{f"peak_mb_{name}": mb for name, mb in peak.items()},
-            "ratio_vs_backprop": ms[base] / ms["backprop"]}, ms
-
-
 def bench_reference(family, sizes, batch, device, args) -> dict:
     """EP or PC at the reference's steps and stopped at its residual, against the reference and backprop."""
     make_model, reference, act, stops = REFERENCES[family]
-    x, labels = random_batch(sizes, batch, device, SEED)
+    x, labels = random_batch(sizes[:1], sizes[-1], batch, device, SEED)
     model = make_model(sizes).to(device)
     ref, y = reference(copy.deepcopy(model.layers)), model.target(labels)
     check_same_grads(model, ref, x, labels, TOL)   # while every copy still has the same weights
@@ -111,7 +77,7 @@ def bench_reference(family, sizes, batch, device, args) -> dict:
     named = nn.ModuleDict({"layers": ref.layers})   # its parameters named as ref.grads names them (the model's)
     steps["autograd_reference"] = with_adam(named.parameters(), lambda: write_grads(named, ref.grads(x, y)))
     steps["backprop"] = backprop(sizes, act, x, y)
-    result, ms = timed(f"{family} {'-'.join(map(str, sizes))}/b{batch}", steps, device, args)
+    result, ms = timed(f"{family} {'-'.join(map(str, sizes))}/b{batch}", steps, device, args.repeats, args.warmup)
     used = {n: "+".join(str(m[k]) for k in PHASES if k in m) for n, rule in stopped.items()
             for m in [train_step(rule, copy.deepcopy(model), x, labels)]}
     print(f"reference leaves residual {r}; steps (free+nudged) to reach it, after the timed steps: {used}")
@@ -124,11 +90,39 @@ def bench_reference(family, sizes, batch, device, args) -> dict:
 def bench_family(family, sizes, batch, device, args) -> dict:
     """One step of ``family``'s rule on its standard net against backprop of the same-size MLP."""
     make_model, make_rule, binary = FAMILIES[family]
-    x, labels = random_batch(sizes, batch, device, SEED, binary)
+    x, labels = random_batch(sizes[:1], sizes[-1], batch, device, SEED, binary)
     model, rule = make_model(sizes).to(device), make_rule()
     steps = {family: with_adam(model.parameters(), lambda: train_step(rule, model, x, labels)),
              "backprop": backprop(sizes, nn.Sigmoid(), x, nn.functional.one_hot(labels, sizes[-1]).to(x.dtype))}
-    return timed(f"{family} {'-'.join(map(str, sizes))}/b{batch}", steps, device, args, family)[0]
+    return timed(f"{family} {'-'.join(map(str, sizes))}/b{batch}", steps, device, args.repeats, args.warmup, family)[0]
+
+
+def bench_conv(batch, device, args) -> list[dict]:
+    """Conv EP (Gauss-Seidel) and conv PC stopped at the residual the textbook conv EP leaves (checked
+    first to give dynets' gradients at its steps), against it and backprop through the same couplings."""
+    x, labels = random_batch((1, 28, 28), 10, batch, device, SEED)
+    ep, pc = ConvHopfield(**CONV_NET).to(device), ConvPredictiveCoding(**CONV_NET).to(device)
+    ref, y = ReferenceConvEP(copy.deepcopy(ep.couplings)), ep.target(labels)
+    double = lambda m: copy.deepcopy(m).double()   # checked in float64: float32 rounding moves near-tied arg-maxes
+    check_same_grads(double(ep), ReferenceConvEP(double(ep.couplings)), x[:32].double(), labels[:32], 1e-8)
+    r, named, results = ref.residuals(ep, x, labels), nn.ModuleDict({"couplings": ref.layers}), []
+    runs = {"ep": (ep, ep.couplings, ref.stopped_rule(r, "gauss_seidel", 1.0), nn.Hardtanh(0.0, 1.0)),
+            "pc": (pc, pc.layers, PredictiveCodingRule(0.1, "nudged", gs(r["nudged"])), nn.Tanh())}
+    for family, (model, couplings, rule, act) in runs.items():
+        net = nn.Sequential(*[m for c in copy.deepcopy(couplings) for m in (c, act)][:-1])
+        steps = {"dynets": with_adam(model.parameters(), lambda m=model, r=rule: train_step(r, m, x, labels)),
+                 "backprop": backprop_step(net, x, y)}
+        if family == "ep":
+            steps["autograd_reference"] = with_adam(named.parameters(), lambda: write_grads(named, ref.grads(x, y)))
+        else:   # PC's nudged phase starts within the reference's residual: also the settle configs' 1e-3
+            tight, pc2 = PredictiveCodingRule(0.1, "nudged", gs()), copy.deepcopy(pc)
+            steps["dynets_atol_1e-3"] = with_adam(pc2.parameters(), lambda: train_step(tight, pc2, x, labels))
+        result, ms = timed(f"conv_{family} mnist-cnn/b{batch}", steps, device, args.repeats, args.warmup)
+        used = "+".join(str(v) for k, v in train_step(rule, copy.deepcopy(model), x, labels).items() if "steps_" in k)
+        print(f"{family}: steps (free+nudged) to the reference's residual {r}, after the timed steps: {used}")
+        results.append({**result, "steps_same_residual": used, **{f"reference_residual_{k}": v for k, v in r.items()},
+                        **({"speedup_vs_autograd": ms["autograd_reference"] / ms["dynets"]} if family == "ep" else {})})
+    return results
 
 
 def main() -> None:
@@ -136,13 +130,15 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--configs", nargs="+", help="sizes:batch, e.g. 784,512,10:128 (default: 2 on CPU, 4 on GPU)")
     parser.add_argument("--repeats", type=int, default=20), parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--families", nargs="+", choices=[*REFERENCES, *FAMILIES], default=[*REFERENCES, *FAMILIES])
+    parser.add_argument("--families", nargs="+", choices=[*REFERENCES, *FAMILIES, "conv"],
+                        default=[*REFERENCES, *FAMILIES, "conv"])
     args = parser.parse_args()
     device, results = torch.device(args.device), []
     for item in args.configs or (GPU_CONFIGS if device.type == "cuda" else CPU_CONFIGS):
         sizes, batch = [int(n) for n in item.split(":")[0].split(",")], int(item.split(":")[1])
         results += [(bench_reference if f in REFERENCES else bench_family)(f, sizes, batch, device, args)
-                    for f in args.families]
+                    for f in args.families if f != "conv"]
+    results += bench_conv(128, device, args) if "conv" in args.families else []
     print("\n" + "\n".join(map(json.dumps, results)))   # the last lines: one JSON object per measurement
 
 

@@ -51,7 +51,8 @@ def npz_file(tmp_path_factory):
 def overrides_for(group, option, npz_file):
     helmholtz = ["model=helmholtz", "data=bars"]   # binary data only
     extra = {("data", "npz"): [f"data.path={npz_file}"], ("data", "mnist"): ["data.path=/nonexistent"],
-             ("data", "cifar10"): [f"data.path={npz_file.parent}"], ("data", "cifar100"): [f"data.path={npz_file.parent}"],
+             ("data", "cifar10"): [f"data.path={npz_file.parent}"],
+             ("experiment", "cifar10_ep"): [f"data.path={npz_file.parent}"], ("data", "cifar100"): [f"data.path={npz_file.parent}"],
              ("model", "helmholtz"): ["rule=wake_sleep", "data=bars"], ("rule", "rws"): helmholtz,
              ("rule", "wake_sleep"): helmholtz, ("rule", "sleep"): helmholtz,
              ("rule", "backprop"): ["model=pc"]}   # a feedforward pass

@@ -40,7 +40,7 @@ def random_state(model, batch):
 
 @pytest.mark.parametrize("arch", list(ARCHS))
 @pytest.mark.parametrize("softmax", [False, True])
-@pytest.mark.parametrize("activation", ["hard_sigmoid", "tanh"])
+@pytest.mark.parametrize("activation", ["hard_sigmoid", "hard_sigmoid_half_slope", "tanh"])
 def test_vector_field_is_rho_of_autograd_drive(arch, softmax, activation):
     """ds/dt = ρ(∂Φ_β/∂s) − s with ∂Φ_β/∂s by autograd of Φ − β·C (noise as a drive)."""
     model, x, y = problem(arch, softmax, activation)

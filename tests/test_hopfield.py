@@ -49,9 +49,10 @@ def test_smooth_fixed_points_are_stationary_points_of_F(activation):
     assert max(g.abs().max().item() for g in grads) < 1e-9
 
 
-def test_hard_sigmoid_fixed_point_is_the_box_kkt_point_of_F():
+@pytest.mark.parametrize("activation", ["hard_sigmoid", "hard_sigmoid_half_slope"])
+def test_hard_sigmoid_fixed_point_is_the_box_kkt_point_of_F(activation):
     """s ∈ [0,1]: ∂F/∂s = 0 inside, ≥ 0 at 0, ≤ 0 at 1 (a minimum of F on the box)."""
-    model = net("hard_sigmoid", scale=3.0)
+    model = net(activation, scale=3.0)
     c = nudged_condition(model, batch=8)
     eq = SettleOptions(method="fast_euler", atol=1e-12, max_time=2000)(model, c)
     assert eq.converged
@@ -74,6 +75,18 @@ def test_energy_never_increases_along_a_settle(activation):
     assert len(energies) > 50
     assert (energies[1:] - energies[:-1]).max() <= 1e-12
     assert (energies[-1] < energies[0]).all()
+
+
+def test_half_slope_hard_sigmoid_is_the_published_my_hard_sig_and_G_its_primitive():
+    """ρ(u) = (1 + hardtanh(u − 1))/2 (the published code's definition) and G' = ρ⁻¹ = 2s on (0, 1)."""
+    act, u = ACTIVATIONS["hard_sigmoid_half_slope"], torch.linspace(-3, 5, 801, dtype=torch.float64)
+    want = 0.5 * (1 + torch.nn.functional.hardtanh(u - 1))
+    torch.testing.assert_close(act.rho(u), want, rtol=0, atol=1e-15)
+    torch.testing.assert_close(act.rho_(u.clone()), want, rtol=0, atol=1e-15)
+    s = torch.linspace(0.01, 0.99, 99, dtype=torch.float64, requires_grad=True)
+    G_prime, = torch.autograd.grad(act.G(s).sum(), s)
+    torch.testing.assert_close(G_prime, 2 * s.detach())
+    torch.testing.assert_close(act.rho(G_prime), s.detach())   # ρ(G'(s)) = s: G' inverts ρ on the box
 
 
 def test_couplings_are_symmetric():

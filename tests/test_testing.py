@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from dynets import Condition, SettleOptions
-from dynets.models import LayeredHopfield, PredictiveCoding
+from dynets.models import ConvHopfield, LayeredHopfield, PredictiveCoding
 from dynets.rules import Backprop, ImplicitDifferentiation
-from dynets.testing import ReferenceEP, ReferencePC, check_same_grads, grad_mismatch
+from dynets.testing import ReferenceConvEP, ReferenceEP, ReferencePC, check_same_grads, grad_mismatch
 
 SIZES = [6, 9, 7, 3]
 
@@ -48,6 +48,28 @@ def test_the_comparison_sees_a_wrong_beta_or_sign(reference_class, model_class, 
     reference = reference_class(copy.deepcopy(model.layers), beta=beta)
     off = reference.rule()
     off.beta = 0.9 * beta
+    assert max(grad_mismatch(model, reference, off, x, y).values()) > 1e-3
+
+
+def conv_problem(pool, batch=3, seed=0):
+    """A 1x12x12 image, conv 3x3 (pad 1) + pool, conv 3x3 + pool, dense 4: every kind of coupling."""
+    torch.manual_seed(seed)
+    model = ConvHopfield(12, [1, 3, 4], [3, 3], [1, 1], [1, 0], [pool, pool], [4]).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(2.0)   # states off zero and inside the box
+    return model, torch.rand(batch, 1, 12, 12, dtype=torch.float64), torch.randint(0, 4, (batch,))
+
+
+@pytest.mark.parametrize("pool", ["max", "avg", "none"])
+def test_conv_ep_writes_the_published_codes_grads(pool):
+    """ConvHopfield's EP, through its couplings' adjoints, equals the published code's autograd
+    of Φ over pool(conv(s)) at every step, at the same steps (Δt = 1, the synchronous iteration)."""
+    model, x, y = conv_problem(pool)
+    reference = ReferenceConvEP(copy.deepcopy(model.couplings), free_steps=25, nudged_steps=8)
+    check_same_grads(model, reference, x, y, tol=1e-10)
+    off = reference.rule()
+    off.beta = 0.9 * reference.beta   # the check has power
     assert max(grad_mismatch(model, reference, off, x, y).values()) > 1e-3
 
 

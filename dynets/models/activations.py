@@ -30,12 +30,12 @@ def _entropy(s: torch.Tensor) -> torch.Tensor:
     return torch.xlogy(s, s) + torch.xlogy(1 - s, 1 - s)
 
 
-def _box_prox(c: torch.Tensor, k: float) -> torch.Tensor:
-    """argmin over [0, 1] of ½(1 + k)s² − c·s: clip(c/(1 + k)) where it is convex; for
-    1 + k ≤ 0 it is concave and the minimum is at the end where it is lower."""
-    if 1.0 + k > 0.0:
-        return (c / (1.0 + k)).clamp_(0.0, 1.0)
-    return (c > 0.5 * (1.0 + k)).to(c.dtype)
+def _box_prox(c: torch.Tensor, k: float, a: float = 1.0) -> torch.Tensor:
+    """argmin over [0, 1] of ½(a + k)s² − c·s (G = ½a·s² on the box): clip(c/(a + k)) where it
+    is convex; for a + k ≤ 0 it is concave and the minimum is at the end where it is lower."""
+    if a + k > 0.0:
+        return (c / (a + k)).clamp_(0.0, 1.0)
+    return (c > 0.5 * (a + k)).to(c.dtype)
 
 
 def _newton_prox(rho: Callable, drho: Callable, slope: float) -> Callable:
@@ -59,6 +59,11 @@ ACTIVATIONS = {
     # G = ½s² on the box [0, 1]: the fixed point clip(u) is the box-constrained minimum.
     "hard_sigmoid": EnergyActivation(lambda u: u.clamp(0.0, 1.0), lambda s: 0.5 * s * s,
                                      lambda u: u.clamp_(0.0, 1.0), _box_prox),
+    # The published convolutional EP code's my_hard_sig, (1 + hardtanh(u − 1))/2 = clip(u/2, 0, 1)
+    # (Laborieux et al. 2021): slope ½ on [0, 2]. ρ⁻¹(s) = 2s, so G = s² on the box [0, 1].
+    "hard_sigmoid_half_slope": EnergyActivation(lambda u: (0.5 * u).clamp(0.0, 1.0), lambda s: s * s,
+                                                lambda u: u.mul_(0.5).clamp_(0.0, 1.0),
+                                                lambda c, k: _box_prox(c, k, 2.0)),
     "sigmoid": EnergyActivation(torch.sigmoid, _entropy, torch.sigmoid_,
                                 _newton_prox(torch.sigmoid, lambda r: r * (1 - r), 0.25)),
     "tanh": EnergyActivation(torch.tanh, lambda s: 0.5 * (torch.xlogy(1 + s, 1 + s) + torch.xlogy(1 - s, 1 - s)),

@@ -32,7 +32,8 @@ class CoupledLayered(DynamicalModel):
     Args:
         couplings: the maps from the input to the first layer, then layer to layer; each
             one's ``out_shape`` is the next one's ``in_shape``.
-        activation: one of ``hard_sigmoid`` (ρ = clip(·, 0, 1)), ``sigmoid``, ``tanh``.
+        activation: one of ``hard_sigmoid`` (ρ = clip(·, 0, 1)), ``hard_sigmoid_half_slope`` (clip(·/2, 0, 1),
+            the published code's ``my_hard_sig``), ``sigmoid``, ``tanh``.
         softmax: the last coupling is a read-out outside the flow's state (cross-entropy cost).
     """
 
@@ -241,7 +242,7 @@ class ConvHopfield(CoupledHopfield):
         paddings: each convolution's zero padding.
         pools: each convolution's pooling, ``max``, ``avg`` or ``none``.
         fc: the dense layers' sizes after the convolutions, the classes last.
-        activation: one of ``hard_sigmoid``, ``sigmoid``, ``tanh``.
+        activation: one of ``hard_sigmoid``, ``hard_sigmoid_half_slope``, ``sigmoid``, ``tanh``.
         softmax: the last dense layer is a softmax read-out outside the energy.
     """
 

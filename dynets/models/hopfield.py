@@ -146,7 +146,8 @@ class SymmetricLayered(Layered, EnergyModel):
 
     Args:
         sizes: ``[in_features, hidden..., out_features]``; the first layer is clamped to x.
-        activation: one of ``hard_sigmoid`` (ρ = clip(·, 0, 1)), ``sigmoid``, ``tanh``.
+        activation: one of ``hard_sigmoid`` (ρ = clip(·, 0, 1)), ``hard_sigmoid_half_slope`` (ρ = clip(·/2, 0, 1)),
+            ``sigmoid``, ``tanh``.
         init_gain: the initial weights are ``init_gain`` × nn.Linear's U(±1/√fan_in) (biases
             unchanged). A layer multiplies the spread of its input by about gain·ρ'/√3 at
             initialisation, so with the sigmoid (ρ' ≤ 1/4) and gain 1 the input is lost
@@ -224,7 +225,8 @@ class LayeredHopfield(SymmetricLayered):
 
     Args:
         sizes: ``[in_features, hidden..., out_features]``; the first layer is clamped to x.
-        activation: one of ``hard_sigmoid`` (ρ = clip(·, 0, 1)), ``sigmoid``, ``tanh``.
+        activation: one of ``hard_sigmoid`` (ρ = clip(·, 0, 1)), ``hard_sigmoid_half_slope`` (ρ = clip(·/2, 0, 1)),
+            ``sigmoid``, ``tanh``.
         init_gain: the initial weights are ``init_gain`` × nn.Linear's U(±1/√fan_in).
     """
 
