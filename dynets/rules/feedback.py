@@ -213,7 +213,7 @@ class WeightMirror(_Nudged):
     def sleep_grads(self, model: Asymmetric) -> dict[str, torch.Tensor]:
         """One sleep: ``{"feedback.<l>": B_l − (the model's mirror estimate of what B_l stands
         for, W_{l+1}ᵀ: ⟨ξ (W_{l+1} ξ)ᵀ⟩/σ²)}`` (index l counts the hidden layers from 0), noise
-        from the rule's generator (:meth:`~dynets.models.Asymmetric.mirror_sleep`)."""
+        from the rule's generator (:meth:`~dynets.models.asymmetric.Asymmetric.mirror_sleep`)."""
         self.check_model(model)
         estimates = model.mirror_sleep(self.sigma, self.samples, self.generator)
         return {f"feedback.{l}": fb.detach() - m for l, (fb, m) in enumerate(zip(model.feedback, estimates))}
