@@ -114,10 +114,11 @@ def bench_conv(batch, device, args) -> list[dict]:
                  "backprop": backprop_step(net, x, y)}
         if family == "ep":
             steps["autograd_reference"] = with_adam(named.parameters(), lambda: write_grads(named, ref.grads(x, y)))
-        else:   # PC's nudged phase starts within the reference's residual: also the settle configs' 1e-3
-            tight, pc2 = PredictiveCodingRule(0.1, "nudged", gs()), copy.deepcopy(pc)
-            steps["dynets_atol_1e-3"] = with_adam(pc2.parameters(), lambda: train_step(tight, pc2, x, labels))
+        else:   # PC's nudged phase starts within the reference's residual: also at 1e-2 (1e-3: > 400 sweeps)
+            tight, pc2 = PredictiveCodingRule(0.1, "nudged", gs(1e-2), allow_unconverged=True), copy.deepcopy(pc)
+            steps["dynets_atol_1e-2"] = with_adam(pc2.parameters(), lambda: train_step(tight, pc2, x, labels))
         result, ms = timed(f"conv_{family} mnist-cnn/b{batch}", steps, device, args.repeats, args.warmup)
+        print("at 1e-2:", train_step(tight, copy.deepcopy(pc2), x, labels)) if family == "pc" else None
         used = "+".join(str(v) for k, v in train_step(rule, copy.deepcopy(model), x, labels).items() if "steps_" in k)
         print(f"{family}: steps (free+nudged) to the reference's residual {r}, after the timed steps: {used}")
         results.append({**result, "steps_same_residual": used, **{f"reference_residual_{k}": v for k, v in r.items()},
