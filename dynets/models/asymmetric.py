@@ -4,6 +4,7 @@ propagation to vector field dynamics")."""
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import nn
@@ -14,7 +15,66 @@ from .hopfield import ACTIVATIONS, Layered
 FEEDBACK = ("random", "tied", "learned")
 
 
-class Asymmetric(Layered):
+class OwnFeedback:
+    """The feedback pathway B of a net with separate top-down weights, shared by
+    :class:`Asymmetric` and :class:`~dynets.models.conv_asymmetric.ConvAsymmetric`: tied to the
+    forward weights (no weights of its own), a fixed random draw (buffers ``feedback_k`` that no
+    optimizer sees) or a parameter list ``feedback`` (learned). A net gives :meth:`tied_feedback`,
+    its forward weights in B's layout, and draws B once with :meth:`draw_feedback`."""
+
+    feedback_mode: str
+
+    def tied_feedback(self) -> list[torch.Tensor]:
+        """The forward weights in B's layout: what B is under ``tied`` feedback."""
+        raise NotImplementedError
+
+    def draw_feedback(self, shapes: list[tuple[int, ...]], fan: Callable[[tuple[int, ...]], int],
+                      scale: float, seed: int | None) -> None:
+        """Draw B_l ~ U(±scale/√fan(shape)) for each shape (in order, from a generator seeded by
+        ``seed``, or torch's default one) and register it as ``feedback_mode`` says.
+
+        Args:
+            shapes: the shape of each B_l, bottom first.
+            fan: the number of units each feedback unit reads, from B_l's shape.
+            scale: the bound's scale (1: ``nn.Linear``'s init for that fan).
+            seed: the seed of the draw; ``None``: torch's default generator.
+        """
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        draws = [(2 * torch.rand(shape, generator=generator) - 1) * scale / math.sqrt(fan(shape)) for shape in shapes]
+        if self.feedback_mode == "learned":
+            self.feedback = nn.ParameterList(nn.Parameter(b) for b in draws)
+        else:
+            for k, b in enumerate(draws):
+                self.register_buffer(f"feedback_{k}", b)
+
+    @property
+    def learns_feedback(self) -> bool:
+        return self.feedback_mode == "learned"
+
+    @property
+    def own_feedback(self) -> bool:
+        """Whether B is weights of its own (``random`` or ``learned``), not the forward weights (``tied``)."""
+        return self.feedback_mode != "tied"
+
+    def feedback_weights(self) -> list[torch.Tensor]:
+        """[B_1, ..., B_{L−1}]: B_l carries layer l+1 down to hidden layer l."""
+        tied = self.tied_feedback()
+        if self.feedback_mode == "tied":
+            return tied
+        if self.feedback_mode == "learned":
+            return list(self.feedback)
+        return [getattr(self, f"feedback_{k}") for k in range(len(tied))]
+
+    def feedback_angles(self) -> list[float]:
+        """Angle in degrees between each B_l and the forward weight in its layout (0 for tied feedback)."""
+        out = []
+        for b, w in zip(self.feedback_weights(), self.tied_feedback()):
+            cos = (b * w).sum() / (b.norm() * w.norm())
+            out.append(math.degrees(math.acos(max(-1.0, min(1.0, cos.item())))))
+        return out
+
+
+class Asymmetric(OwnFeedback, Layered):
     r"""Layered leaky network whose feedback pathway is its own set of weights:
 
         ds_l/dt = −s_l + ρ(u_l),   u_l = W_{l−1} s_{l−1} + b_l + B_l s_{l+1},   s_0 = x,
@@ -53,43 +113,13 @@ class Asymmetric(Layered):
         self.act = ACTIVATIONS[activation]
         self.in_features, self.out_features = self.sizes[0], self.sizes[-1]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(self.sizes, self.sizes[1:]))
-        if feedback_mode == "tied":
-            return
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        shapes = [(a, b) for a, b in zip(self.sizes[1:-1], self.sizes[2:])]
-        draws = [(2 * torch.rand(shape, generator=generator) - 1) * feedback_scale / math.sqrt(shape[1])
-                 for shape in shapes]
-        if feedback_mode == "learned":
-            self.feedback = nn.ParameterList(nn.Parameter(b) for b in draws)
-        else:
-            for k, b in enumerate(draws):
-                self.register_buffer(f"feedback_{k}", b)
+        if feedback_mode != "tied":
+            shapes = [(a, b) for a, b in zip(self.sizes[1:-1], self.sizes[2:])]
+            self.draw_feedback(shapes, lambda shape: shape[1], feedback_scale, seed)
 
-    @property
-    def learns_feedback(self) -> bool:
-        return self.feedback_mode == "learned"
-
-    @property
-    def own_feedback(self) -> bool:
-        """Whether B is weights of its own (``random`` or ``learned``), not W's transpose (``tied``)."""
-        return self.feedback_mode != "tied"
-
-    def feedback_weights(self) -> list[torch.Tensor]:
-        """[B_1, ..., B_{L−1}]: B_l (n_l × n_{l+1}) carries layer l+1 down to hidden layer l."""
-        if self.feedback_mode == "tied":
-            return [layer.weight.t() for layer in self.layers[1:]]
-        if self.feedback_mode == "learned":
-            return list(self.feedback)
-        return [getattr(self, f"feedback_{k}") for k in range(len(self.layers) - 1)]
-
-    def feedback_angles(self) -> list[float]:
-        """Angle in degrees between each B_l and W_lᵀ (0 for tied feedback)."""
-        out = []
-        for b, layer in zip(self.feedback_weights(), self.layers[1:]):
-            w = layer.weight.t()
-            cos = (b * w).sum() / (b.norm() * w.norm())
-            out.append(math.degrees(math.acos(max(-1.0, min(1.0, cos.item())))))
-        return out
+    def tied_feedback(self) -> list[torch.Tensor]:
+        """[W_1ᵀ, ..., W_{L−1}ᵀ]: B_l (n_l × n_{l+1}) under tied feedback."""
+        return [layer.weight.t() for layer in self.layers[1:]]
 
     def set_feedback(self, weights: list[torch.Tensor]) -> None:
         """Set B (learned or random feedback); each must have B_l's shape, named in the error."""

@@ -8,12 +8,11 @@ import math
 from typing import Callable
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from ..couplings import Conv, Coupling, Dense
 from ..phases import State
-from .asymmetric import FEEDBACK
+from .asymmetric import FEEDBACK, OwnFeedback
 from .conv import ConvHopfield, CoupledLayered
 
 
@@ -57,7 +56,7 @@ def mirror_estimate(coupling: Coupling, noise: torch.Tensor, sigma: float) -> to
     return hebb / (seen * len(noise) * sigma ** 2)
 
 
-class ConvAsymmetric(CoupledLayered):
+class ConvAsymmetric(OwnFeedback, CoupledLayered):
     r"""The convolutional net of :class:`~dynets.models.ConvHopfield` (same arguments, same
     parameters in the same order, drawn alike) with separate top-down weights:
 
@@ -98,43 +97,13 @@ class ConvAsymmetric(CoupledLayered):
         net = ConvHopfield(in_size, channels, kernels, strides, paddings, pools, fc, activation)
         super().__init__(list(net.couplings), activation)
         self.in_size, self.channels, self.fc, self.feedback_mode = net.in_size, net.channels, net.fc, feedback_mode
-        if feedback_mode == "tied":
-            return
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        shapes = [forward_weight(c).shape for c in self.couplings[1:]]
-        draws = [(2 * torch.rand(shape, generator=generator) - 1) * feedback_scale / math.sqrt(shape[0] * math.prod(shape[2:]))
-                 for shape in shapes]
-        if feedback_mode == "learned":
-            self.feedback = nn.ParameterList(nn.Parameter(b) for b in draws)
-        else:
-            for k, b in enumerate(draws):
-                self.register_buffer(f"feedback_{k}", b)
+        if feedback_mode != "tied":
+            shapes = [forward_weight(c).shape for c in self.couplings[1:]]
+            self.draw_feedback(shapes, lambda shape: shape[0] * math.prod(shape[2:]), feedback_scale, seed)
 
-    @property
-    def learns_feedback(self) -> bool:
-        return self.feedback_mode == "learned"
-
-    @property
-    def own_feedback(self) -> bool:
-        """Whether B is weights of its own (``random`` or ``learned``), not W (``tied``)."""
-        return self.feedback_mode != "tied"
-
-    def feedback_weights(self) -> list[torch.Tensor]:
-        """[B_1, ..., B_{L−1}]: B_l, W_l's shape, carries layer l+1 down to layer l."""
-        if self.feedback_mode == "tied":
-            return [forward_weight(c) for c in self.couplings[1:]]
-        if self.feedback_mode == "learned":
-            return list(self.feedback)
-        return [getattr(self, f"feedback_{k}") for k in range(len(self.couplings) - 1)]
-
-    def feedback_angles(self) -> list[float]:
-        """Angle in degrees between each B_l and W_l (0 for tied feedback)."""
-        out = []
-        for b, c in zip(self.feedback_weights(), self.couplings[1:]):
-            w = forward_weight(c)
-            cos = (b * w).sum() / (b.norm() * w.norm())
-            out.append(math.degrees(math.acos(max(-1.0, min(1.0, cos.item())))))
-        return out
+    def tied_feedback(self) -> list[torch.Tensor]:
+        """[W_1, ..., W_{L−1}]: B_l, W_l's shape, under tied feedback."""
+        return [forward_weight(c) for c in self.couplings[1:]]
 
     def set_feedback(self, weights: list[torch.Tensor]) -> None:
         """Set B (learned or random feedback); each must have its forward weight's shape."""
