@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from math import prod
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -212,3 +212,50 @@ def check_chain(couplings: list[Coupling]) -> None:
         if tuple(a.out_shape) != tuple(b.in_shape):
             raise ValueError(f"coupling {l} ({type(a).__name__}) outputs {a.out_shape} per sample but "
                              f"coupling {l + 1} ({type(b).__name__}) takes {b.in_shape}")
+
+
+def conv_couplings(in_size: int, channels: Sequence[int], kernels: Sequence[int], strides: Sequence[int],
+                   paddings: Sequence[int], pools: Sequence[str], fc: Sequence[int]) -> list[Coupling]:
+    """The couplings of the published convolutional net (``P_CNN`` of Laborieux et al. 2021): a
+    :class:`Conv` per convolution, then a :class:`Dense` per dense layer (the first flattens), so
+    that the parameters come in the published order.
+
+    Args:
+        in_size: the side of the (square) input image.
+        channels: the input's channels, then each convolution's output channels.
+        kernels: each convolution's kernel size.
+        strides: each convolution's stride.
+        paddings: each convolution's zero padding.
+        pools: after each convolution, ``max``, ``avg`` or ``none``.
+        fc: the dense layers' sizes, the read-out last.
+
+    Raises:
+        ValueError: a size that is not a positive whole number (vector data have no ``channels``
+            nor ``in_size``), lists of the wrong lengths, or a convolution that does not fit its
+            input (the message names the convolution and its input shape).
+    """
+    n = len(channels) - 1
+    if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in [in_size, *channels, *fc]):
+        raise ValueError(f"in_size, channels and fc must be positive whole numbers, got in_size={in_size}, "
+                         f"channels={list(channels)}, fc={list(fc)} (a conv net reads (C, H, W) images: vector "
+                         f"data have no channels nor in_size)")
+    if n < 0:
+        raise ValueError(f"channels must list the input's channels, then each convolution's; got {list(channels)}")
+    if not fc:
+        raise ValueError(f"fc must list at least one dense layer: fc at least the read-out's size (the classes); "
+                         f"got {list(fc)}")
+    for name, values in (("kernels", kernels), ("strides", strides), ("paddings", paddings), ("pools", pools)):
+        if len(values) != n:
+            raise ValueError(f"{name} has {len(values)} entries but channels={list(channels)} makes {n} convolutions: "
+                             f"{name} must list one value per convolution ({n}), got {list(values)}")
+    shape, out = (int(channels[0]), int(in_size), int(in_size)), []
+    for k in range(n):
+        try:
+            out.append(Conv(shape, channels[k + 1], kernels[k], strides[k], paddings[k], pools[k]))
+        except ValueError as err:
+            raise ValueError(f"convolution {k} (input {shape}): {err}") from None
+        shape = out[-1].out_shape
+    for size in fc:
+        out.append(Dense(shape, size))
+        shape = out[-1].out_shape
+    return out

@@ -206,7 +206,7 @@ def test_every_supervised_variant_is_the_gradient_of_F_at_its_phases(variant):
 def test_bad_architectures_are_named():
     with pytest.raises(ValueError, match="kernels has 1 entries but channels=.* makes 2 convolutions"):
         ConvPredictiveCoding(8, [1, 2, 3], [3], [1, 1], [0, 0], ["max", "max"], [3])
-    with pytest.raises(ValueError, match="convolution 1: max-pooling 2x2 .* does not divide the 3x3 map"):
+    with pytest.raises(ValueError, match=r"convolution 1 \(input \(2, 4, 4\)\): max-pooling 2x2 .* does not divide the 3x3 map"):
         ConvPredictiveCoding(8, [1, 2, 3], [3, 2], [1, 1], [1, 0], ["max", "max"], [3])
     with pytest.raises(ValueError, match=r"positive whole numbers, got in_size=None, channels=\[None, 2\]"):
         ConvPredictiveCoding(None, [None, 2], [3], [1], [1], ["max"], [3])

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..costs import CrossEntropy, SquaredError
-from ..couplings import POOLS, Conv, Coupling, Dense, check_chain
+from ..couplings import Coupling, check_chain, conv_couplings
 from ..phases import Block, Condition, State, VectorField, by_layer
 from .base import DynamicalModel, EnergyModel
 from .hopfield import ACTIVATIONS
@@ -249,25 +249,6 @@ class ConvHopfield(CoupledHopfield):
     def __init__(self, in_size: int, channels: list[int], kernels: list[int], strides: list[int],
                  paddings: list[int], pools: list[str], fc: list[int], activation: str = "hard_sigmoid",
                  softmax: bool = False) -> None:
-        n = len(channels) - 1
-        for name, values in (("kernels", kernels), ("strides", strides), ("paddings", paddings), ("pools", pools)):
-            if len(values) != n:
-                raise ValueError(f"{name} must list one value per convolution ({n}: channels lists the input's "
-                                 f"and {n} more), got {list(values)}")
-        if not fc:
-            raise ValueError("fc must list at least one dense layer (the classes)")
-        unknown = [p for p in pools if p not in POOLS]
-        if unknown:
-            raise ValueError(f"unknown pool {unknown[0]!r}; valid: {', '.join(POOLS)}")
-        shape, couplings = (int(channels[0]), int(in_size), int(in_size)), []
-        for l in range(n):
-            try:
-                couplings.append(Conv(shape, channels[l + 1], kernels[l], strides[l], paddings[l], pools[l]))
-            except ValueError as err:
-                raise ValueError(f"convolution {l} (input {shape}): {err}") from None
-            shape = couplings[-1].out_shape
-        for size in fc:
-            couplings.append(Dense(shape, size))
-            shape = couplings[-1].out_shape
+        couplings = conv_couplings(in_size, channels, kernels, strides, paddings, pools, fc)
         super().__init__(couplings, activation, softmax)
         self.in_size, self.channels, self.fc = int(in_size), list(channels), list(fc)

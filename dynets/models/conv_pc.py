@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..couplings import Conv, Coupling, Dense, check_chain
+from ..couplings import Conv, Coupling, Dense, check_chain, conv_couplings
 from ..phases import Block, Condition, State, VectorField, by_layer
 from .base import EnergyModel
 from .pc import PC_ACTIVATIONS, _squared_norm
@@ -257,43 +257,3 @@ class ConvPredictiveCoding(CoupledPredictiveCoding):
     def __init__(self, in_size: int, channels: Sequence[int], kernels: Sequence[int], strides: Sequence[int],
                  paddings: Sequence[int], pools: Sequence[str], fc: Sequence[int], activation: str = "tanh") -> None:
         super().__init__(conv_couplings(in_size, channels, kernels, strides, paddings, pools, fc), activation)
-
-
-def conv_couplings(in_size: int, channels: Sequence[int], kernels: Sequence[int], strides: Sequence[int],
-                   paddings: Sequence[int], pools: Sequence[str], fc: Sequence[int]) -> list[Coupling]:
-    """The couplings of the published convolutional net: a :class:`~dynets.couplings.Conv` per
-    convolution, then a :class:`~dynets.couplings.Dense` per dense layer (the first flattens).
-
-    Args:
-        in_size: the side of the (square) input image.
-        channels: the input's channels, then each convolution's output channels.
-        kernels: each convolution's kernel size.
-        strides: each convolution's stride.
-        paddings: each convolution's zero padding.
-        pools: after each convolution, ``max``, ``avg`` or ``none``.
-        fc: the dense layers' sizes, the read-out last.
-    """
-    n = len(channels) - 1
-    sizes = [in_size, *channels, *fc]
-    if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in sizes):
-        raise ValueError(f"in_size, channels and fc must be positive whole numbers, got in_size={in_size}, "
-                         f"channels={list(channels)}, fc={list(fc)} (a conv net reads (C, H, W) images: vector "
-                         f"data have no channels nor in_size)")
-    if n < 0 or not fc:
-        raise ValueError(f"channels must list the input's channels (then each convolution's), and fc at least "
-                         f"the read-out's size; got channels={list(channels)}, fc={list(fc)}")
-    for name, values in (("kernels", kernels), ("strides", strides), ("paddings", paddings), ("pools", pools)):
-        if len(values) != n:
-            raise ValueError(f"{name} has {len(values)} entries but channels={list(channels)} makes {n} "
-                             f"convolutions: give one per convolution")
-    shape, out = (int(channels[0]), int(in_size), int(in_size)), []
-    for k in range(n):
-        try:
-            out.append(Conv(shape, channels[k + 1], kernels[k], strides[k], paddings[k], pools[k]))
-        except ValueError as err:
-            raise ValueError(f"convolution {k}: {err}") from err
-        shape = out[-1].out_shape
-    for size in fc:
-        out.append(Dense(shape, size))
-        shape = out[-1].out_shape
-    return out
