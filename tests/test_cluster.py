@@ -221,7 +221,8 @@ def records(run_dir: Path):
     summary.pop("wall_time_s")
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     for line in lines:
-        line.pop("epoch_time_s")
+        for key in [k for k in line if k.endswith("_time_s")]:   # epoch, settle and optimizer times
+            line.pop(key)
     return summary, lines, torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
 
 

@@ -53,7 +53,7 @@ class Recorder:
         self.epochs = []
 
     def log(self, metrics, step):
-        self.epochs.append({k: v for k, v in metrics.items() if k != "epoch_time_s"})
+        self.epochs.append({k: v for k, v in metrics.items() if not k.endswith("_time_s")})
 
     def finish(self, summary):
         pass

@@ -41,6 +41,8 @@ def composed(*overrides: str) -> dict:
     ("trainer.batch_size=0", "trainer.batch_size=0: expected a whole number >= 1"),
     ("trainer.alignment=maybe", "trainer.alignment='maybe': expected true or false"),
     ("trainer.device=gpu", "trainer.device='gpu': expected auto, cpu, cuda or cuda:<index>"),
+    ("trainer.summary_train_rows=0", "trainer.summary_train_rows=0: expected a whole number >= 1 or null"),
+    ("trainer.sync_timing=yes", "trainer.sync_timing='yes': expected true or false"),
     ("optimizer.lr=fast", "optimizer.lr='fast': expected a positive number"),
     ("data=npz", "no value for data.path: set it on the command line, e.g. data.path=<value>"),
 ])

@@ -212,8 +212,10 @@ def test_unconverged_warning_says_how_many_updates_were_written_from_them(caplog
 
 def test_the_console_line_is_short_and_in_a_fixed_order(caplog):
     from dynets.app.loggers import ConsoleLogger
-    metrics = {"align_cos/layers.0.weight": 0.9, "epoch_time_s": 1.5, "train_steps_nudged_+": 4.0,
-               "val_accuracy": 0.9, "train_loss": 0.25, "train_steps_free": 7.0, "val_pinned": 0.3}
+    metrics = {"align_cos/layers.0.weight": 0.9, "optimizer_time_s": 0.25, "epoch_time_s": 1.5,
+               "train_steps_nudged_+": 4.0, "val_accuracy": 0.9, "train_loss": 0.25, "train_steps_free": 7.0,
+               "val_pinned": 0.3, "settle_time_s": 1.0}
     with caplog.at_level(logging.INFO, logger="dynets"):
         ConsoleLogger().log(metrics, 3)
-    assert caplog.messages == ["epoch 3  train_loss=0.25  val_accuracy=0.9  train_steps_free=7  epoch_time_s=1.5"]
+    assert caplog.messages == ["epoch 3  train_loss=0.25  val_accuracy=0.9  train_steps_free=7  epoch_time_s=1.5  "
+                               "settle_time_s=1  optimizer_time_s=0.25"]

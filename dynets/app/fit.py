@@ -28,9 +28,10 @@ from .health import (at_chance, chance_accuracy, divergence, diverged_or, pinned
                      warn_epoch, weight_norm)
 # Importable from here too, as before they moved to health.
 from .health import AT_CHANCE_EPOCHS, BLOWUP, TrainingDiverged, TrainingWarning  # noqa: F401
-from .history import (History, check_select, check_selection, checkpoint_of, model_metrics, restore, run_state,
-                      summarize)
+from .history import (SUMMARY_TRAIN_ROWS, History, check_select, check_selection, checkpoint_of, model_metrics,
+                      restore, run_state, summarize, train_sample)
 from .loggers import Logger
+from .stopwatch import Stopwatch, for_model
 
 log = logging.getLogger("dynets")
 
@@ -96,7 +97,8 @@ def free_phase_metrics(model: DynamicalModel, split: Split, settle: SettleOption
 
 
 def train_step(model: DynamicalModel, rule: Rule, optimizer: torch.optim.Optimizer,
-               x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[dict[str, float], int]:
+               x: torch.Tensor, y: torch.Tensor | None = None,
+               stopwatch: Stopwatch | None = None) -> tuple[dict[str, float], int]:
     """One optimizer step on the batch ``x`` ``(batch, in)``, ``y`` ``(batch,)`` (``None``: no labels):
     the rule's :class:`~dynets.rules.base.Update`, written to ``p.grad`` (:func:`write_grads`).
 
@@ -107,42 +109,49 @@ def train_step(model: DynamicalModel, rule: Rule, optimizer: torch.optim.Optimiz
 
     Returns this process's metrics (the rule's, means over its shard, and ``update_norm``, the
     :func:`update_norm` of the step's update, absent when it trains no parameter; empty for an
-    empty shard) and its shard size.
+    empty shard) and its shard size. ``stopwatch`` (if given) adds the time of ``rule.update``
+    to its ``settle_time_s`` and that of writing, averaging and stepping to ``optimizer_time_s``.
     """
+    watch = stopwatch or Stopwatch()
     xs, ys = shard(x, x if y is None else y)
     n = len(xs)
     # A last batch smaller than the number of processes leaves some shards empty: no
     # gradient there; average_grads counts it as zero.
-    update = rule.update(model, xs, None if y is None else ys) if n else Update()
-    write_grads(model, update.grads)
-    average_grads(model, n / len(x))
+    with watch.section("settle_time_s"):
+        update = rule.update(model, xs, None if y is None else ys) if n else Update()
+    with watch.section("optimizer_time_s"):
+        write_grads(model, update.grads)
+        average_grads(model, n / len(x))
     metrics = dict(update.metrics)
     # The update, the same on every process now. One that trains nothing (a rule that stopped,
     # e.g. HebbianSleep) has no size: 0 would read as a dead network.
     if n and any(p.grad is not None for p in model.parameters()):
         metrics["update_norm"] = update_norm(model)
-    optimizer.step()
+    with watch.section("optimizer_time_s"):
+        optimizer.step()
     return metrics, n
 
 
 def _train_epoch(model, rule, optimizer, split: Split, batch_size: int, generator: torch.Generator,
-                 labelled: bool = True) -> tuple[dict[str, float], float | None]:
+                 labelled: bool = True, stopwatch: Stopwatch | None = None) -> tuple[dict[str, float], float | None]:
     """One pass over ``split`` in the order drawn from ``generator`` (the rule given no labels
-    unless ``labelled``): the rule's metrics, means over the split, and the loss of the first
+    unless ``labelled``): the rule's metrics, means over the split, with the epoch's
+    ``settle_time_s`` and ``optimizer_time_s`` (:class:`Stopwatch`), and the loss of the first
     batch (before its step; ``None`` if the rule reports none)."""
+    watch = stopwatch or Stopwatch()
     totals: dict[str, float] = {}
     first_loss, start_norm = None, weight_norm(model)
     batches = split.batches(batch_size, shuffle=True, generator=generator)
     for x, y in _bar(batches, total=math.ceil(len(split) / batch_size), desc="batches", leave=False):
         try:
-            metrics, n = train_step(model, rule, optimizer, x, y if labelled else None)
+            metrics, n = train_step(model, rule, optimizer, x, y if labelled else None, watch)
         except UnconvergedError as error:
             raise diverged_or(error, model, start_norm) from error
         first_loss = metrics.get("loss") if not totals else first_loss
         for k, v in metrics.items():
             totals[k] = totals.get(k, 0.0) + v * n
     sums = all_sum(torch.tensor(list(totals.values()), dtype=torch.float64)).tolist()
-    return {f"train_{k}": v / len(split) for k, v in zip(totals, sums)}, first_loss
+    return {**{f"train_{k}": v / len(split) for k, v in zip(totals, sums)}, **watch.read()}, first_loss
 
 
 def fit(model: DynamicalModel, rule: Rule, data: Dataset, optimizer: torch.optim.Optimizer, *,
@@ -152,7 +161,8 @@ def fit(model: DynamicalModel, rule: Rule, data: Dataset, optimizer: torch.optim
         resume_from: str | os.PathLike | Mapping[str, Any] | None = None,
         config: Mapping[str, Any] | None = None,
         measures: Sequence[Callable[[DynamicalModel], dict[str, float]]] = (),
-        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> dict[str, Any]:
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        summary_train_rows: int | None = SUMMARY_TRAIN_ROWS, sync_timing: bool = False) -> dict[str, Any]:
     """Train ``model`` with ``rule`` for ``epochs`` epochs; select the epoch with the best
     validation metric ``select`` (never test); load its weights into ``model``; return the summary.
 
@@ -187,13 +197,23 @@ def fit(model: DynamicalModel, rule: Rule, data: Dataset, optimizer: torch.optim
             join the epoch's (e.g. alignment with the true gradient on a fixed batch).
         scheduler: a learning-rate schedule of ``optimizer``, stepped after every epoch (its
             state is checkpointed); the epoch's first group's rate is logged as ``lr``.
+        summary_train_rows: the summary's training metrics are those of this many rows of the
+            training split drawn with ``seed`` (:func:`~dynets.app.history.train_sample`); ``None``:
+            the whole split (a settle of every training sample).
+        sync_timing: synchronise a CUDA device around each timed section (see below), so that
+            the times are those of the work and not of its launch; one sync each, hence off by
+            default. On a CPU there is nothing to wait for.
 
-    Metrics a rule or an evaluation does not produce are absent from the epoch's metrics.
+    Every epoch's metrics hold ``epoch_time_s`` (training, measures and validation),
+    ``settle_time_s`` (in ``rule.update``: its settles and the update it computes) and
+    ``optimizer_time_s`` (writing the gradients, averaging them across processes, the optimizer
+    step). Metrics a rule or an evaluation does not produce are absent from the epoch's metrics.
     A :class:`TrainingWarning` (rank 0) tells of a run that diverged (a training loss not
     finite or :data:`BLOWUP` times its first batch's, or weights not finite) and of one whose
     accuracy stays at chance (:func:`chance_accuracy`) for :data:`AT_CHANCE_EPOCHS` epochs.
     A progress bar over epochs and batches shows when stderr is a terminal. The summary
-    holds ``train/val/test_<name>`` (the selected metric, of the selected epoch; when that is a
+    holds ``train/val/test_<name>`` (the selected metric, of the selected epoch, ``train`` on
+    ``summary_train_rows`` rows; when that is a
     metric of the model alone, every other metric of the evaluation), the model's own metrics
     once (e.g. ``kl_bits``), ``best_epoch``,
     ``epochs``, ``mean_settle_steps`` (free phase, training; if the rule reports it) and
@@ -205,6 +225,7 @@ def fit(model: DynamicalModel, rule: Rule, data: Dataset, optimizer: torch.optim
                          f"got {epochs} and {batch_size}")
     evaluate = evaluate or functools.partial(free_phase_metrics, settle=eval_settle or rule.settle)
     check_select(select, goal, model_metrics(evaluate))
+    sample = train_sample(data.train, summary_train_rows, seed)   # drawn now: a bad size is an error before training
     rule.check_optimizer(optimizer)
     loggers = loggers if is_main() else ()
     generator = torch.Generator().manual_seed(seed)
@@ -219,10 +240,10 @@ def fit(model: DynamicalModel, rule: Rule, data: Dataset, optimizer: torch.optim
     if run_dir is not None and is_main():
         Path(run_dir).mkdir(parents=True, exist_ok=True)
     guess = chance_accuracy(data.train.y)
-    start, base_time = time.perf_counter(), history.wall_time_s
+    start, base_time, watch = time.perf_counter(), history.wall_time_s, for_model(model, sync_timing)
     with nullcontext() if _quiet() else logging_redirect_tqdm():
         for epoch in _bar(range(history.epoch + 1, epochs + 1), initial=history.epoch, total=epochs, desc="epochs"):
-            metrics, first_loss = _epoch(model, rule, optimizer, data, batch_size, generator, evaluate, measures)
+            metrics, first_loss = _epoch(model, rule, optimizer, data, batch_size, generator, evaluate, measures, watch)
             if history.first_loss is None:
                 history.first_loss = first_loss
             if scheduler is not None:
@@ -239,18 +260,20 @@ def fit(model: DynamicalModel, rule: Rule, data: Dataset, optimizer: torch.optim
                 state = run_state(model, rule, optimizer, generator, history, config, scheduler)
                 if is_main():
                     checkpoint.save(state, run_dir)
-    summary = summarize(model, data, evaluate, history, epochs, base_time + time.perf_counter() - start)
+    summary = summarize(model, data, evaluate, history, epochs, base_time + time.perf_counter() - start, sample)
     if run_dir is not None and is_main():
         (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
 def _epoch(model, rule, optimizer, data: Dataset, batch_size: int, generator: torch.Generator,
-           evaluate: Evaluation, measures: Sequence[Callable]) -> tuple[dict[str, float], float | None]:
+           evaluate: Evaluation, measures: Sequence[Callable],
+           stopwatch: Stopwatch | None = None) -> tuple[dict[str, float], float | None]:
     """Train one epoch; its metrics with the measures', the validation metrics and the epoch's
     time, and the loss of its first batch."""
     t0 = time.perf_counter()
-    metrics, first_loss = _train_epoch(model, rule, optimizer, data.train, batch_size, generator, data.labelled)
+    metrics, first_loss = _train_epoch(model, rule, optimizer, data.train, batch_size, generator, data.labelled,
+                                       stopwatch)
     for measure in measures:
         metrics.update(measure(model))
     alone = model_metrics(evaluate)

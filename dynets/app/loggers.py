@@ -40,7 +40,7 @@ def _fmt(v: Any) -> str:
 # What a person reads per epoch: the loss, the evaluation, the settle's steps, the time. The
 # full metrics go to metrics.jsonl and wandb.
 CONSOLE = ("train_loss", "train_accuracy", "val_accuracy", "val_reconstruction", "val_nll_bits", "kl_bits",
-           "align_cos/all", "train_steps_free", "epoch_time_s")
+           "align_cos/all", "train_steps_free", "epoch_time_s", "settle_time_s", "optimizer_time_s")
 
 
 class ConsoleLogger:

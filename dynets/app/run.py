@@ -65,7 +65,8 @@ def train(config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
     summary = fit(model, rule, data, optimizer, epochs=trainer["epochs"], batch_size=trainer["batch_size"],
                   seed=config["seed"], evaluate=evaluate, select=select, goal=goal,
                   loggers=loggers, run_dir=run_dir, resume_from=state, config=dict(config), measures=measures,
-                  scheduler=build_scheduler(config, optimizer))
+                  scheduler=build_scheduler(config, optimizer), summary_train_rows=trainer["summary_train_rows"],
+                  sync_timing=trainer["sync_timing"])
     if distributed.is_main():
         write_plots(run_dir, model, Split(x_val, y_val), rule.settle, config["seed"])
     for logger in loggers:   # after the plots: the wandb logger uploads the PNGs it finds

@@ -25,14 +25,15 @@ def train_step(rule, model: nn.Module, x: torch.Tensor, labels: torch.Tensor) ->
     return update.metrics
 
 
-def with_adam(params, grads: Callable[[], object]) -> Callable[[], tuple]:
+def with_adam(params, grads: Callable[[], object], lr: float = 1e-3) -> Callable[[], tuple]:
     """A timed step: ``grads()`` writes ``p.grad``, then the fused Adam step every method shares.
 
     Args:
         params: the parameters the step updates.
         grads: writes their ``p.grad``.
+        lr: Adam's learning rate.
     """
-    opt = torch.optim.Adam(params, lr=1e-3, fused=True)
+    opt = torch.optim.Adam(params, lr=lr, fused=True)
     return lambda: (grads(), opt.step())
 
 
@@ -48,6 +49,39 @@ def backprop_step(net: nn.Module, x: torch.Tensor, onehot: torch.Tensor) -> Call
     return with_adam(net.parameters(), lambda: (net.zero_grad(set_to_none=True), loss().backward()))
 
 
+def backprop(sizes: list[int], act: nn.Module, x: torch.Tensor, onehot: torch.Tensor) -> Callable[[], tuple]:
+    """A backprop step (:func:`backprop_step`) of the feedforward net of layer ``sizes``: ``act``
+    after every hidden layer, a linear read-out.
+
+    Args:
+        sizes: the layer sizes, input first.
+        act: the hidden layers' activation.
+        x: the input batch ``(batch, sizes[0])``.
+        onehot: the targets ``(batch, sizes[-1])``.
+    """
+    mlp = nn.Sequential(*[m for a, b in zip(sizes, sizes[1:]) for m in (nn.Linear(a, b), act)][:-1]).to(x.device)
+    return backprop_step(mlp, x, onehot)
+
+
+def random_batch(shape: tuple, classes: int, batch: int, device: torch.device, seed: int,
+                 binary: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded inputs in [0, 1) (``binary``: x > 0.5) and class labels; torch's generator is then
+    seeded with ``seed`` too, for the initial weights of the models built next.
+
+    Args:
+        shape: one sample's shape.
+        classes: labels are drawn from ``range(classes)``.
+        batch: rows.
+        device: where they go.
+        seed: the draw's seed.
+        binary: inputs thresholded at 0.5.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    x, labels = torch.rand(batch, *shape, generator=gen), torch.randint(classes, (batch,), generator=gen)
+    torch.manual_seed(seed)
+    return (x > 0.5).float().to(device) if binary else x.to(device), labels.to(device)
+
+
 def timed(config: str, steps: dict, device: torch.device, repeats: int, warmup: int,
           base: str = "dynets") -> tuple[dict, dict]:
     """Median ms per step of each callable (taking turns, so that load falls on all alike) and
@@ -60,7 +94,7 @@ def timed(config: str, steps: dict, device: torch.device, repeats: int, warmup: 
         device: where they run (CUDA: synchronised around each step).
         repeats: timed steps of each.
         warmup: untimed steps of each first.
-        base: the method the table's ratio column divides by.
+        base: the method the table's ratio column divides by (``method`` in the result).
     """
     cuda, peak, times = device.type == "cuda", {}, {name: [] for name in steps}
     sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
@@ -78,6 +112,6 @@ def timed(config: str, steps: dict, device: torch.device, repeats: int, warmup: 
           f"{'method':<28} {'ms/step':>9} {'x ' + base[:7]:>9} {'peak MB':>9}")
     for name, t in ms.items():
         print(f"{name:<28} {t:9.2f} {t / ms[base]:9.2f} {peak.get(name, float('nan')):9.1f}")
-    return {"device": str(device), "threads": torch.get_num_threads(), "config": config,
+    return {"device": str(device), "threads": torch.get_num_threads(), "config": config, "method": base,
             **{f"ms_{name}": t for name, t in ms.items()}, **{f"peak_mb_{name}": mb for name, mb in peak.items()},
             "ratio_vs_backprop": ms[base] / ms["backprop"]}, ms
