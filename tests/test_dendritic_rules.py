@@ -10,7 +10,7 @@ import torch
 from dynets import Condition, SettleOptions, settle
 from dynets.models import Asymmetric, DendriticMicrocircuit
 from dynets.plasticity import settle_plastic
-from dynets.rules import DendriticSleep, ImplicitDifferentiation, UrbanczikSenn, write_grads
+from dynets.rules import BackpropThroughTime, DendriticSleep, ImplicitDifferentiation, UrbanczikSenn, write_grads
 from test_dendritic import G, backprop_errors, batch, microcircuit
 
 TIGHT = SettleOptions(method="gauss_seidel", step_size=0.5, atol=1e-12, max_time=2000)
@@ -197,3 +197,15 @@ def test_steady_state_and_plasticity_match_the_published_code_on_the_same_weight
     for name, (total, size) in PUBLISHED.items():
         assert ours[name].sum().item() == pytest.approx(total, rel=1e-9, abs=1e-12), name
         assert ours[name].abs().sum().item() == pytest.approx(size, rel=1e-9), name
+
+
+def test_backprop_through_time_leaves_out_the_fixed_top_down_weights():
+    """BPTT through a settle long enough to reach the equilibrium gives ImplicitDifferentiation's gradient,
+    for the trainable parameters only."""
+    model, (x, _) = microcircuit(), batch()
+    y = torch.tensor([0, 2, 1, 2])
+    exact = ImplicitDifferentiation(TIGHT, adjoint_tol=1e-12).update(model, x, y).grads
+    unrolled = BackpropThroughTime(steps=600, step_size=0.2).update(model, x, y).grads
+    assert set(unrolled) == set(exact)
+    for name, g in exact.items():
+        torch.testing.assert_close(unrolled[name], g, rtol=1e-6, atol=1e-9)
