@@ -58,6 +58,52 @@ class Blocked(Protocol):
 
 
 @runtime_checkable
+class Compartments(Protocol):
+    """Compartments with time constants: each state layer a named compartment relaxing as
+    ds_l/dt = (g_l − s_l)/τ_l.
+
+    ``compartments()`` returns a name per state index (``"soma.1"``, ``"interneuron.1"``, ...);
+    ``time_constants(condition)`` τ_l per state index (> 0); ``potentials(state, condition)``
+    ``{name: (batch, units)}`` every compartment's potential, the instantaneous ones (dendrites)
+    included. Used by ``settle(method="gauss_seidel")``, which steps a layer by Δt/τ_l and checks
+    (g_l − s_l)/τ_l (:func:`dynets.steppers.phase_blocks`), and by trace plots.
+    """
+
+    def compartments(self) -> tuple[str, ...]: ...
+    def time_constants(self, condition: Condition) -> tuple[float, ...]: ...
+    def potentials(self, state: State, condition: Condition) -> dict[str, torch.Tensor]: ...
+
+
+@runtime_checkable
+class Plastic(Protocol):
+    """Plasticity that can run during the settle, on weights passed in functionally.
+
+    ``functional_field(condition, weights)`` returns the vector field with ``weights``
+    (``{name: tensor}``, the parameters' names) in place of the parameters; ``plasticity(state,
+    condition, weights)`` ``{name: dW/dt}`` (batch mean, before any learning rate) at a state.
+    Used by :func:`dynets.plasticity.settle_plastic` and the Urbanczik–Senn rules
+    (:mod:`dynets.rules.dendritic`).
+    """
+
+    def functional_field(self, condition: Condition, weights: dict[str, torch.Tensor]) -> VectorField: ...
+    def plasticity(self, state: State, condition: Condition,
+                   weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+
+
+@runtime_checkable
+class Lateral(Protocol):
+    """Lateral interneurons that learn to cancel the top-down input at apical dendrites.
+
+    ``apical(state, condition)`` returns each hidden layer's apical potential v_A ``(batch, n_k)``;
+    ``lateral_names()`` the names of the lateral weights (pyramidal → interneuron and back).
+    Used by :class:`~dynets.rules.DendriticSleep`.
+    """
+
+    def apical(self, state: State, condition: Condition) -> list[torch.Tensor]: ...
+    def lateral_names(self) -> tuple[str, ...]: ...
+
+
+@runtime_checkable
 class GibbsBlocked(Protocol):
     """Stochastic binary units that can be Gibbs-sampled.
 

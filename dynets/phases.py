@@ -25,7 +25,12 @@ Block = tuple[tuple[int, ...], LayerMap] | tuple[tuple[int, ...], LayerMap, tupl
 g(s) − s on them), read from the whole current state, and optionally a step α_l per layer
 (default 1): a half-step sets s_l ← s_l + Δt·α_l·(g_l − s_l). With α_l = 1, g is the value a
 half-step at Δt = 1 sets the layer to (the exact block minimiser, for LayeredHopfield); a
-model whose g is only a gradient step declares α_l below 2/(the block's curvature)."""
+model whose g is only a gradient step declares α_l below 2/(the block's curvature).
+
+A compartment with a time constant τ_l follows ds_l/dt = (g_l − s_l)/τ_l. Its model declares τ_l
+(capability :class:`~dynets.capabilities.Compartments`), not a step: the sweep then steps the
+layer by α_l/τ_l (s_l ← s_l + Δt·α_l/τ_l·(g_l − s_l), α_l = 1 unless the block says otherwise)
+and its residual check reads (g_l − s_l)/τ_l, the flow's ds/dt."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from .capabilities import Blocked, ChecksCondition, Dynamical
+from .capabilities import Blocked, ChecksCondition, Compartments, Dynamical
 from .phases import Condition, LayerMap, State, VectorField, by_layer
 
 
@@ -36,18 +36,25 @@ def phase_field(model: Dynamical, condition: Condition) -> VectorField:
     return held
 
 
-def phase_blocks(model: Blocked, condition: Condition) -> list[tuple[tuple[int, ...], LayerMap, tuple]]:
-    """The model's Gauss–Seidel blocks for ``condition`` as ``(layers, g, steps)`` (a block that
-    declares no steps steps by 1 on each layer); a clamped layer's g is its clamp value."""
+def phase_blocks(model: Blocked, condition: Condition) -> list[tuple[tuple[int, ...], LayerMap, tuple, tuple]]:
+    """The model's Gauss–Seidel blocks for ``condition`` as ``(layers, g, steps, rates)``; a clamped
+    layer's g is its clamp value. ``rates`` are 1/τ_l, the time constants of a model with
+    compartments (:class:`~dynets.capabilities.Compartments`; 1 for any other model): ds_l/dt =
+    rate_l·(g_l − s_l), and each layer steps by its block's declared step (default 1) times its rate."""
     clamp = _clamps(model, condition)
-    blocks = [(b[0], b[1], b[2] if len(b) > 2 else (1.0,) * len(b[0])) for b in model.blocks(condition)]
+    rates = [1.0 / tau for tau in model.time_constants(condition)] if isinstance(model, Compartments) else None
+    blocks = []
+    for b in model.blocks(condition):
+        layers, steps = b[0], b[2] if len(b) > 2 else (1.0,) * len(b[0])
+        rate = tuple(rates[l] for l in layers) if rates else (1.0,) * len(layers)
+        blocks.append((layers, b[1], tuple(a * r for a, r in zip(steps, rate)), rate))
     if not clamp:
         return blocks
 
     def held(layers: tuple[int, ...], g: LayerMap) -> LayerMap:
         return lambda state: [clamp[l] if l in clamp else gl for l, gl in zip(layers, g(state))]
 
-    return [(layers, held(layers, g), steps) for layers, g, steps in blocks]
+    return [(layers, held(layers, g), steps, rate) for layers, g, steps, rate in blocks]
 
 
 def euler_step(f: VectorField, t: torch.Tensor, state: State, ds: State, dt: float):
@@ -60,10 +67,10 @@ def euler_step(f: VectorField, t: torch.Tensor, state: State, ds: State, dt: flo
 def gauss_seidel_step(blocks: list, state: State, g_first: list[torch.Tensor], dt: float):
     """One sweep of ds/dt = g(s) − s from ``state`` whose first block's g is ``g_first``:
     s_l ← s_l + Δt·α_l·(g_l − s_l) block after block, each read from the newest state, α_l the
-    step the block declares for layer l. Returns the new state and the first block's g there
+    step the block declares for layer l (over τ_l for a compartment with a time constant). Returns the new state and the first block's g there
     (the next sweep's first half, computed once)."""
     state = list(state)
-    for k, (layers, g, steps) in enumerate(blocks):
+    for k, (layers, g, steps, _) in enumerate(blocks):
         for l, gl, step in zip(layers, g_first if k == 0 else g(state), steps):
             state[l] = _lerp(state[l], gl, dt * step)
     return tuple(state), blocks[0][1](state)
@@ -127,7 +134,10 @@ class GaussSeidel:
     of the splitting dominates; Ortega & Rheinboldt 1970, §7.4), and a fixed step of 1
     fails once a layer's curvature exceeds 2. A layered net's coupling is
     block-tridiagonal, so near the fixed point a sweep contracts by ρ(J)², J the Jacobian
-    of the Euler (Jacobi) step at Δt = 1 (Young 1950): about half the steps. It carries
+    of the Euler (Jacobi) step at Δt = 1 (Young 1950): about half the steps. A model with
+    compartments (:class:`~dynets.capabilities.Compartments`) relaxes each layer with its own
+    time constant, ds/dt = (g − s)/τ: a sweep steps it by Δt/τ (stable for Δt/τ < 2, the
+    block's exact update at Δt = τ) and checks (g − s)/τ. It carries
     the first block's g; a residual check computes the others'."""
 
     def __init__(self, model: Blocked, condition: Condition, compile: str, device: torch.device) -> None:
@@ -146,9 +156,9 @@ class GaussSeidel:
 
     def residual(self, state: State, carry: list[torch.Tensor]) -> State:
         ds = list(state)
-        for k, (layers, g, _) in enumerate(self.blocks):
-            for l, gl in zip(layers, carry if k == 0 else g(state)):
-                ds[l] = gl - state[l]
+        for k, (layers, g, _, rates) in enumerate(self.blocks):
+            for l, gl, rate in zip(layers, carry if k == 0 else g(state), rates):
+                ds[l] = gl - state[l] if rate == 1.0 else (gl - state[l]) * rate   # ds/dt = (g − s)/τ
         return tuple(ds)
 
 

@@ -5,6 +5,7 @@ from .boltzmann import BoltzmannMachine
 from .conv import ConvHopfield
 from .conv_asymmetric import ConvAsymmetric
 from .conv_pc import ConvPredictiveCoding
+from .dendritic import DendriticMicrocircuit
 from .helmholtz import Helmholtz
 from .hopfield import ACTIVATIONS, LayeredHopfield
 from .memory import AssociativeMemory, DenseAssociativeMemory
@@ -13,4 +14,4 @@ from .readback import ReadBackHopfield
 
 __all__ = ["DynamicalModel", "EnergyModel", "LayeredHopfield", "ACTIVATIONS", "PredictiveCoding", "Helmholtz",
            "BoltzmannMachine", "AssociativeMemory", "DenseAssociativeMemory", "Asymmetric", "ReadBackHopfield",
-           "ConvHopfield", "ConvPredictiveCoding", "ConvAsymmetric"]
+           "ConvHopfield", "ConvPredictiveCoding", "ConvAsymmetric", "DendriticMicrocircuit"]

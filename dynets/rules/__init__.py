@@ -4,6 +4,7 @@ from .backprop import Backprop
 from .base import Rule, Update, write_grads
 from .boltzmann import BoltzmannLearning
 from .chl import ContrastiveHebbian
+from .dendritic import DendriticSleep, UrbanczikSenn
 from .dtp import DifferenceTargetPropagation
 from .ep import EquilibriumPropagation
 from .interleave import SleepInterleaved
@@ -17,4 +18,4 @@ from .wake_sleep import WakeSleep
 __all__ = ["Rule", "Update", "Backprop", "ContrastiveHebbian", "EquilibriumPropagation", "PredictiveCodingRule", "ImplicitDifferentiation", "BackpropThroughTime",
            "WakeSleep", "BoltzmannLearning", "HebbianStorage", "HebbianSleep", "RecallMonitor", "NodePerturbation",
            "WeightPerturbation", "VectorFieldEP", "FeedbackAlignment", "KolenPollack", "WeightMirror",
-           "DifferenceTargetPropagation", "SleepInterleaved", "write_grads"]
+           "DifferenceTargetPropagation", "SleepInterleaved", "UrbanczikSenn", "DendriticSleep", "write_grads"]

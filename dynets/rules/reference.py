@@ -52,7 +52,8 @@ class ImplicitDifferentiation(Rule):
     def update(self, model: DynamicalModel, x: torch.Tensor, y: torch.Tensor | None = None) -> Update:
         condition, free, metrics = self.free_phase(model, x, y)
         self.check_converged(metrics, {"free": free})
-        params = list(model.parameters())
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]   # frozen weights have none
+        params = [p for _, p in named]
         with torch.enable_grad():
             s = tuple(t.detach().requires_grad_() for t in free.state)
             # Under autograd the model recomputes its batch constants with their graph.
@@ -70,7 +71,7 @@ class ImplicitDifferentiation(Rule):
                         "adjoint_tol=%g): the reference gradient is inexact; raise adjoint_max_steps", steps,
                         residual, self.adjoint_tol)
         metrics.update(adjoint_steps=steps, adjoint_converged=float(done), adjoint_residual=residual)
-        return Update(model.named_grads(grads), metrics)
+        return Update({n: g for (n, _), g in zip(named, grads)}, metrics)
 
     def _adjoint(self, f, s, g) -> tuple[tuple[torch.Tensor, ...], float, int]:
         """w with −(∂f/∂s)ᵀ w = ∂L/∂s, its relative residual (largest sample's, over the
@@ -144,7 +145,8 @@ class BackpropThroughTime(Rule):
             for k in range(self.steps):
                 s = tuple(si + self.step_size * di for si, di in zip(s, f(torch.tensor(k * self.step_size), s)))
             loss = model.cost(s, condition).mean()
-            grads = model.named_grads(torch.autograd.grad(loss, list(model.parameters())))
+            named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]   # frozen weights have none
+            grads = dict(zip([n for n, _ in named], torch.autograd.grad(loss, [p for _, p in named])))
             residual = residual_norm(f(torch.tensor(self.steps * self.step_size), s))
         return Update(grads, {**readout(model, s, condition, y), "steps_free": self.steps,
                               "converged": (residual <= self.settle.atol).float().mean().item()})
