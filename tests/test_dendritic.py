@@ -197,3 +197,17 @@ def test_it_refuses_what_it_cannot_honour():
         settle(model, Condition(x, target[:, :2], beta=0.1))
     with pytest.raises(ValueError, match="unknown activation 'softmax'; valid"):
         DendriticMicrocircuit(SIZES, activation="softmax")
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5])
+def test_the_prepared_input_drive_is_the_one_computed_every_sweep(beta):
+    """prepare() computes W_up,1 x + b_1 once per batch; the flow and the blocks read it in place of
+    recomputing it, and a settle from it is the same to the bit."""
+    model, (x, target) = microcircuit(), batch()
+    plain, prepared = Condition(x, target, beta=beta), model.prepare(Condition(x, target, beta=beta))
+    torch.testing.assert_close(prepared.constants, model.up[0](x), rtol=0, atol=0)
+    for method in ("gauss_seidel", "fast_euler"):
+        a, b = (settle(model, c, method=method, step_size=0.5, atol=1e-9, max_time=200) for c in (plain, prepared))
+        assert a.steps == b.steps
+        for sa, sb in zip(a.state, b.state):
+            torch.testing.assert_close(sa, sb, rtol=0, atol=0)

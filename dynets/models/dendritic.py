@@ -4,6 +4,7 @@ Senn 2018, "Dendritic cortical microcircuits approximate the backpropagation alg
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -107,6 +108,13 @@ class DendriticMicrocircuit(DynamicalModel):
             raise ValueError(f"{type(self).__name__}: beta={condition.beta} would be a negative teacher "
                              "conductance beta·g_som; nudge with beta >= 0")
 
+    def prepare(self, condition: Condition) -> Condition:
+        """``condition`` with the first layer's basal potential W_up,1 x + b_1 (constant during a
+        settle with the module's own weights) computed once for every phase of the batch."""
+        self.check_condition(condition)
+        with torch.no_grad():
+            return replace(condition, constants=self.up[0](condition.x))
+
     def weights(self) -> Weights:
         """``{name: parameter}``, the weights every map reads (other values may be passed in)."""
         return dict(self.named_parameters())
@@ -199,6 +207,9 @@ class DendriticMicrocircuit(DynamicalModel):
         return [n for k in range(1, self.n) for n in (self.sizes[k], self.sizes[k + 1])] + [self.sizes[-1]]
 
     def _basal(self, k: int, state: State, condition: Condition, w: Weights) -> torch.Tensor:
+        if k == 0 and condition.constants is not None and w["up.0.weight"] is self.up[0].weight \
+                and w["up.0.bias"] is self.up[0].bias and not torch.is_grad_enabled():
+            return condition.constants   # the prepared W_up,1 x + b_1; weights moving online recompute it
         below = condition.x if k == 0 else self.act.f(state[2 * k - 2])
         return linear(below, w[f"up.{k}.weight"], w[f"up.{k}.bias"])
 
