@@ -10,6 +10,7 @@ from dynets import Condition, SettleOptions, settle
 from dynets.costs import CrossEntropy
 from dynets.models import Asymmetric, LayeredHopfield, PredictiveCoding
 from dynets.models.fused import LayeredSweeps, PredictiveCodingSweeps
+from dynets.rules import PredictiveCodingRule
 from dynets.settle import _fast_loop, _initial
 from dynets.steppers import STEPPERS, GaussSeidel
 
@@ -137,3 +138,19 @@ def test_predictive_coding_gradients_build_no_graph_and_reuse_the_prepared_predi
     assert not any(g.requires_grad for g in grads.values())
     for name in want:
         assert torch.equal(grads[name], want[name])
+
+
+def test_the_phases_of_a_predictive_coding_step_share_the_weights_norms(monkeypatch):
+    """‖W_k‖₂² (30 power iterations each) sizes every Gauss–Seidel phase's steps; a prepared batch
+    computes it once for all its phases (it used to be once per phase), with the same steps."""
+    import dynets.models.pc as pc
+    model = PredictiveCoding([20, 12, 8, 5], "tanh")
+    c = model.prepare(Condition(X, model.target(Y), 0.1))
+    want = model.curvature_steps(Condition(X, c.target, 0.1))   # unprepared: computed afresh
+    calls = []
+    monkeypatch.setattr(pc, "_squared_norm", counting(pc._squared_norm, calls))
+    rule = PredictiveCodingRule(0.1, "centered", SettleOptions(method="gauss_seidel", atol=1e-6, max_time=200))
+    rule.update(model, X, Y)   # free, +β and −β phases
+    assert len(calls) == 2     # edges 1 and 2: the predictions state layers 0 and 1 make
+    for got, w in zip(model.curvature_steps(c), want, strict=True):
+        assert torch.equal(got, w)

@@ -3,7 +3,7 @@ nodes that settle by descending the sum of their squared prediction errors."""
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -26,6 +26,15 @@ def _squared_norm(w: torch.Tensor, iterations: int = 30) -> torch.Tensor:
             v = w.T @ (w @ v)
             v = v / torch.linalg.vector_norm(v)
         return 1.1 * torch.linalg.vector_norm(w @ v) ** 2
+
+
+class Prepared(NamedTuple):
+    """A discriminative batch's constants (``Condition.constants``, from ``prepare``), fixed while the
+    weights are: ``prediction`` μ_1 = W_1 x + b_1; ``squared_norms`` ‖W_k‖₂² by edge k, filled by the
+    first phase that sizes Gauss–Seidel steps with them (a settle by Euler never needs them)."""
+
+    prediction: torch.Tensor
+    squared_norms: dict[int, torch.Tensor]
 
 
 class PredictiveCoding(EnergyModel):
@@ -100,18 +109,20 @@ class PredictiveCoding(EnergyModel):
 
     def prepare(self, condition: Condition) -> Condition:
         """Discriminative: ``condition`` with μ_1 = W_1 x + b_1 (constant during a settle,
-        and the one large matmul of a step) computed once for every phase of the batch."""
+        and the one large matmul of a step) computed once for every phase of the batch, and room
+        for the weights' norms that size the Gauss–Seidel steps (:class:`Prepared`)."""
         self.check_condition(condition)
         if self.is_generative:
             return condition
         with torch.no_grad():
-            return replace(condition, constants=self.layers[0](condition.x))
+            return replace(condition, constants=Prepared(self.layers[0](condition.x), {}))
 
     def _predictor(self, condition: Condition) -> Callable[..., torch.Tensor]:
         """``mu(v, k, fv=None)``: the prediction of edge k from the values v (``fv(j)``, if
         given, returns f(v_j), so that a caller computes each f once); the prepared μ_1 is
         used outside autograd only (under autograd it is recomputed, with its graph)."""
-        shared = condition.constants if not (torch.is_grad_enabled() or self.is_generative) else None
+        prepared = isinstance(condition.constants, Prepared) and not torch.is_grad_enabled()
+        shared = condition.constants.prediction if prepared else None
         f = self.act.f
 
         def mu(v: list[torch.Tensor], k: int, fv: Callable | None = None) -> torch.Tensor:
@@ -297,13 +308,23 @@ class PredictiveCoding(EnergyModel):
             low = high = 1.0   # the layer's own prediction error
             if l + off in out_edges:
                 k, nonlinear = out_edges[l + off]
-                high = high + (self.act.slope ** 2 if nonlinear else 1.0) * _squared_norm(self.layers[k].weight)
+                high = high + (self.act.slope ** 2 if nonlinear else 1.0) * self._squared_norm(k, condition)
             if l == top and beta != 0.0:
                 a, b = (beta * c for c in condition.cost.curvature)
                 low, high = low + min(a, b), high + max(a, b)
             steps.append(2 / (low + high) if low > 0 else 1 / high)
         w = self.layers[0].weight
         return [torch.as_tensor(s, dtype=w.dtype, device=w.device) for s in steps]
+
+    def _squared_norm(self, k: int, condition: Condition) -> torch.Tensor:
+        """‖W_k‖₂² (:func:`_squared_norm`), once per batch when ``condition`` is prepared (every phase
+        of a rule step sizes its steps by the same weights), else afresh."""
+        if not isinstance(condition.constants, Prepared):
+            return _squared_norm(self.layers[k].weight)
+        norms = condition.constants.squared_norms
+        if k not in norms:
+            norms[k] = _squared_norm(self.layers[k].weight)
+        return norms[k]
 
     def param_grads(self, state: State, condition: Condition) -> dict[str, torch.Tensor]:
         """∂F/∂θ, batch mean, in closed form (the PC update with its sign flipped):
