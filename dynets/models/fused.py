@@ -10,7 +10,8 @@ knows nothing of the model:
 - :class:`LayeredSweeps`: a layer's g reads only its neighbours, which are in the other block, so
   the g a sweep computed for the odd block is still g at the end of the sweep. A residual check
   then evaluates nothing; the plain loop evaluates the odd block again at every check and at the
-  step before it (12 extra half-sweeps of the 18 in a bench EP step, 784-512-10).
+  step before it (5 + 3 + 4 evaluations for the 7 + 2 + 3 sweeps of the bench's EP step at
+  initialisation, 784-512-10, free + ±β).
 - :class:`PredictiveCodingSweeps`: f(v_l) and the prediction W f(v_l) + b made from layer l change
   only when layer l does; the plain loop recomputes them for each block and each check (tanh on a
   128×512 layer costs about three 128×512×10 matmuls on CPU).
@@ -50,8 +51,9 @@ class LayeredSweeps:
         for l, ul in zip(layers, drives):
             if l == top and self.beta != 0.0:
                 solved = self.act.prox(ul, self.beta) if self.exact else None
-                reads_self = solved is None
-                ul = (ul.add_(state[top], alpha=-self.beta) if self.exact else ul) if solved is None else solved
+                reads_self = solved is None   # the drive has −β·∂C/∂s_L, or gets −β·s_L below
+                if solved is None and self.exact:   # not convex: the plain update ρ(c − β·s_L)
+                    ul = ul.add_(state[top], alpha=-self.beta)
                 out.append(rho_(ul) if solved is None else solved)
             else:
                 out.append(rho_(ul))
