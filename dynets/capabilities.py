@@ -320,6 +320,19 @@ class Stateful(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+@runtime_checkable
+class Sweeps(Protocol):
+    """Gauss–Seidel sweeps of the model's own, the optimised twin of its :class:`Blocked` blocks.
+
+    ``sweeps(condition)`` returns a stepper of :mod:`dynets.steppers`' protocol (``start``,
+    ``step``, ``residual``) whose states are those of the plain sweep over ``blocks(condition)``,
+    bit for bit, at less cost. Used by ``settle(method="gauss_seidel")`` when nothing is compiled
+    (:func:`dynets.steppers.gauss_seidel`); :mod:`dynets.models.fused` has the layered models'.
+    """
+
+    def sweeps(self, condition: Condition) -> Any: ...
+
+
 def code_layer(model: object) -> int:
     """The state index of ``model``'s code: its ``code_layer`` (:class:`Decoder`), else the top (−1).
 

@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from .capabilities import Blocked, ChecksCondition, Compartments, Dynamical
+from .capabilities import Blocked, ChecksCondition, Compartments, Dynamical, Sweeps
 from .phases import Condition, LayerMap, State, VectorField, by_layer
 
 
@@ -89,12 +89,17 @@ def _lerp(s: torch.Tensor, g: torch.Tensor, w: float | torch.Tensor) -> torch.Te
 _COMPILED: dict[Callable, Callable] = {}
 
 
+def compiles(compile: str, device: torch.device) -> bool:
+    """Whether a loop step is compiled: ``compile="on"``, or ``"auto"`` on CUDA."""
+    return compile == "on" or (compile == "auto" and device.type == "cuda")
+
+
 def maybe_compiled(step: Callable, compile: str, device: torch.device) -> Callable:
     """``step``, compiled once per process when ``compile`` asks for it (inductor fuses
     a step's elementwise ops into a few kernels). One step, not a chunk, so that only β
     and the batch shape make variants, well under dynamo's recompile limit.
     ``compile="auto"`` compiles on CUDA only: on CPU inductor's code measured slower."""
-    if compile == "on" or (compile == "auto" and device.type == "cuda"):
+    if compiles(compile, device):
         if step not in _COMPILED:
             _COMPILED[step] = torch.compile(step, dynamic=False)
         return _COMPILED[step]
@@ -162,4 +167,13 @@ class GaussSeidel:
         return tuple(ds)
 
 
-STEPPERS = {"fast_euler": Euler, "gauss_seidel": GaussSeidel}
+def gauss_seidel(model: Blocked, condition: Condition, compile: str, device: torch.device):
+    """The Gauss–Seidel stepper of a settle: the model's own sweeps where it declares them
+    (capability :class:`~dynets.capabilities.Sweeps`: the same states for less work; ``None``
+    where it has none for this class or condition) and nothing is compiled, else the plain
+    :class:`GaussSeidel` over its blocks."""
+    fused = model.sweeps(condition) if isinstance(model, Sweeps) and not compiles(compile, device) else None
+    return fused if fused is not None else GaussSeidel(model, condition, compile, device)
+
+
+STEPPERS = {"fast_euler": Euler, "gauss_seidel": gauss_seidel}

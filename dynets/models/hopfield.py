@@ -14,6 +14,7 @@ from ..costs import SquaredError
 from ..phases import Block, Condition, State, VectorField, by_layer
 from .activations import ACTIVATIONS, EnergyActivation
 from .base import DynamicalModel, EnergyModel
+from .fused import LayeredSweeps
 
 
 class Layered(DynamicalModel):
@@ -126,6 +127,12 @@ class Layered(DynamicalModel):
             return tuple(layers), g
 
         return [block(0), block(1)]
+
+    def sweeps(self, condition: Condition) -> LayeredSweeps | None:
+        """The sweeps of :meth:`blocks`, bit for bit, with no evaluation at a residual check
+        (capability :class:`~dynets.capabilities.Sweeps`; :class:`~dynets.models.fused.LayeredSweeps`);
+        ``None`` for a subclass with blocks of its own."""
+        return LayeredSweeps(self, condition) if type(self).blocks is Layered.blocks else None
 
 
 class SymmetricLayered(Layered, EnergyModel):

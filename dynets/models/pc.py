@@ -3,7 +3,7 @@ nodes that settle by descending the sum of their squared prediction errors."""
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -11,6 +11,7 @@ from torch import nn
 from ..phases import Block, Condition, State, VectorField, by_layer
 from .activations import PC_ACTIVATIONS
 from .base import EnergyModel
+from .fused import PredictiveCodingSweeps
 
 
 ARRANGEMENTS = ("discriminative", "generative")
@@ -25,6 +26,15 @@ def _squared_norm(w: torch.Tensor, iterations: int = 30) -> torch.Tensor:
             v = w.T @ (w @ v)
             v = v / torch.linalg.vector_norm(v)
         return 1.1 * torch.linalg.vector_norm(w @ v) ** 2
+
+
+class Prepared(NamedTuple):
+    """A discriminative batch's constants (``Condition.constants``, from ``prepare``), fixed while the
+    weights are: ``prediction`` μ_1 = W_1 x + b_1; ``squared_norms`` ‖W_k‖₂² by edge k, filled by the
+    first phase that sizes Gauss–Seidel steps with them (a settle by Euler never needs them)."""
+
+    prediction: torch.Tensor
+    squared_norms: dict[int, torch.Tensor]
 
 
 class PredictiveCoding(EnergyModel):
@@ -99,18 +109,20 @@ class PredictiveCoding(EnergyModel):
 
     def prepare(self, condition: Condition) -> Condition:
         """Discriminative: ``condition`` with μ_1 = W_1 x + b_1 (constant during a settle,
-        and the one large matmul of a step) computed once for every phase of the batch."""
+        and the one large matmul of a step) computed once for every phase of the batch, and room
+        for the weights' norms that size the Gauss–Seidel steps (:class:`Prepared`)."""
         self.check_condition(condition)
         if self.is_generative:
             return condition
         with torch.no_grad():
-            return replace(condition, constants=self.layers[0](condition.x))
+            return replace(condition, constants=Prepared(self.layers[0](condition.x), {}))
 
     def _predictor(self, condition: Condition) -> Callable[..., torch.Tensor]:
         """``mu(v, k, fv=None)``: the prediction of edge k from the values v (``fv(j)``, if
         given, returns f(v_j), so that a caller computes each f once); the prepared μ_1 is
         used outside autograd only (under autograd it is recomputed, with its graph)."""
-        shared = condition.constants if not (torch.is_grad_enabled() or self.is_generative) else None
+        prepared = isinstance(condition.constants, Prepared) and not torch.is_grad_enabled()
+        shared = condition.constants.prediction if prepared else None
         f = self.act.f
 
         def mu(v: list[torch.Tensor], k: int, fv: Callable | None = None) -> torch.Tensor:
@@ -181,28 +193,36 @@ class PredictiveCoding(EnergyModel):
             raise ValueError("feedforward is the free equilibrium of the discriminative arrangement only")
         return self.init_state(condition)
 
-    def _force(self, condition: Condition) -> Callable[[State, range], list[torch.Tensor]]:
-        """``force(state, layers)``: −∂F/∂s_l (the noise ξ_l included) for the given state layers,
-        −∂E/∂v_l = −ε_l + Σ_{edges k from l} f'(v_l)⊙(ε_{to(k)} W_k), with the top's −β·∂C/∂v_L.
-        Only the errors those layers touch are computed (a Gauss–Seidel half-sweep needs half)."""
+    def _force(self, condition: Condition) -> Callable[..., list[torch.Tensor]]:
+        """``force(state, layers, kept=None)``: −∂F/∂s_l (the noise ξ_l included) for the given state
+        layers, −∂E/∂v_l = −ε_l + Σ_{edges k from l} f'(v_l)⊙(ε_{to(k)} W_k), with the top's −β·∂C/∂v_L.
+        Only the errors those layers touch are computed (a Gauss–Seidel half-sweep needs half).
+        ``kept``: ``{"f": {j: f(v_j)}, "mu": {k: μ_k}}`` kept across calls by a caller that drops
+        what a change of value layer j makes stale (:class:`~dynets.models.fused.PredictiveCodingSweeps`);
+        without it they are computed afresh in each call."""
         mu, off, df, f = self._predictor(condition), self._offset(condition), self.act.df, self.act.f
         noise = by_layer(condition.noise, self._shapes(condition), "noise")
         out_edges = {frm: (k, to, nonlinear) for k, (to, frm, nonlinear) in enumerate(self.edges)}
         beta, cost, y = condition.beta, condition.cost, condition.target
 
-        def force(state: State, layers: range) -> list[torch.Tensor]:
+        def force(state: State, layers: range, kept: dict | None = None) -> list[torch.Tensor]:
             v, top = self._values(state, condition), len(state) - 1
             eps: dict[int, torch.Tensor] = {}
-            fvs: dict[int, torch.Tensor] = {}
+            fvs, mus = (kept["f"], kept["mu"]) if kept is not None else ({}, {})
 
             def fv(j: int) -> torch.Tensor:
                 if j not in fvs:
                     fvs[j] = f(v[j])
                 return fvs[j]
 
+            def prediction(k: int) -> torch.Tensor:
+                if k not in mus:
+                    mus[k] = mu(v, k, fv)
+                return mus[k]
+
             def err(j: int) -> torch.Tensor:
                 if j not in eps:
-                    eps[j] = v[j] - (self.prior if j == len(v) - 1 and self.is_generative else mu(v, self._edge_to(j), fv))
+                    eps[j] = v[j] - (self.prior if j == len(v) - 1 and self.is_generative else prediction(self._edge_to(j)))
                 return eps[j]
 
             out = []
@@ -254,6 +274,14 @@ class PredictiveCoding(EnergyModel):
 
         return [block(0), block(1)]
 
+    def sweeps(self, condition: Condition) -> PredictiveCodingSweeps | None:
+        """The sweeps of :meth:`blocks`, bit for bit, computing f(v_l) and the predictions made from
+        v_l once per move of layer l (capability :class:`~dynets.capabilities.Sweeps`;
+        :class:`~dynets.models.fused.PredictiveCodingSweeps`); ``None`` for a subclass with blocks
+        of its own."""
+        own = type(self).blocks is PredictiveCoding.blocks and type(self)._force is PredictiveCoding._force
+        return PredictiveCodingSweeps(self, condition) if own else None
+
     def curvature_steps(self, condition: Condition) -> list[torch.Tensor]:
         """The Gauss–Seidel step α_l = 2/(μ_l + L_l) of each state layer, from bounds [μ_l, L_l]
         of the eigenvalues of its block Hessian ∂²F/∂v_l² = I + D Wᵀ W D (+ β·∂²C/∂v_L² on
@@ -280,7 +308,7 @@ class PredictiveCoding(EnergyModel):
             low = high = 1.0   # the layer's own prediction error
             if l + off in out_edges:
                 k, nonlinear = out_edges[l + off]
-                high = high + (self.act.slope ** 2 if nonlinear else 1.0) * _squared_norm(self.layers[k].weight)
+                high = high + (self.act.slope ** 2 if nonlinear else 1.0) * self._squared_norm(k, condition)
             if l == top and beta != 0.0:
                 a, b = (beta * c for c in condition.cost.curvature)
                 low, high = low + min(a, b), high + max(a, b)
@@ -288,9 +316,25 @@ class PredictiveCoding(EnergyModel):
         w = self.layers[0].weight
         return [torch.as_tensor(s, dtype=w.dtype, device=w.device) for s in steps]
 
+    def _squared_norm(self, k: int, condition: Condition) -> torch.Tensor:
+        """‖W_k‖₂² (:func:`_squared_norm`), once per batch when ``condition`` is prepared (every phase
+        of a rule step sizes its steps by the same weights), else afresh."""
+        if not isinstance(condition.constants, Prepared):
+            return _squared_norm(self.layers[k].weight)
+        norms = condition.constants.squared_norms
+        if k not in norms:
+            norms[k] = _squared_norm(self.layers[k].weight)
+        return norms[k]
+
     def param_grads(self, state: State, condition: Condition) -> dict[str, torch.Tensor]:
         """∂F/∂θ, batch mean, in closed form (the PC update with its sign flipped):
-        ∂F/∂W_k = −⟨ε_{to} f(v_{from})ᵀ⟩, ∂F/∂b_k = −⟨ε_{to}⟩, ∂F/∂prior = −⟨ε_L⟩."""
+        ∂F/∂W_k = −⟨ε_{to} f(v_{from})ᵀ⟩, ∂F/∂b_k = −⟨ε_{to}⟩, ∂F/∂prior = −⟨ε_L⟩.
+        Outside autograd, so that the prepared μ_1 is reused: under autograd the predictor
+        recomputes it (the step's largest matmul, and a graph nobody differentiates)."""
+        with torch.no_grad():
+            return self._param_grads(state, condition)
+
+    def _param_grads(self, state: State, condition: Condition) -> dict[str, torch.Tensor]:
         v, scale = self._values(state, condition), -1.0 / condition.batch
         eps = self._errors(v, self._predictor(condition))
         grads = {}
