@@ -209,3 +209,32 @@ def test_backprop_through_time_leaves_out_the_fixed_top_down_weights():
     assert set(unrolled) == set(exact)
     for name, g in exact.items():
         torch.testing.assert_close(unrolled[name], g, rtol=1e-6, atol=1e-9)
+
+
+def sleep_run(run_dir, epochs, resume=False):
+    """Sleep of a float64 microcircuit with random lateral weights on noisy inputs (SGD), through
+    fit with checkpoints: its summary and last checkpoint."""
+    from dynets.app import checkpoint
+    from dynets.app.fit import fit
+    from dynets.data import Dataset, Split
+    g = torch.Generator().manual_seed(7)
+    x = torch.rand(48, 5, generator=g, dtype=torch.float64)
+    data = Dataset("noise", *(Split(x, torch.zeros(48, dtype=torch.long)) for _ in range(3)), 5, 3)
+    model = microcircuit(activation="tanh")
+    rule = DendriticSleep(noise=0.1, stop=0.01, settle=TIGHT, seed=3)
+    summary = fit(model, rule, data, torch.optim.SGD(model.parameters(), lr=0.2), epochs=epochs, batch_size=16,
+                  seed=1, run_dir=run_dir, resume_from=run_dir if resume else None)
+    summary.pop("wall_time_s")
+    return summary, checkpoint.load(run_dir)
+
+
+def test_the_learned_lateral_state_resumes_bit_identically(tmp_path):
+    """Two epochs of sleep, then resumed to four with the rule built anew: the lateral weights, the
+    noise's draws and the stop rule's state are the uninterrupted run's, to the bit."""
+    sleep_run(tmp_path / "cut", 2)
+    resumed, end = sleep_run(tmp_path / "cut", 4, resume=True)
+    whole, reference = sleep_run(tmp_path / "whole", 4)
+    assert resumed == whole and end["rule"] == reference["rule"] and end["rule"]["first"] is not None
+    assert reference["model"]["ip.0.weight"].ne(microcircuit(activation="tanh").ip[0].weight).any()
+    for name, value in reference["model"].items():
+        assert torch.equal(end["model"][name], value), name
