@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torchdiffeq import odeint
 
-from .capabilities import ChecksCondition, Dynamical
+from .capabilities import ChecksCondition, Compartments, Dynamical
 from .steppers import STEPPERS, phase_field
 from .phases import Condition, DivergedError, Equilibrium, State, VectorField, by_layer
 
@@ -151,9 +151,24 @@ def settle(model: Dynamical, condition: Condition, init: State | None = None, *,
         device = state[0].device
         with _precision(opts.precision, device):
             if opts.method in STEPPERS:
+                _check_time_constants(model, condition, opts)
                 stepper = STEPPERS[opts.method](model, condition, opts.compile, device)
                 return _fast_loop(stepper, state, opts, record)
             return _odeint_loop(phase_field(model, condition), state, opts, record)
+
+
+def _check_time_constants(model: Dynamical, condition: Condition, opts: SettleOptions) -> None:
+    """Raise naming the fastest compartment when a fixed step of ``opts.step_size`` cannot follow
+    its time constant τ: a step moves s by Δt/τ·(g − s), which overshoots and grows for Δt/τ ≥ 2
+    (Euler's bound on the leak −s/τ alone; Gauss–Seidel's over-relaxation bound)."""
+    if not isinstance(model, Compartments):
+        return
+    tau, name = min(zip(model.time_constants(condition), model.compartments()), key=lambda p: p[0])
+    if opts.step_size >= 2 * tau:
+        raise ValueError(f"settle={opts.method} with step_size={opts.step_size} cannot follow compartment "
+                         f"{name!r}, whose time constant is {tau:.3g} (the shortest): a step moves it by "
+                         f"step_size/τ >= 2 of its distance to g and it oscillates or diverges; use step_size < "
+                         f"{2 * tau:.3g} (settle.step_size), a larger capacitance C, or an adaptive method (dopri5)")
 
 
 def spectral_radius(f: VectorField, state: State, iterations: int = 20) -> float:

@@ -211,3 +211,19 @@ def test_the_prepared_input_drive_is_the_one_computed_every_sweep(beta):
         assert a.steps == b.steps
         for sa, sb in zip(a.state, b.state):
             torch.testing.assert_close(sa, sb, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", ["gauss_seidel", "fast_euler"])
+def test_a_step_its_fastest_compartment_cannot_follow_is_named(method):
+    """At C = 0.5 the hidden somas' (and interneurons') τ = 0.5/1.9 = 0.26: a step of 1 moves them by 3.8 times their
+    distance to g (unstable); a step of 0.5 (1.9 of it) still settles, to the fixed point of an
+    adaptive solver."""
+    model, (x, target) = microcircuit(C=0.5), batch()
+    c = Condition(x, target, beta=0.5)
+    with pytest.raises(ValueError, match=r"compartment 'soma.1', whose time constant is 0.263 .the shortest.*step_size < 0.526"):
+        settle(model, c, method=method, step_size=1.0, atol=1e-9, max_time=200)
+    eq = settle(model, c, method=method, step_size=0.25, atol=1e-10, max_time=400)
+    ref = settle(model, c, method="dopri5", step_size=0.5, atol=1e-10, max_time=400, solver_rtol=1e-11, solver_atol=1e-12)
+    assert eq.converged and ref.converged
+    for a, b in zip(eq.state, ref.state):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-8)
