@@ -103,3 +103,13 @@ def test_bad_settings_are_errors():
     model, x = net([8, 6, 3], arrangement="discriminative")
     with pytest.raises(ValueError, match="no minimum in the top layer"):
         settle(model, Condition(x, torch.rand(len(x), 3, dtype=x.dtype), -1.5), options=CG)
+
+
+def test_the_benchs_two_settles_reach_one_equilibrium_at_its_tolerance():
+    """scripts/bench.py's genpc line compares settles that stop at the same residual and state: F
+    is 1-strongly convex up to the errors' f'' term, so ‖s_cg − s_euler‖ ≤ ‖r_cg‖ + ‖r_euler‖ ≈ 2·atol."""
+    from dynets.studies.bench_genpc import CG as BENCH_CG, EULER, bench_genpc
+    line = bench_genpc([20, 12], 8, torch.device("cpu"), repeats=1, warmup=0, train_steps=5)
+    assert BENCH_CG.atol == EULER.atol and max(line["residual"].values()) <= EULER.atol
+    assert line["max_state_difference"] <= 2 * EULER.atol
+    assert line["steps_same_residual"]["cg"] < line["steps_same_residual"]["euler"]
