@@ -53,6 +53,13 @@ def directional(model, condition: Condition) -> Callable[[State, State], torch.T
     return curvature
 
 
+def _right_solve(r: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    """r·A⁻¹ for A = LLᵀ (``lower`` = L, ``upper`` = Lᵀ): two triangular solves from the right, on
+    the rows of r as they lie (solving Aᵀ-wise on r's transpose would copy it twice)."""
+    return torch.linalg.solve_triangular(lower, torch.linalg.solve_triangular(upper, r, upper=True, left=False),
+                                         upper=False, left=False)
+
+
 def block_preconditioner(model, condition: Condition, state: State) -> Callable[[State], State]:
     """``apply(r) -> State``: r_l·A_l⁻¹ per state layer, A_l = (1 + β·c)·I + D̄ W_kᵀW_k D̄ the
     block of H on layer l with f'(v_l) replaced by its batch mean D̄ at ``state`` (the
@@ -80,6 +87,6 @@ def block_preconditioner(model, condition: Condition, state: State) -> Callable[
         w = model.layers[k].weight.to(s.dtype)
         scaled = w * model.act.df(s, model.act.f(s)).mean(0) if nonlinear else w
         gram = torch.addmm(torch.eye(w.shape[1], dtype=s.dtype, device=s.device), scaled.T, scaled, beta=own[l])
-        factor = torch.linalg.cholesky(gram)
-        solves.append(lambda r, factor=factor: torch.cholesky_solve(r.T, factor).T)
+        lower = torch.linalg.cholesky(gram)
+        solves.append(lambda r, lower=lower, upper=lower.T.contiguous(): _right_solve(r, lower, upper))
     return lambda r: tuple(solve(rl) for solve, rl in zip(solves, r))
