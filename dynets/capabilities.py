@@ -104,6 +104,22 @@ class Lateral(Protocol):
 
 
 @runtime_checkable
+class Curvature(Protocol):
+    """The curvature of the energy F whose gradient flow ds/dt = −∂F/∂s the model runs.
+
+    ``curvature(condition)`` returns ``c(state, direction) -> (batch,)``: dᵀHd per sample, H a
+    positive-definite approximation of ∂²F/∂s² at ``state`` (Gauss–Newton: F's squared errors
+    linearised); ``preconditioner(condition, state)`` returns ``apply(r) -> State``: P⁻¹r for a
+    positive-definite P ≈ H, fixed for a settle, acting on each layer alone (a clamped layer's
+    zero stays zero). Used by ``settle(method="conjugate_gradient")``
+    (:class:`dynets.conjugate.ConjugateGradient`).
+    """
+
+    def curvature(self, condition: Condition) -> Callable[[State, State], torch.Tensor]: ...
+    def preconditioner(self, condition: Condition, state: State) -> Callable[[State], State]: ...
+
+
+@runtime_checkable
 class GibbsBlocked(Protocol):
     """Stochastic binary units that can be Gibbs-sampled.
 

@@ -18,13 +18,15 @@ import torch
 from torchdiffeq import odeint
 
 from .capabilities import ChecksCondition, Compartments, Dynamical
+from .conjugate import ConjugateGradient
 from .steppers import STEPPERS, phase_field
 from .phases import Condition, DivergedError, Equilibrium, State, VectorField, by_layer
 
 FIXED_GRID = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams")
 STABLE_STEP = ("fast_euler", "euler")   # the methods whose step ``stability`` caps
 ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
-METHODS = FIXED_GRID + ADAPTIVE + tuple(STEPPERS)
+SOLVERS = {**STEPPERS, "conjugate_gradient": ConjugateGradient}   # dynets' own loops
+METHODS = FIXED_GRID + ADAPTIVE + tuple(SOLVERS)
 PRECISIONS = ("fp32", "tf32", "bf16")
 COMPILE = ("auto", "on", "off")
 
@@ -47,7 +49,12 @@ class SettleOptions:
             and ``gauss_seidel`` (partitioned Euler over the blocks a model declares,
             e.g. a layered net's even and odd layers: same fixed points and cost per
             step, about half the steps at ``step_size=1``; each block steps by
-            ``step_size`` times the step it declares, 1 for an exact block minimiser).
+            ``step_size`` times the step it declares, 1 for an exact block minimiser);
+            ``conjugate_gradient`` (preconditioned nonlinear conjugate gradient on the energy of
+            a gradient flow whose curvature the model gives, capability ``Curvature``,
+            :class:`dynets.conjugate.ConjugateGradient`: generative predictive coding at
+            784-1024 settles in ~10 steps where ``fast_euler`` takes hundreds; each steps by
+            ``step_size`` times its line step, 1 for the whole).
         step_size: Δt of fixed-grid methods; for adaptive ones, the chunk length unit.
         atol: absolute part of the steady-state tolerance ‖f(s_b)‖ ≤ atol + rtol·‖s_b‖.
         rtol: relative part of the same tolerance.
@@ -109,6 +116,9 @@ class SettleOptions:
         if self.method == "gauss_seidel" and self.step_size >= 2:
             raise ValueError(f"gauss_seidel with step_size={self.step_size} cannot converge: a sweep with "
                              f"step_size ω is over-relaxation, which needs 0 < ω < 2 (1 is plain Gauss-Seidel)")
+        if self.method == "conjugate_gradient" and self.step_size >= 2:
+            raise ValueError(f"conjugate_gradient with step_size={self.step_size} overshoots the minimum along "
+                             f"each direction by more than it gains: use 0 < step_size < 2 (1: the whole line step)")
         # Adaptive solvers settle only down to a floor a few times their rtol; a
         # steady-state tolerance below it would never be met (notes/settling.md).
         if self.method in ADAPTIVE and self.solver_rtol > self.atol / 10:
@@ -153,6 +163,8 @@ def settle(model: Dynamical, condition: Condition, init: State | None = None, *,
             if opts.method in STEPPERS:
                 _check_time_constants(model, condition, opts)
                 stepper = STEPPERS[opts.method](model, condition, opts.compile, device)
+            if opts.method in SOLVERS:
+                stepper = SOLVERS[opts.method](model, condition, opts.compile, device)
                 return _fast_loop(stepper, state, opts, record)
             return _odeint_loop(phase_field(model, condition), state, opts, record)
 

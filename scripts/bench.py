@@ -16,7 +16,10 @@ memory, N 200 at load 0.1, 100 dreams), vector-field EP, FA, Kolen-Pollack, weig
 ``mirror_sleep`` its sleep alone), DTP. Each step ends with the same fused Adam step; ``backprop``: the same-size
 MLP. conv: the published MNIST CNN (1x28x28, 32-64 5x5 max-pooled, fc 10, batch 128): ConvHopfield's EP (as ep,
 Gauss-Seidel) and the textbook conv EP (free 40, ±β 12 synchronous steps, Δt 1), ConvPredictiveCoding's PC (as pc)
-at the same residual, backprop through the same couplings. The last lines: one JSON object each.
+at the same residual, backprop through the same couplings. genpc: the self-supervised study's generative PC
+(784-1024 tanh, batch 64, after 50 unsupervised Adam steps on uniform inputs) settled by conjugate gradient against
+the Euler flow it used before, to the same atol 1e-3 (dynets.studies.bench_genpc); backprop: the sigmoid
+autoencoder of the same sizes. The last lines: one JSON object each.
 """
 import argparse
 import json
@@ -24,12 +27,13 @@ import json
 import torch
 
 from dynets.studies.bench_families import FAMILIES, bench_family, label
+from dynets.studies.bench_genpc import bench_genpc
 from dynets.studies.bench_references import REFERENCES, bench_conv, bench_reference
 from dynets.studies.speed_table import read_lines, speed_table
 
 CPU_CONFIGS = ["784,512,10:128", "784,1024,1024,10:128"]
 GPU_CONFIGS = ["784,512,10:128", "784,512,10:1024", "784,1024,1024,10:128", "784,1024,1024,10:1024"]
-ALL = [*REFERENCES, *FAMILIES, "conv"]
+ALL = [*REFERENCES, *FAMILIES, "conv", "genpc"]
 
 
 def bench(families: list[str], configs: list[str], device: torch.device, repeats: int, warmup: int) -> list[dict]:
@@ -44,7 +48,8 @@ def bench(families: list[str], configs: list[str], device: torch.device, repeats
             elif family in FAMILIES and (name := label(family, sizes, batch)) not in done:
                 done.add(name)
                 results.append(bench_family(family, sizes, batch, device, repeats, warmup))
-    return results + (bench_conv(128, device, repeats, warmup) if "conv" in families else [])
+    results += bench_conv(128, device, repeats, warmup) if "conv" in families else []
+    return results + ([bench_genpc([784, 1024], 64, device, repeats, warmup)] if "genpc" in families else [])
 
 
 def main() -> None:

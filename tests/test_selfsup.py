@@ -30,7 +30,8 @@ from dynets.app.fit import fit
 from test_configs import CONFIGS
 
 GS = SettleOptions(method="gauss_seidel", step_size=1.0, atol=1e-3, max_time=100.0)
-PC_SETTLE = SettleOptions(method="fast_euler", step_size=0.1, atol=1e-3, max_time=200.0)   # see configs/probe.yaml
+PC_SETTLE = SettleOptions(method="conjugate_gradient", step_size=1.0, atol=1e-3, max_time=200.0,
+                          check_every=2)   # configs/probe.yaml's pc_settle
 PROBES = Probes(weight_decays=(1e-3,), max_iter=50, k=5)
 
 

@@ -12,6 +12,7 @@ from ..phases import Block, Condition, State, VectorField, by_layer
 from .activations import PC_ACTIVATIONS
 from .base import EnergyModel
 from .fused import PredictiveCodingSweeps
+from .pc_curvature import block_preconditioner, directional
 
 
 ARRANGEMENTS = ("discriminative", "generative")
@@ -325,6 +326,17 @@ class PredictiveCoding(EnergyModel):
         if k not in norms:
             norms[k] = _squared_norm(self.layers[k].weight)
         return norms[k]
+
+    def curvature(self, condition: Condition) -> Callable[[State, State], torch.Tensor]:
+        """``c(state, d) -> (batch,)``: dᵀHd per sample, H = Σ_l J_lᵀJ_l (+ β·∂²C on the top) the
+        Gauss–Newton curvature of F (:func:`~dynets.models.pc_curvature.directional`; capability
+        :class:`~dynets.capabilities.Curvature`)."""
+        return directional(self, condition)
+
+    def preconditioner(self, condition: Condition, state: State) -> Callable[[State], State]:
+        """``apply(r)``: r_l·A_l⁻¹ per layer, A_l = I + D̄WᵀWD̄ the block of H with f' at its batch mean
+        at ``state`` (:func:`~dynets.models.pc_curvature.block_preconditioner`)."""
+        return block_preconditioner(self, condition, state)
 
     def param_grads(self, state: State, condition: Condition) -> dict[str, torch.Tensor]:
         """∂F/∂θ, batch mean, in closed form (the PC update with its sign flipped):
