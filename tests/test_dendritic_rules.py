@@ -10,7 +10,7 @@ import torch
 from dynets import Condition, SettleOptions, settle
 from dynets.models import Asymmetric
 from dynets.plasticity import settle_plastic
-from dynets.rules import DendriticSleep, UrbanczikSenn, write_grads
+from dynets.rules import DendriticSleep, ImplicitDifferentiation, UrbanczikSenn, write_grads
 from test_dendritic import G, backprop_errors, batch, microcircuit
 
 TIGHT = SettleOptions(method="gauss_seidel", step_size=0.5, atol=1e-12, max_time=2000)
@@ -133,3 +133,26 @@ def test_sleep_on_a_model_without_interneurons_says_what_is_missing():
 def test_bad_rule_options_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         UrbanczikSenn(**kwargs)
+
+
+def test_the_exact_equilibrium_gradient_leaves_out_the_fixed_top_down_weights():
+    """ImplicitDifferentiation on a model with frozen parameters (W_down): gradients for the
+    trainable ones only, equal to central finite differences of the loss at the equilibrium."""
+    model, (x, _) = microcircuit(), batch()
+    y = torch.tensor([0, 2, 1, 2])
+    grads = ImplicitDifferentiation(TIGHT, adjoint_tol=1e-12).update(model, x, y).grads
+    assert set(grads) == {n for n, p in model.named_parameters() if p.requires_grad}
+
+    def loss() -> float:
+        c = Condition(x, model.target(y))
+        return model.cost(settle(model, c, options=TIGHT).state, c).mean().item()
+
+    for name, index in (("up.0.weight", (2, 3)), ("ip.1.weight", (1, 4)), ("pi.0.weight", (3, 2))):
+        p, h = dict(model.named_parameters())[name], 1e-5
+        with torch.no_grad():
+            p[index] += h
+            up = loss()
+            p[index] -= 2 * h
+            down = loss()
+            p[index] += h
+        assert grads[name][index].item() == pytest.approx((up - down) / (2 * h), rel=1e-5, abs=1e-10)

@@ -57,11 +57,13 @@ class DendriticMicrocircuit(DynamicalModel):
             so a Gauss–Seidel sweep at Δt = 1 steps each compartment by at most 0.95 of its τ (with
             the teacher at β = 1), and Euler at Δt = 0.5 by at most half.
         learn_down: whether the top-down weights W_down are trained.
+        self_predicting: start in the self-predicting state (:meth:`self_predicting_`), as the
+            paper's learning experiments do; ``False``: lateral weights drawn like the others (nn.Linear's init).
     """
 
-    def __init__(self, sizes: list[int], activation: str = "sigmoid", g_l: float = 0.1, g_B: float = 1.0,
+    def __init__(self, sizes: list[int], activation: str = "relu", g_l: float = 0.1, g_B: float = 1.0,
                  g_A: float = 0.8, g_D: float = 1.0, g_som: float = 0.8, C: float = 2.0,
-                 learn_down: bool = False) -> None:
+                 learn_down: bool = False, self_predicting: bool = False) -> None:
         super().__init__()
         if len(sizes) < 2 or any(int(n) < 1 for n in sizes):
             raise ValueError(f"sizes must list >= 2 positive layer sizes, got {list(sizes)}")
@@ -76,6 +78,8 @@ class DendriticMicrocircuit(DynamicalModel):
         self.down = nn.ModuleList(nn.Linear(b, a, bias=False).requires_grad_(self.learn_down) for a, b in pairs)
         self.ip = nn.ModuleList(nn.Linear(a, b) for a, b in pairs)
         self.pi = nn.ModuleList(nn.Linear(b, a, bias=False) for a, b in pairs)
+        if self_predicting:
+            self.self_predicting_()
 
     def gain(self, k: int) -> float:
         """ĝ_k (0-based layer k): the soma's share of the basal potential when v_A = 0."""

@@ -52,7 +52,8 @@ class ImplicitDifferentiation(Rule):
     def update(self, model: DynamicalModel, x: torch.Tensor, y: torch.Tensor | None = None) -> Update:
         condition, free, metrics = self.free_phase(model, x, y)
         self.check_converged(metrics, {"free": free})
-        params = list(model.parameters())
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]   # frozen weights have none
+        params = [p for _, p in named]
         with torch.enable_grad():
             s = tuple(t.detach().requires_grad_() for t in free.state)
             # Under autograd the model recomputes its batch constants with their graph.
@@ -70,7 +71,7 @@ class ImplicitDifferentiation(Rule):
                         "adjoint_tol=%g): the reference gradient is inexact; raise adjoint_max_steps", steps,
                         residual, self.adjoint_tol)
         metrics.update(adjoint_steps=steps, adjoint_converged=float(done), adjoint_residual=residual)
-        return Update(model.named_grads(grads), metrics)
+        return Update({n: g for (n, _), g in zip(named, grads)}, metrics)
 
     def _adjoint(self, f, s, g) -> tuple[tuple[torch.Tensor, ...], float, int]:
         """w with −(∂f/∂s)ᵀ w = ∂L/∂s, its relative residual (largest sample's, over the
