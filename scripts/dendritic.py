@@ -27,15 +27,18 @@ def alignment(cfg: DictConfig, model, x, target, learned=None) -> dict:
     rows = {"analytic": study.apical_alignment(copy.deepcopy(model).self_predicting_(), x, target, cfg.beta, tight)}
     if learned is not None:
         rows["slept"] = study.apical_alignment(learned, x, target, cfg.beta, tight)
+        rows["slept_change"] = study.apical_alignment(learned, x, target, cfg.beta, tight, change=True)
     return {"beta": cfg.beta, "transposed": cfg.transposed, **{f"cosine_{k}": v for k, v in rows.items()}}
 
 
-def sleep(cfg: DictConfig, model, inputs, held_out):
-    """Sleep from the model's random lateral weights; the curve and the slept model."""
-    slept, rule = copy.deepcopy(model), instantiate(cfg.sleep.rule)
-    optimizer = torch.optim.SGD(slept.parameters(), lr=cfg.sleep.lr)
+def sleep(cfg: DictConfig, model, inputs, held_out, target):
+    """Sleep from the model's random lateral weights; the curve (with the cosines) and the slept model."""
+    slept, rule, tight = copy.deepcopy(model), instantiate(cfg.sleep.rule), instantiate(cfg.tight)
+    optimizer = instantiate(cfg.sleep.optimizer)(slept.parameters())
+    measure = lambda: {"cosine": study.apical_alignment(slept, held_out, target, cfg.beta, tight),
+                       "cosine_change": study.apical_alignment(slept, held_out, target, cfg.beta, tight, change=True)}
     curve = study.sleep_curve(slept, rule, optimizer, inputs, held_out, cfg.sleep.steps, cfg.sleep.batch,
-                              cfg.sleep.every, instantiate(cfg.tight), cfg.seed, progress=log.info)
+                              cfg.sleep.every, tight, cfg.seed, measure, progress=log.info)
     return {"stopped": rule.stopped, "curve": curve}, slept
 
 
@@ -57,14 +60,14 @@ def main(cfg: DictConfig) -> None:
     x, labels = data.val.x[:cfg.held_out].double(), data.val.y[:cfg.held_out]
     target, results, slept = model.target(labels), {}, None
     if "sleep" in cfg.studies:
-        results["sleep"], slept = sleep(cfg, model, data.train.x.double(), x)
+        results["sleep"], slept = sleep(cfg, model, data.train.x.double(), x, target)
     if "alignment" in cfg.studies:
         results["alignment"] = alignment(cfg, model, x, target, slept)
     if "traces" in cfg.studies:
         results["traces"] = traces(cfg, model, x, target)
     if "cost" in cfg.studies:
         c = cfg.cost
-        results["cost"] = study.settle_cost(list(c.sizes), c.batch, c.beta, repeats=c.repeats, warmup=c.warmup)
+        results["cost"] = study.settle_cost(list(c.sizes), c.batch, c.beta, c.activation, repeats=c.repeats, warmup=c.warmup)
     print()
     for name, result in results.items():   # the last lines: one JSON object per study
         print(json.dumps({"study": name, **result}))

@@ -76,3 +76,12 @@ def test_the_traces_start_at_rest_and_reach_the_free_then_the_taught_steady_stat
         torch.testing.assert_close(curves[f"soma.{k}"][onset], u_free, rtol=0, atol=1e-6)
         torch.testing.assert_close(curves[f"soma.{k}"][-1], u_taught, rtol=0, atol=1e-6)
     torch.testing.assert_close(curves["interneuron.2"][-1], taught[3], rtol=0, atol=1e-6)
+
+
+def test_the_teachers_change_of_v_a_is_v_a_itself_only_where_the_free_v_a_vanishes():
+    model, (x, target) = study.transpose_down_(microcircuit()), batch(n=16)
+    raw, change = (study.apical_alignment(model, x, target, 0.01, TIGHT, change=c) for c in (False, True))
+    assert max(abs(a - b) for a, b in zip(raw, change)) > 0.1
+    model.self_predicting_()
+    raw, change = (study.apical_alignment(model, x, target, 0.01, TIGHT, change=c) for c in (False, True))
+    assert raw == pytest.approx(change, abs=1e-9)

@@ -19,6 +19,7 @@ from ..settle import SettleOptions, settle
 from .timing import backprop_step, timed, train_step, with_adam
 
 PANELS = ("soma", "basal", "apical", "interneuron")
+MLP_ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU, "linear": nn.Identity}
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -66,7 +67,7 @@ def backprop_errors(model: DendriticMicrocircuit, x: torch.Tensor, target: torch
 
 
 def apical_alignment(model: DendriticMicrocircuit, x: torch.Tensor, target: torch.Tensor, beta: float,
-                     options: SettleOptions) -> list[float]:
+                     options: SettleOptions, change: bool = False) -> list[float]:
     """cos∠(v_A,k, −∂L/∂r_k) per hidden layer at the steady state under a teacher of strength β
     (small: v_A,k ≈ −κ_k ∂L/∂r_k to first order, :class:`~dynets.models.DendriticMicrocircuit`).
 
@@ -76,9 +77,14 @@ def apical_alignment(model: DendriticMicrocircuit, x: torch.Tensor, target: torc
         target: ``(batch, n_N)``.
         beta: the teacher's strength.
         options: how the taught phase settles (tightly: the signal is O(β)).
+        change: measure the teacher's change of v_A, v_A(β) − v_A(0), instead of v_A(β): the error
+            the top-down pathway carries, whatever residual the lateral weights leave without a teacher.
     """
-    c = Condition(x, target, beta=beta)
-    apical = model.apical(settle(model, c, options=options).state, c)
+    taught = Condition(x, target, beta=beta)
+    apical = model.apical(settle(model, taught, options=options).state, taught)
+    if change:
+        free = Condition(x)
+        apical = [v - v0 for v, v0 in zip(apical, model.apical(settle(model, free, options=options).state, free))]
     return [cosine(v, -e) for v, e in zip(apical, backprop_errors(model, x, target))]
 
 
@@ -98,7 +104,8 @@ def apical_norm(model: DendriticMicrocircuit, x: torch.Tensor, options: SettleOp
 
 def sleep_curve(model: DendriticMicrocircuit, rule: DendriticSleep, optimizer: torch.optim.Optimizer,
                 inputs: torch.Tensor, held_out: torch.Tensor, steps: int, batch: int, every: int,
-                options: SettleOptions, seed: int = 0, progress: Callable[[str], None] = print) -> list[dict]:
+                options: SettleOptions, seed: int = 0, measure: Callable[[], dict] | None = None,
+                progress: Callable[[str], None] = print) -> list[dict]:
     """Sleep from the model's lateral weights: ``steps`` updates of ``rule`` on batches drawn from
     ``inputs`` (labels unused), each written by ``optimizer``; ‖v_A‖ on ``held_out`` every
     ``every`` steps and at the last. Stops early when the rule's stop rule does.
@@ -114,17 +121,19 @@ def sleep_curve(model: DendriticMicrocircuit, rule: DendriticSleep, optimizer: t
         every: updates between measurements.
         options: how ``held_out`` settles.
         seed: of the batches' draw.
+        measure: called at each measurement; its dict joins the row (e.g. :func:`apical_alignment`'s cosines).
         progress: called with a line per measurement.
 
     Returns:
-        ``[{"step", "samples", "apical", "ratio"}, ...]``, ratio = ‖v_A‖ over its value at step 0.
+        ``[{"step", "samples", "apical", "ratio", ...}, ...]``, ratio = ‖v_A‖ over its value at step 0.
     """
     gen, rows = torch.Generator().manual_seed(seed), []
     for step in range(steps + 1):
         if step % every == 0 or step == steps or rule.stopped:
             a = apical_norm(model, held_out, options)
-            rows.append({"step": step, "samples": step * batch, "apical": a, "ratio": a / rows[0]["apical"] if rows else 1.0})
-            progress(f"sleep step {step}: held-out ‖v_A‖ = {a:.4g} ({rows[-1]['ratio']:.3%} of the start)")
+            rows.append({"step": step, "samples": step * batch, "apical": a, "ratio": a / rows[0]["apical"] if rows else 1.0,
+                         **(measure() if measure else {})})
+            progress(f"sleep step {step}: " + ", ".join(f"{k} {v}" for k, v in rows[-1].items()))
         if step == steps or rule.stopped:
             return rows
         update = rule.update(model, inputs[torch.randint(len(inputs), (batch,), generator=gen)])
@@ -197,17 +206,19 @@ def plot_traces(curves: dict[str, torch.Tensor], layer: int, path: Path, units: 
     return path
 
 
-def settle_cost(sizes=(784, 500, 10), batch: int = 128, beta: float = 1.0, options: SettleOptions | None = None,
+def settle_cost(sizes=(784, 500, 10), batch: int = 128, beta: float = 1.0, activation: str = "relu",
+                options: SettleOptions | None = None,
                 device: torch.device | str = "cpu", repeats: int = 20, warmup: int = 3, seed: int = 0) -> dict:
     """Time a taught settle of a self-predicting microcircuit (from its free steady state) and a
     whole Urbanczik–Senn step (free and taught settles, the plasticity, an Adam step) against a
-    backprop step of the same-size MLP (sigmoid hidden layers, squared error, the same Adam step),
+    backprop step of the same-size MLP (the same φ, squared error, the same Adam step),
     on one random batch. The JSON-line form of ``scripts/bench.py``'s results.
 
     Args:
         sizes: the layer sizes.
         batch: the batch size.
         beta: the teacher's strength.
+        activation: φ, of the microcircuit and the MLP's hidden layers.
         options: how the phases settle (default: Gauss–Seidel, Δt 1, atol 1e-3, a check every 5 sweeps).
         device: where it runs.
         repeats: timed steps of each.
@@ -223,11 +234,12 @@ def settle_cost(sizes=(784, 500, 10), batch: int = 128, beta: float = 1.0, optio
     gen = torch.Generator().manual_seed(seed)
     x, labels = torch.rand(batch, sizes[0], generator=gen).to(device), torch.randint(sizes[-1], (batch,), generator=gen).to(device)
     torch.manual_seed(seed)
-    model = DendriticMicrocircuit(list(sizes)).self_predicting_().to(device)
+    model = DendriticMicrocircuit(list(sizes), activation).self_predicting_().to(device)
     trained, rule = copy.deepcopy(model), UrbanczikSenn(beta=beta, settle=options)
     c = Condition(x, model.target(labels))
     free = settle(model, c, options=options)
-    mlp = nn.Sequential(*[m for a, b in zip(sizes, sizes[1:]) for m in (nn.Linear(a, b), nn.Sigmoid())][:-1]).to(device)
+    layers = [m for a, b in zip(sizes, sizes[1:]) for m in (nn.Linear(a, b), MLP_ACTIVATIONS[activation]())]
+    mlp = nn.Sequential(*layers[:-1]).to(device)
     steps = {"taught_settle": lambda: settle(model, c.nudged(beta), free.state, options=options),
              "dendritic": with_adam(trained.parameters(), lambda: train_step(rule, trained, x, labels)),
              "backprop": backprop_step(mlp, x, model.target(labels))}
