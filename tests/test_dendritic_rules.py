@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from dynets import Condition, SettleOptions, settle
-from dynets.models import Asymmetric
+from dynets.models import Asymmetric, DendriticMicrocircuit
 from dynets.plasticity import settle_plastic
-from dynets.rules import DendriticSleep, ImplicitDifferentiation, UrbanczikSenn, write_grads
+from dynets.rules import BackpropThroughTime, DendriticSleep, ImplicitDifferentiation, UrbanczikSenn, write_grads
 from test_dendritic import G, backprop_errors, batch, microcircuit
 
 TIGHT = SettleOptions(method="gauss_seidel", step_size=0.5, atol=1e-12, max_time=2000)
@@ -156,3 +156,56 @@ def test_the_exact_equilibrium_gradient_leaves_out_the_fixed_top_down_weights():
             down = loss()
             p[index] += h
         assert grads[name][index].item() == pytest.approx((up - down) / (2 * h), rel=1e-5, abs=1e-10)
+
+
+# The published code (unibe-cns/le_NeurIPS_code, fig3fig5_dendritic_microcircuits/src/network.py, run with
+# float64, its sigmoid, no bias, dt = 0.1 for 40000 steps) on the weights drawn below, the teacher on: (sum,
+# sum of |.|) of each soma potential and each Delta it computes one step past the steady state.
+PUBLISHED = {
+    "soma.1": (0.4898078588837473, 3.9716389201884925),
+    "up.0.weight": (-0.09885946529588402, 2.1644195945749023),
+    "interneuron.1": (2.3167056955997314, 2.9735236892004835),
+    "ip.0.weight": (-0.19271262119524704, 1.1829697212185737),
+    "pi.0.weight": (0.5868201933171551, 35.00878409934402),
+    "soma.2": (1.648716141048421, 2.9043109988364324),
+    "up.1.weight": (0.7892460485015107, 1.1541488795890515),
+    "interneuron.2": (-0.6123175531902012, 0.6123175531902012),
+    "ip.1.weight": (0.3393412156460782, 0.3393412156460782),
+    "pi.1.weight": (-4.071376594669948, 5.918613131778747),
+    "soma.3": (0.28065740225767005, 0.8227889425179178),
+    "up.2.weight": (0.3546100154100195, 0.3546100154100195),
+}
+PUBLISHED_CONDUCTANCES = dict(g_l=0.03, g_B=0.1, g_A=0.06, g_D=0.1, g_som=0.06, C=1.0)
+
+
+def test_steady_state_and_plasticity_match_the_published_code_on_the_same_weights():
+    sizes = [5, 7, 6, 3]
+    model = DendriticMicrocircuit(sizes, activation="sigmoid", **PUBLISHED_CONDUCTANCES).double()
+    rng = np.random.default_rng(2018)
+    with torch.no_grad():
+        for k in range(model.n):   # the published layer order: W_up, then W_down, W_pi, W_ip of each hidden layer
+            model.up[k].weight.copy_(torch.from_numpy(rng.uniform(-1, 1, tuple(model.up[k].weight.shape))))
+            model.up[k].bias.zero_()
+            if k < model.n - 1:
+                for w in (model.down[k].weight, model.pi[k].weight, model.ip[k].weight):
+                    w.copy_(torch.from_numpy(rng.uniform(-1, 1, tuple(w.shape))))
+                model.ip[k].bias.zero_()
+    x, t = (torch.from_numpy(rng.uniform(0, 1, n))[None] for n in (sizes[0], sizes[-1]))
+    c = Condition(x, t, beta=1.0)   # the published teacher: g_som (u_target − u_N)
+    state = settle(model, c, method="gauss_seidel", step_size=1.0, atol=1e-13, max_time=40000).state
+    ours = {**dict(zip(model.compartments(), state)), **model.plasticity(state, c, model.weights())}
+    for name, (total, size) in PUBLISHED.items():
+        assert ours[name].sum().item() == pytest.approx(total, rel=1e-9, abs=1e-12), name
+        assert ours[name].abs().sum().item() == pytest.approx(size, rel=1e-9), name
+
+
+def test_backprop_through_time_leaves_out_the_fixed_top_down_weights():
+    """BPTT through a settle long enough to reach the equilibrium gives ImplicitDifferentiation's gradient,
+    for the trainable parameters only."""
+    model, (x, _) = microcircuit(), batch()
+    y = torch.tensor([0, 2, 1, 2])
+    exact = ImplicitDifferentiation(TIGHT, adjoint_tol=1e-12).update(model, x, y).grads
+    unrolled = BackpropThroughTime(steps=600, step_size=0.2).update(model, x, y).grads
+    assert set(unrolled) == set(exact)
+    for name, g in exact.items():
+        torch.testing.assert_close(unrolled[name], g, rtol=1e-6, atol=1e-9)

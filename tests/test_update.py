@@ -9,13 +9,14 @@ import dynets.rules
 from dynets import Condition, SettleOptions
 from dynets.app.fit import fit
 from dynets.data import Dataset, Split, digits, unlabelled
-from dynets.models import Asymmetric, BoltzmannMachine, Helmholtz, LayeredHopfield, PredictiveCoding, ReadBackHopfield
+from dynets.models import (Asymmetric, BoltzmannMachine, DendriticMicrocircuit, Helmholtz, LayeredHopfield, PredictiveCoding,
+                           ReadBackHopfield)
 from dynets.models.memory import AssociativeMemory
-from dynets.rules import (Backprop, BackpropThroughTime, BoltzmannLearning, ContrastiveHebbian,
+from dynets.rules import (Backprop, BackpropThroughTime, BoltzmannLearning, ContrastiveHebbian, DendriticSleep,
                           DifferenceTargetPropagation, EquilibriumPropagation, FeedbackAlignment, HebbianSleep,
                           HebbianStorage, ImplicitDifferentiation, KolenPollack, NodePerturbation,
-                          PredictiveCodingRule, Rule, SleepInterleaved, Update, VectorFieldEP, WakeSleep, WeightMirror,
-                          WeightPerturbation, write_grads)
+                          PredictiveCodingRule, Rule, SleepInterleaved, UrbanczikSenn, Update, VectorFieldEP, WakeSleep,
+                          WeightMirror, WeightPerturbation, write_grads)
 
 SETTLE = SettleOptions(method="fast_euler", atol=1e-8, max_time=400)
 
@@ -37,6 +38,7 @@ def settled(cls, **kwargs):
 hopfield = lambda: LayeredHopfield([4, 5, 3], "sigmoid").double()
 asymmetric = lambda: Asymmetric([4, 5, 3], "learned", "sigmoid", seed=0).double()
 helmholtz = lambda: Helmholtz([4, 3, 2], seed=0).double()
+microcircuit = lambda: DendriticMicrocircuit([4, 5, 3]).double()
 
 # Every exported rule: how to build it, a model it trains, its batch, and whether it reads labels.
 CASES = {
@@ -58,6 +60,8 @@ CASES = {
     BoltzmannLearning: (lambda: BoltzmannLearning(chains=4), lambda: BoltzmannMachine([4, 3]).double(), "binary", False),
     HebbianStorage: (HebbianStorage, lambda: AssociativeMemory(4).double(), "spins", False),
     HebbianSleep: (lambda: HebbianSleep(dreams=4, patience=None), lambda: AssociativeMemory(4).double(), "spins", False),
+    UrbanczikSenn: (settled(UrbanczikSenn), microcircuit, "real", True),
+    DendriticSleep: (settled(DendriticSleep), microcircuit, "real", False),
 }
 
 

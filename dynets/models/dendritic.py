@@ -173,6 +173,7 @@ class DendriticMicrocircuit(DynamicalModel):
             r = self.act.f(somas[-1])
         return tuple(s for k, u in enumerate(somas) for s in ((u, somas[k + 1]) if k < self.n - 1 else (u,)))
 
+    @torch.no_grad()   # a local rule: no gradient flows through it
     def plasticity(self, state: State, condition: Condition, weights: Weights) -> Weights:
         """Urbanczik–Senn dW/dt, batch mean: (φ(u_k) − φ(ĝ_k v_B,k)) r_{k−1}ᵀ for W_up,
         (φ(u_I) − φ(g_D/(g_l + g_D) v_I)) r_kᵀ for W_IP, −v_A φ(u_I)ᵀ for W_PI and, when learned,

@@ -145,7 +145,8 @@ class BackpropThroughTime(Rule):
             for k in range(self.steps):
                 s = tuple(si + self.step_size * di for si, di in zip(s, f(torch.tensor(k * self.step_size), s)))
             loss = model.cost(s, condition).mean()
-            grads = model.named_grads(torch.autograd.grad(loss, list(model.parameters())))
+            named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]   # frozen weights have none
+            grads = dict(zip([n for n, _ in named], torch.autograd.grad(loss, [p for _, p in named])))
             residual = residual_norm(f(torch.tensor(self.steps * self.step_size), s))
         return Update(grads, {**readout(model, s, condition, y), "steps_free": self.steps,
                               "converged": (residual <= self.settle.atol).float().mean().item()})
