@@ -139,7 +139,6 @@ def sleep_curve(model: DendriticMicrocircuit, rule: DendriticSleep, optimizer: t
         update = rule.update(model, inputs[torch.randint(len(inputs), (batch,), generator=gen)])
         write_grads(model, update.grads)
         optimizer.step()
-    return rows
 
 
 def _path(model: DendriticMicrocircuit, condition: Condition, init: State | None, duration: float,
