@@ -19,7 +19,9 @@ Gauss-Seidel) and the textbook conv EP (free 40, ±β 12 synchronous steps, Δt 
 at the same residual, backprop through the same couplings. genpc: the self-supervised study's generative PC
 (784-1024 tanh, batch 64, after 50 unsupervised Adam steps on uniform inputs) settled by conjugate gradient against
 the Euler flow it used before, to the same atol 1e-3 (dynets.studies.bench_genpc); backprop: the sigmoid
-autoencoder of the same sizes. The last lines: one JSON object each.
+autoencoder of the same sizes. dendritic: a taught settle of a self-predicting 784-500-10 microcircuit (relu,
+Gauss-Seidel) and its whole Urbanczik-Senn step against a backprop step of the same MLP
+(dynets.studies.dendritic.settle_cost). The last lines: one JSON object each.
 """
 import argparse
 import json
@@ -29,11 +31,12 @@ import torch
 from dynets.studies.bench_families import FAMILIES, bench_family, label
 from dynets.studies.bench_genpc import bench_genpc
 from dynets.studies.bench_references import REFERENCES, bench_conv, bench_reference
+from dynets.studies.dendritic import settle_cost
 from dynets.studies.speed_table import read_lines, speed_table
 
 CPU_CONFIGS = ["784,512,10:128", "784,1024,1024,10:128"]
 GPU_CONFIGS = ["784,512,10:128", "784,512,10:1024", "784,1024,1024,10:128", "784,1024,1024,10:1024"]
-ALL = [*REFERENCES, *FAMILIES, "conv", "genpc"]
+ALL = [*REFERENCES, *FAMILIES, "conv", "genpc", "dendritic"]
 
 
 def bench(families: list[str], configs: list[str], device: torch.device, repeats: int, warmup: int) -> list[dict]:
@@ -49,6 +52,7 @@ def bench(families: list[str], configs: list[str], device: torch.device, repeats
                 done.add(name)
                 results.append(bench_family(family, sizes, batch, device, repeats, warmup))
     results += bench_conv(128, device, repeats, warmup) if "conv" in families else []
+    results += [settle_cost(device=device, repeats=repeats, warmup=warmup)] if "dendritic" in families else []
     return results + ([bench_genpc([784, 1024], 64, device, repeats, warmup)] if "genpc" in families else [])
 
 
