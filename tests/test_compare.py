@@ -128,8 +128,10 @@ def test_every_row_of_every_table_builds_a_model_its_rule_can_train(table):
 
 def test_every_row_of_the_conv_table_trains_the_same_conv_net_on_images():
     """compare_conv.yaml: each row's rule accepts its model, and every model is the same P_CNN on the
-    digits' (1, 8, 8) images: 3×3 convolutions to 16 and 32 channels, each halving the map by max-pooling
-    (8 → 4 → 2), so the read-out sees 32·2·2 = 128 inputs; the EP rows are its three variants."""
+    digits' (1, 8, 8) images: 3×3 convolutions to 16 and 32 channels, each halving the map by 2×2 pooling
+    (8 → 4 → 2), so the read-out sees 32·2·2 = 128 inputs; the EP rows are its three variants. The
+    asymmetric-feedback rows train ConvAsymmetric, the same forward net with average pooling (max-pooling
+    does not settle with random feedback), B fixed (fa, vfep) or learned (kp, mirror); the others max-pool."""
     from pathlib import Path
     from hydra import compose, initialize_config_dir
     script = _script()
@@ -137,18 +139,24 @@ def test_every_row_of_the_conv_table_trains_the_same_conv_net_on_images():
         cfg = compose("compare_conv")
     data = dynets.data.digits()
     rows = script.entries(cfg, data)
-    assert {"bp", "pc", "ep", "chl", "implicit", "bptt", "np", "wp"} <= set(rows)
+    asymmetric = {"fa": "random", "vfep": "random", "kp": "learned", "mirror": "learned"}
+    assert {"bp", "pc", "ep", "chl", "implicit", "bptt", "np", "wp", *asymmetric} <= set(rows)
     want = [(16, 1, 3, 3), (16,), (32, 16, 3, 3), (32,), (10, 128), (10,)]
     variants = set()
     for name, row in rows.items():
         model, rule = row.model(0), row.rule(0)
         rule.check_model(model)
+        forward = [tuple(p.shape) for n, p in model.named_parameters() if not n.startswith("feedback.")]
         assert model.in_shape == data.sample_shape == (1, 8, 8), name
-        assert [tuple(p.shape) for p in model.parameters()] == want, name
-        assert [m.pool for m in model.modules() if isinstance(m, dynets.couplings.Conv)] == ["max", "max"], name
+        assert forward == want, name
+        pools = ["avg", "avg"] if name in asymmetric else ["max", "max"]
+        assert [m.pool for m in model.modules() if isinstance(m, dynets.couplings.Conv)] == pools, name
         assert row.optimizer(list(model.parameters())).defaults["lr"] == cfg.rules[name].lr, name
-        expected = dynets.models.ConvPredictiveCoding if name in ("bp", "pc") else dynets.models.ConvHopfield
+        expected = (dynets.models.ConvPredictiveCoding if name in ("bp", "pc") else
+                    dynets.models.ConvAsymmetric if name in asymmetric else dynets.models.ConvHopfield)
         assert type(model) is expected, name
+        if name in asymmetric:
+            assert model.feedback_mode == asymmetric[name], name
         if isinstance(rule, EquilibriumPropagation):
             variants.add(rule.variant)
     assert variants == {"centered", "positive", "negative"}
