@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -21,6 +22,7 @@ from .. import diagnostics
 from ..capabilities import SeparateFeedback
 from ..data import Dataset
 from ..models.base import DynamicalModel
+from ..phases import UnconvergedError
 from ..rules import ImplicitDifferentiation, Rule
 from ..settle import SettleOptions
 from ..app.fit import fit
@@ -67,6 +69,20 @@ def layer_cosines(model: DynamicalModel, rule: Rule, reference: Rule, x: torch.T
     return out
 
 
+def probe_cosines(model: DynamicalModel, rule: Rule, reference: Rule | None, x: torch.Tensor,
+                  y: torch.Tensor) -> dict[str, float]:
+    """:func:`layer_cosines`, or none (``{}``, with a warning) where there is no reference or either
+    side's phases do not settle on the probe: a measurement that cannot be made must not discard the
+    trained run it measures."""
+    if reference is None:
+        return {}
+    try:
+        return layer_cosines(model, rule, reference, x, y)
+    except UnconvergedError as error:
+        warnings.warn(f"alignment probe left out (cosine columns empty for this run): {error}", stacklevel=2)
+        return {}
+
+
 @dataclass(frozen=True)
 class Metric:
     """What the table reports and selects each run's epoch by: ``val_<name>`` of the evaluation
@@ -95,12 +111,12 @@ def run_entry(name: str, entry: Entry, data: Dataset, *, epochs: int, batch_size
     reference = ImplicitDifferentiation(reference_settle, adjoint_max_steps=adjoint_max_steps,
                                        cost=rule.cost) if model.supervised else None
     x, y = data.val.x[:probe], data.val.y[:probe]
-    at_init = layer_cosines(model, rule, reference, x, y) if reference else {}
+    at_init = probe_cosines(model, rule, reference, x, y)
     collect = _Collect()
     own = metric.name in getattr(metric.evaluate, "model_metrics", ())   # the model's alone (KL): no split
     summary = fit(model, rule, data, optimizer, epochs=epochs, batch_size=batch_size, seed=seed, loggers=[collect],
                   evaluate=metric.evaluate, select=metric.name if own else f"val_{metric.name}", goal=metric.goal)
-    at_end = layer_cosines(model, rule, reference, x, y) if reference else {}
+    at_end = probe_cosines(model, rule, reference, x, y)
     test, val = (summary[metric.name],) * 2 if own else (summary[f"test_{metric.name}"], summary[f"val_{metric.name}"])
     row: dict[str, Any] = {"rule": name, "seed": seed, f"test_{metric.name}": test,
                            f"val_{metric.name}": val, "best_epoch": summary["best_epoch"],
