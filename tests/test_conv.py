@@ -243,3 +243,19 @@ def test_published_weights_load_by_order():
     phi = sum((pools[l](synapses[l](layers[l])) * layers[l + 1]).sum((1, 2, 3)) for l in range(2))
     phi = phi + (synapses[2](layers[2].flatten(1)) * layers[3]).sum(1)
     torch.testing.assert_close(model.primitive(s, Condition(x)), phi, rtol=1e-12, atol=1e-12)
+
+
+def test_the_app_evaluates_a_softmax_read_out_on_its_free_phase():
+    """fit's default evaluation settles the free phase (β = 0, no cost named): a softmax read-out
+    must settle there as under the cross-entropy, whose β·C is then absent (it raised before:
+    +experiment=cifar10_ep could not evaluate). Independent answer: the accuracy of the free phase
+    settled with the cross-entropy named."""
+    from dynets.app.fit import free_phase_metrics
+    from dynets.data import Split
+    from dynets import settle
+    model, x, y = problem("max", True, batch=8)
+    metrics = free_phase_metrics(model, Split(x, y), TIGHT)
+    eq = settle(model, Condition(x, cost=CrossEntropy()), options=TIGHT)
+    assert metrics["accuracy"] == (model.output(eq.state).argmax(1) == y).double().mean().item()
+    with pytest.raises(ValueError, match="softmax=true .* needs the cross-entropy cost"):
+        settle(model, Condition(x, model.target(y), 0.1), options=TIGHT)

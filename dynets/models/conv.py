@@ -62,11 +62,12 @@ class CoupledLayered(DynamicalModel):
         return tuple(condition.x.new_zeros(condition.batch, *shape) for shape in self.shapes)
 
     def check_condition(self, condition: Condition) -> None:
-        """Also: a softmax read-out needs the cross-entropy and cannot be clamped."""
+        """Also: a softmax read-out nudged by a cost needs the cross-entropy (the free phase, β = 0,
+        reads no cost) and cannot be clamped."""
         super().check_condition(condition)
         if not self.softmax:
             return
-        if not isinstance(condition.cost, CrossEntropy):
+        if condition.beta != 0.0 and not isinstance(condition.cost, CrossEntropy):
             raise ValueError(f"{type(self).__name__} with softmax=true reads out logits through a softmax: it "
                              f"needs the cross-entropy cost (rule.cost=cross_entropy), got {condition.cost}")
         if any(k % self.n_energy == self.n_energy - 1 for k in condition.clamp):
