@@ -242,6 +242,7 @@ def check_resumed(run_dir: Path, killed_at: int, uninterrupted) -> None:
     assert weights.keys() == weights0.keys() and all(torch.equal(weights[k], weights0[k]) for k in weights)
 
 
+@pytest.mark.slow   # ~46 s here (two runs, one killed); test_resume.py kills and resumes a run by default
 @submitit_plugin
 def test_a_killed_job_resubmitted_with_resume_ends_as_the_uninterrupted_one(tmp_path, uninterrupted):
     killed = tmp_path / "killed"
