@@ -160,10 +160,9 @@ def settle(model: Dynamical, condition: Condition, init: State | None = None, *,
             opts = replace(opts, step_size=min(opts.step_size, opts.stability * 2 / rho))
         device = state[0].device
         with _precision(opts.precision, device):
-            if opts.method in STEPPERS:
-                _check_time_constants(model, condition, opts)
-                stepper = STEPPERS[opts.method](model, condition, opts.compile, device)
             if opts.method in SOLVERS:
+                if opts.method in STEPPERS:   # the fixed-step loops: Δt against each time constant
+                    _check_time_constants(model, condition, opts)
                 stepper = SOLVERS[opts.method](model, condition, opts.compile, device)
                 return _fast_loop(stepper, state, opts, record)
             return _odeint_loop(phase_field(model, condition), state, opts, record)

@@ -380,3 +380,24 @@ def test_stability_lets_a_stiff_generative_pc_settle_to_the_fine_step_equilibriu
 def test_stability_is_refused_where_it_means_nothing(kwargs):
     with pytest.raises(ValueError, match="stability"):
         SettleOptions(**kwargs)
+
+
+@pytest.mark.parametrize("method", ["gauss_seidel", "fast_euler"])
+def test_a_settle_builds_its_stepper_once(method):
+    """One settle asks the model for its blocks (Gauss–Seidel) or its field (Euler) once: building
+    a stepper checks the condition and may size steps by power iterations (a merge built it twice)."""
+    from dynets.models import LayeredHopfield
+    calls = []
+
+    class Counted(LayeredHopfield):
+        def blocks(self, condition):
+            calls.append("blocks")
+            return super().blocks(condition)
+
+        def dynamics(self, condition):
+            calls.append("dynamics")
+            return super().dynamics(condition)
+
+    torch.manual_seed(0)
+    eq = settle(Counted([5, 7, 3]), Condition(torch.rand(4, 5)), method=method, step_size=0.5, atol=1e-6, max_time=100)
+    assert eq.converged and calls == ["blocks" if method == "gauss_seidel" else "dynamics"]
