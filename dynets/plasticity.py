@@ -57,14 +57,17 @@ def settle_plastic(model: Plastic, condition: Condition, rates: Mapping[str, flo
                 eq = Equilibrium(state, step * dt, residual, tolerance.expand_as(residual), done, step, step + 1)
                 return eq, weights
             for _ in range(min(max(options.check_every, least - step), options.max_steps - step)):
-                state, weights = _step(model, condition, rates, state, weights, dt)
-                step += 1
+                state, weights = _step(model, condition, rates, state, weights, dt, ds)
+                step, ds = step + 1, None
 
 
 def _step(model: Plastic, condition: Condition, rates: Mapping[str, float], state: State,
-          weights: dict[str, torch.Tensor], dt: float) -> tuple[State, dict[str, torch.Tensor]]:
-    """One Euler step of the state and the plastic weights, both read at the step's start."""
-    ds = model.functional_field(condition, weights)(torch.zeros(()), state)
+          weights: dict[str, torch.Tensor], dt: float,
+          ds: State | None = None) -> tuple[State, dict[str, torch.Tensor]]:
+    """One Euler step of the state and the plastic weights, both read at the step's start (``ds``:
+    the state's ds/dt there, when the check before it has computed it)."""
+    if ds is None:
+        ds = model.functional_field(condition, weights)(torch.zeros(()), state)
     dw = model.plasticity(state, condition, weights)
     moved = {n: w + dt * rates[n] * dw[n] if rates.get(n) else w for n, w in weights.items()}
     return tuple(s + dt * d for s, d in zip(state, ds)), moved
