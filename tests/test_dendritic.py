@@ -10,6 +10,7 @@ from torchdiffeq import odeint
 from dynets import Condition, SettleOptions, settle
 from dynets.capabilities import Blocked, Compartments, Lateral, Plastic
 from dynets.models import DendriticMicrocircuit
+from dynets.studies.dendritic import backprop_errors   # checked against the chain rule by hand in test_dendritic_study
 
 SIZES = [5, 7, 6, 3]
 G = dict(g_l=0.1, g_B=1.0, g_A=0.8, g_D=1.0, g_som=0.8, C=2.0)
@@ -140,18 +141,6 @@ def test_self_predicting_weights_are_the_analytic_ones():
     torch.testing.assert_close(model.ip[0].weight, model.up[1].weight * hidden * (g_l + g_D) / g_D)
     torch.testing.assert_close(model.ip[1].weight, model.up[2].weight * output * (g_l + g_D) / g_D)
     torch.testing.assert_close(model.ip[1].bias, model.up[2].bias * output * (g_l + g_D) / g_D)
-
-
-def backprop_errors(model: DendriticMicrocircuit, x, target) -> list[torch.Tensor]:
-    """∂L/∂r_k of the feed-forward map u_k = ĝ_k (W_up,k r_{k−1} + b_k), r_k = φ(u_k), by
-    autograd, for the output error φ'(u_N)⊙(u_N − target) (what the output's rate sends down)."""
-    g_l, g_B, g_A = G["g_l"], G["g_B"], G["g_A"]
-    rates, u = [x], None
-    for k, up in enumerate(model.up):
-        u = (g_B / (g_l + g_B + (g_A if k < model.n - 1 else 0.0))) * up(rates[-1])
-        rates.append(model.act.f(u))
-    slope = torch.autograd.grad(model.act.f(u).sum(), u, retain_graph=True)[0]
-    return list(torch.autograd.grad(u, rates[1:-1], grad_outputs=(slope * (u - target)).detach()))
 
 
 @pytest.mark.parametrize("activation", ["sigmoid", "tanh"])

@@ -11,7 +11,8 @@ from dynets import Condition, SettleOptions, settle
 from dynets.models import Asymmetric, DendriticMicrocircuit
 from dynets.plasticity import settle_plastic
 from dynets.rules import BackpropThroughTime, DendriticSleep, ImplicitDifferentiation, UrbanczikSenn, write_grads
-from test_dendritic import G, backprop_errors, batch, microcircuit
+from dynets.studies.dendritic import backprop_errors
+from test_dendritic import G, batch, microcircuit
 
 TIGHT = SettleOptions(method="gauss_seidel", step_size=0.5, atol=1e-12, max_time=2000)
 
