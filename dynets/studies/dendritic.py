@@ -16,7 +16,7 @@ from ..models import DendriticMicrocircuit
 from ..phases import Condition, State
 from ..rules import DendriticSleep, UrbanczikSenn, write_grads
 from ..settle import SettleOptions, settle
-from .timing import backprop_step, timed, train_step, with_adam
+from .timing import backprop, random_batch, timed, train_step, with_adam
 
 PANELS = ("soma", "basal", "apical", "interneuron")
 MLP_ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU, "linear": nn.Identity}
@@ -230,18 +230,14 @@ def settle_cost(sizes=(784, 500, 10), batch: int = 128, beta: float = 1.0, activ
     """
     device = torch.device(device)
     options = options or SettleOptions(method="gauss_seidel", step_size=1.0, atol=1e-3, max_time=400, check_every=5)
-    gen = torch.Generator().manual_seed(seed)
-    x, labels = torch.rand(batch, sizes[0], generator=gen).to(device), torch.randint(sizes[-1], (batch,), generator=gen).to(device)
-    torch.manual_seed(seed)
+    x, labels = random_batch((sizes[0],), sizes[-1], batch, device, seed)
     model = DendriticMicrocircuit(list(sizes), activation).self_predicting_().to(device)
     trained, rule = copy.deepcopy(model), UrbanczikSenn(beta=beta, settle=options)
     c = Condition(x, model.target(labels))
     free = settle(model, c, options=options)
-    layers = [m for a, b in zip(sizes, sizes[1:]) for m in (nn.Linear(a, b), MLP_ACTIVATIONS[activation]())]
-    mlp = nn.Sequential(*layers[:-1]).to(device)
     steps = {"taught_settle": lambda: settle(model, c.nudged(beta), free.state, options=options),
              "dendritic": with_adam(trained.parameters(), lambda: train_step(rule, trained, x, labels)),
-             "backprop": backprop_step(mlp, x, model.target(labels))}
+             "backprop": backprop(list(sizes), MLP_ACTIVATIONS[activation](), x, model.target(labels))}
     result, ms = timed(f"dendritic {'-'.join(map(str, sizes))}/b{batch}", steps, device, repeats, warmup, "taught_settle")
     taught = settle(model, c.nudged(beta), free.state, options=options)
     return {**result, "ratio_step_vs_backprop": ms["dendritic"] / ms["backprop"], "steps_free": free.steps,
