@@ -103,6 +103,11 @@ class DynamicalModel(nn.Module, ABC):
                 f"{batch_shape(self.in_shape)} (input layer size {self.in_features}){flat}"
             )
 
+    def trained_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """``(name, parameter)`` of the parameters a gradient is taken for, in ``named_parameters()``
+        order: those that require one (fixed feedback or top-down weights do not)."""
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
     def named_grads(self, grads) -> dict[str, torch.Tensor]:
         """``{name: grad}`` of grads given in ``named_parameters()`` order."""
         names = [name for name, _ in self.named_parameters()]
@@ -149,7 +154,7 @@ class EnergyModel(DynamicalModel):
     def param_grads(self, state: State, condition: Condition) -> dict[str, torch.Tensor]:
         """``{name: ∂F/∂θ}`` at a (detached) state, batch mean: one backward through F,
         none through the settle. Models may override it in closed form."""
-        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        named = self.trained_parameters()
         with torch.enable_grad():
             total = self.total_energy(state, condition).mean()
             grads = torch.autograd.grad(total, [p for _, p in named], allow_unused=True, materialize_grads=True)

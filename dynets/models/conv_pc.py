@@ -203,7 +203,7 @@ class CoupledPredictiveCoding(EnergyModel):
         with torch.no_grad():
             eps = self.errors(state, condition)
             inputs = [condition.x] + [self.act.f(s) for s in state[:-1]]
-        named = [(name, p) for name, p in self.named_parameters() if p.requires_grad]
+        named = self.trained_parameters()
         with torch.enable_grad():
             drive = sum((g(a) * e).sum() for g, a, e in zip(self.layers, inputs, eps))
             grads = torch.autograd.grad(drive, [p for _, p in named], allow_unused=True, materialize_grads=True)

@@ -86,7 +86,7 @@ class UrbanczikSenn(Rule):
     def update(self, model, x: torch.Tensor, y: torch.Tensor | None = None) -> Update:
         condition, free, metrics = self.free_phase(model, x, y)
         taught = condition.nudged(self.beta)
-        trained = [n for n, p in model.named_parameters() if p.requires_grad]
+        trained = [n for n, _ in model.trained_parameters()]
         if self.mode == "steady":
             eq = self.settle(model, taught, init=free.state)
             grads = _descent(model.plasticity(eq.state, taught, model.weights()), self.rates, trained)

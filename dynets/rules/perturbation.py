@@ -183,7 +183,7 @@ def drive_to_params(model: DynamicalModel, condition: Condition, free: Equilibri
     ``g``, per-sample ``(batch, *shape)`` sensitivities of the cost to each layer's drive
     noise (see :class:`NodePerturbation`). D, the diagonal of ∂f/∂ξ, is one VJP with ones.
     A read-out outside the dynamics (``ConvHopfield(softmax=True)``) adds its direct ∂L/∂θ."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    named = model.trained_parameters()
     with torch.enable_grad():
         zero = tuple(torch.zeros_like(s, requires_grad=True) for s in free.state)
         f = phase_field(model, replace(condition, noise=dict(enumerate(zero))))(torch.tensor(free.t), free.state)

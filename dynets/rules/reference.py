@@ -52,7 +52,7 @@ class ImplicitDifferentiation(Rule):
     def update(self, model: DynamicalModel, x: torch.Tensor, y: torch.Tensor | None = None) -> Update:
         condition, free, metrics = self.free_phase(model, x, y)
         self.check_converged(metrics, {"free": free})
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]   # frozen weights have none
+        named = model.trained_parameters()   # frozen weights have no gradient
         params = [p for _, p in named]
         with torch.enable_grad():
             s = tuple(t.detach().requires_grad_() for t in free.state)
@@ -145,7 +145,7 @@ class BackpropThroughTime(Rule):
             for k in range(self.steps):
                 s = tuple(si + self.step_size * di for si, di in zip(s, f(torch.tensor(k * self.step_size), s)))
             loss = model.cost(s, condition).mean()
-            named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]   # frozen weights have none
+            named = model.trained_parameters()   # frozen weights have no gradient
             grads = dict(zip([n for n, _ in named], torch.autograd.grad(loss, [p for _, p in named])))
             residual = residual_norm(f(torch.tensor(self.steps * self.step_size), s))
         return Update(grads, {**readout(model, s, condition, y), "steps_free": self.steps,
