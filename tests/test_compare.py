@@ -36,6 +36,24 @@ def test_backprop_on_pc_is_the_gradient_of_the_same_mlp():
         torch.testing.assert_close(grads[name], w, rtol=1e-8, atol=1e-10)
 
 
+def test_backprop_leaves_out_frozen_parameters():
+    """A frozen first layer (fine-tuning the top): bp returns gradients for the trainable
+    parameters only, each equal to autograd through the same MLP."""
+    torch.manual_seed(1)
+    model = PredictiveCoding([5, 4, 3], "tanh").double()
+    model.layers[0].requires_grad_(False)
+    x, y = torch.rand(6, 5, dtype=torch.float64), torch.tensor([0, 1, 2, 2, 1, 0])
+    mlp = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+    for dst, src in zip([mlp[0], mlp[2]], model.layers):
+        dst.load_state_dict(src.state_dict())
+    loss = 0.5 * (mlp(x) - nn.functional.one_hot(y, 3).double()).pow(2).sum(1).mean()
+    want = dict(zip(["layers.1.weight", "layers.1.bias"], torch.autograd.grad(loss, list(mlp[2].parameters()))))
+    grads = Backprop().update(model, x, y).grads
+    assert set(grads) == set(want)
+    for name, w in want.items():
+        torch.testing.assert_close(grads[name], w, rtol=1e-12, atol=1e-14)
+
+
 def test_backprop_refuses_a_model_without_a_feedforward_pass():
     with pytest.raises(TypeError, match="PredictiveCoding"):
         Backprop().update(LayeredHopfield([4, 3]), torch.rand(2, 4), torch.tensor([0, 1]))

@@ -11,11 +11,11 @@ from .base import Rule, Update, readout
 class Backprop(Rule):
     r"""Plain backprop for a model whose free equilibrium is a feedforward pass
     (``PredictiveCoding``, discriminative: with the output free every error is zero at
-    equilibrium, so s_l = W_l f(s_{l−1}) + b_l layer by layer): ``p.grad`` = ∂L/∂θ by
-    autograd of L = mean_b C(feedforward(x), y) (Rumelhart, Hinton & Williams 1986). No
-    settle: it is the feedforward net of the same sizes that every local rule is
-    compared with. The model must have ``feedforward(condition) -> State`` (capability
-    :class:`~dynets.capabilities.FeedForward`).
+    equilibrium, so s_l = W_l f(s_{l−1}) + b_l layer by layer): the update is ∂L/∂θ by
+    autograd of L = mean_b C(feedforward(x), y), for the parameters that require a gradient
+    (Rumelhart, Hinton & Williams 1986). No settle: it is the feedforward net of the same
+    sizes that every local rule is compared with. The model must have
+    ``feedforward(condition) -> State`` (capability :class:`~dynets.capabilities.FeedForward`).
     """
 
     needs = (FeedForward,)
@@ -25,5 +25,6 @@ class Backprop(Rule):
         with torch.enable_grad():
             state = model.feedforward(condition)
             loss = model.cost(state, condition).mean()
-            grads = torch.autograd.grad(loss, list(model.parameters()))
-        return Update(model.named_grads(grads), {**readout(model, state, condition, y), "steps_free": 0, "converged": 1.0})
+            names, params = zip(*model.trained_parameters())
+            grads = torch.autograd.grad(loss, params)
+        return Update(dict(zip(names, grads)), {**readout(model, state, condition, y), "steps_free": 0, "converged": 1.0})
