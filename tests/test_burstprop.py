@@ -87,7 +87,7 @@ def relative_errors(model, x, y, beta) -> dict[str, float]:
 
 def test_with_symmetric_feedback_the_update_is_backprops_gradient():
     """B = W of the layer above, cancellation, a small teacher: cosine >= 0.99 per layer, float64."""
-    model, (x, y) = network(feedback="symmetric"), batch()
+    model, (x, y) = network(feedback_mode="tied"), batch()
     update, exact = Burstprop(beta=0.05, settle=TIGHT).update(model, x, y), backprop(model, x, y)
     assert set(update.grads) == set(exact)
     for name, g in exact.items():
@@ -99,7 +99,7 @@ def test_with_symmetric_feedback_the_update_is_backprops_gradient():
 def test_the_error_falls_as_the_teacher_squared():
     """Hidden layers: p = σ(u) about u = 0, where σ'' = 0, so the error is O(β²) (slope 2 over
     four β); the output's burst change is linear in β, so its update is exact at every β."""
-    model, (x, y) = network(feedback="symmetric", scale=3.0), batch()
+    model, (x, y) = network(feedback_mode="tied", scale=3.0), batch()
     betas = [1.6, 0.8, 0.4, 0.2]
     errors = [relative_errors(model, x, y, beta) for beta in betas]
     for name in errors[0]:
@@ -144,10 +144,10 @@ def test_without_cancellation_it_is_the_published_codes_update():
 
 def test_feedback_weights_train_with_the_layer_above_only_when_learned():
     (x, y) = batch()
-    learned = Burstprop(settle=TIGHT).update(network(feedback="learned"), x, y).grads
+    learned = Burstprop(settle=TIGHT).update(network(feedback_mode="learned"), x, y).grads
     for l in range(len(SIZES) - 2):
         assert torch.equal(learned[f"feedback.{l}"], learned[f"layers.{l + 1}.weight"])
-    fixed = network(feedback="fixed")
+    fixed = network(feedback_mode="random")
     assert not any(p.requires_grad for _, p in fixed.named_feedback())
     assert not any(n.startswith("feedback") for n in Burstprop(settle=TIGHT).update(fixed, x, y).grads)
 
@@ -155,8 +155,8 @@ def test_feedback_weights_train_with_the_layer_above_only_when_learned():
 def test_bad_input_is_named():
     with pytest.raises(TypeError, match=r"Burstprop needs a model with .*capability Bursting.*LayeredHopfield has none"):
         Burstprop().update(LayeredHopfield([5, 4, 3]).double(), *batch())
-    with pytest.raises(ValueError, match="unknown feedback 'tied'; valid: fixed, symmetric, learned"):
-        BurstNetwork(SIZES, feedback="tied")
+    with pytest.raises(ValueError, match="unknown feedback_mode 'symmetric'; valid: random, tied, learned"):
+        BurstNetwork(SIZES, feedback_mode="symmetric")
     with pytest.raises(ValueError, match="0 < p_baseline < 1"):
         BurstNetwork(SIZES, p_baseline=1.2)
     with pytest.raises(ValueError, match=r"beta=5.0 with p_baseline=0.2 .* above 1; use \|beta\| <= 4"):

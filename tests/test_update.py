@@ -62,7 +62,7 @@ CASES = {
     HebbianSleep: (lambda: HebbianSleep(dreams=4, patience=None), lambda: AssociativeMemory(4).double(), "spins", False),
     UrbanczikSenn: (settled(UrbanczikSenn), microcircuit, "real", True),
     DendriticSleep: (settled(DendriticSleep), microcircuit, "real", False),
-    Burstprop: (settled(Burstprop), lambda: BurstNetwork([4, 5, 3], feedback="learned").double(), "real", True),
+    Burstprop: (settled(Burstprop), lambda: BurstNetwork([4, 5, 3], feedback_mode="learned").double(), "real", True),
 }
 
 

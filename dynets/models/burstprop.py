@@ -13,7 +13,7 @@ from torch.nn.functional import linear
 from ..phases import Condition, State, VectorField, by_layer
 from .base import DynamicalModel
 
-FEEDBACK = ("fixed", "symmetric", "learned")
+FEEDBACK_MODES = ("random", "tied", "learned")
 HIDDEN_SLOPE = 0.25
 """σ'(0): the burst probability's slope where the cancelled apical potential leaves it, p = σ(0) = ½."""
 
@@ -29,8 +29,8 @@ class BurstNetwork(DynamicalModel):
     with h(e) = 1 − e, so that e ⊙ h(e) = σ'. Without a teacher (β = 0) the output bursts at its
     baseline p̄; for the squared error the taught output is p̄(1 + β h(e_N)(t − e_N)), the
     published code's teacher at β = 1. B_l (the shape of W_{l+1}) carries the burst rate of
-    layer l+1 down: fixed and random (``feedback="fixed"``, feedback alignment), tied to W_{l+1}
-    (``"symmetric"``), or trained with W_{l+1}'s own update (``"learned"``, as the paper's code
+    layer l+1 down: fixed and random (``feedback_mode="random"``, feedback alignment), tied to W_{l+1}
+    (``"tied"``), or trained with W_{l+1}'s own update (``"learned"``, as the paper's code
     does). With ``cancel`` (κ = 1) the apical potential subtracts what the events would carry at
     the baseline burst probabilities (p̄ at the output, σ(0) = ½ in hidden layers): the role of
     the paper's recurrent inhibition, which its code learns to cancel u in the phase without
@@ -45,43 +45,43 @@ class BurstNetwork(DynamicalModel):
 
     State: ``(e_1, p_1, e_2, p_2, ..., e_N, p_N)``; the read-out is e_N. Parameters
     ``layers.{l}.weight`` and ``.bias`` (W_{l+1}, c_{l+1}) and ``feedback.{l}.weight`` (B_{l+1},
-    absent when symmetric).
+    absent when tied).
 
     Args:
         sizes: ``[n_0 (input), n_1, ..., n_N (output)]``.
         p_baseline: p̄, the output's burst probability without a teacher, in (0, 1) (code: 0.2).
-        feedback: ``fixed``, ``symmetric`` or ``learned``.
+        feedback_mode: ``random`` (fixed), ``tied`` or ``learned`` (the names of :class:`~dynets.models.Asymmetric`).
         feedback_std: std of the random feedback weights' normal init (code: 1.0).
         cancel: subtract the events' share of the top-down input (κ = 1) or not (κ = 0).
     """
 
-    def __init__(self, sizes: list[int], p_baseline: float = 0.2, feedback: str = "fixed",
+    def __init__(self, sizes: list[int], p_baseline: float = 0.2, feedback_mode: str = "random",
                  feedback_std: float = 1.0, cancel: bool = True) -> None:
         super().__init__()
         if len(sizes) < 2 or any(int(n) < 1 for n in sizes):
             raise ValueError(f"sizes must list >= 2 positive layer sizes, got {list(sizes)}")
-        if feedback not in FEEDBACK:
-            raise ValueError(f"unknown feedback {feedback!r}; valid: {', '.join(FEEDBACK)}")
+        if feedback_mode not in FEEDBACK_MODES:
+            raise ValueError(f"unknown feedback_mode {feedback_mode!r}; valid: {', '.join(FEEDBACK_MODES)}")
         if not 0 < p_baseline < 1 or not feedback_std >= 0:
             raise ValueError(f"need 0 < p_baseline < 1 (a probability) and feedback_std >= 0; "
                              f"got p_baseline={p_baseline}, feedback_std={feedback_std}")
-        self.sizes, self.feedback_kind, self.cancel = [int(n) for n in sizes], feedback, bool(cancel)
+        self.sizes, self.feedback_mode, self.cancel = [int(n) for n in sizes], feedback_mode, bool(cancel)
         self.p_baseline, self.n = float(p_baseline), len(self.sizes) - 1
         self.in_features, self.out_features = self.sizes[0], self.sizes[-1]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(self.sizes, self.sizes[1:]))
         for layer in self.layers:   # the published code's init
             nn.init.xavier_normal_(layer.weight)
             nn.init.zeros_(layer.bias)
-        self.feedback = nn.ParameterList() if feedback == "symmetric" else nn.ParameterList(
-            nn.Parameter(torch.randn_like(l.weight) * feedback_std, requires_grad=feedback == "learned")
+        self.feedback = nn.ParameterList() if feedback_mode == "tied" else nn.ParameterList(
+            nn.Parameter(torch.randn_like(l.weight) * feedback_std, requires_grad=feedback_mode == "learned")
             for l in self.layers[1:])
 
     def feedback_weights(self) -> list[torch.Tensor]:
         """B_l of each hidden layer l (bottom first), the shape of W_{l+1}: its own or W_{l+1}."""
-        return [l.weight for l in self.layers[1:]] if self.feedback_kind == "symmetric" else list(self.feedback)
+        return [l.weight for l in self.layers[1:]] if self.feedback_mode == "tied" else list(self.feedback)
 
     def named_feedback(self) -> list[tuple[str, nn.Parameter]]:
-        """``(name, B_l)`` of its own feedback weights (none when symmetric), bottom first."""
+        """``(name, B_l)`` of its own feedback weights (none when tied), bottom first."""
         return [(f"feedback.{l}", p) for l, p in enumerate(self.feedback)]
 
     def baselines(self) -> list[float]:
@@ -89,7 +89,7 @@ class BurstNetwork(DynamicalModel):
         return [0.5] * (self.n - 1) + [self.p_baseline]
 
     def burst_gains(self) -> list[float]:
-        """g_l per layer, bottom first: b_l^β − b_l^0 ≈ −β g_l δ_l (symmetric, cancelled, β → 0)."""
+        """g_l per layer, bottom first: b_l^β − b_l^0 ≈ −β g_l δ_l (tied, cancelled, β → 0)."""
         return [self.p_baseline * HIDDEN_SLOPE ** (self.n - 1 - l) for l in range(self.n)]
 
     def init_state(self, condition: Condition) -> State:

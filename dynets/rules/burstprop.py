@@ -19,7 +19,7 @@ class Burstprop(Rule):
     (``model.burst_plasticity``): potentiation where the burst probability rose above the one
     without teacher, depression where it fell, gated by the postsynaptic event rate and the
     presynaptic one. Written as grads = −ΔW_l / (β g_l) with ``normalize`` (g_l the model's
-    ``burst_gains``: with symmetric feedback and cancellation this is ∂L/∂W_l to first order in β,
+    ``burst_gains``: with tied feedback (B_l = W_{l+1}) and cancellation this is ∂L/∂W_l to first order in β,
     so the optimizer's learning rate means what it means for backprop), else −ΔW_l / β (the
     published code's update, over the batch size and β, layer by layer with the learning rates
     it chooses). Learned feedback weights B_l get the update of W_{l+1}, as in the published code
