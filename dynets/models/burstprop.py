@@ -169,7 +169,7 @@ class BurstNetwork(DynamicalModel):
         return (1 - state[2 * l]) * linear((p_up - kappa) * e_up, self.feedback_weights()[l].T)
 
     def _targets(self, state: State, condition: Condition, indices) -> list[torch.Tensor]:
-        """g of the state ``indices``, with the condition's noise added to each one's drive (a_l or u_l)."""
+        """g of the state ``indices``, with the condition's noise added to each one's drive (a_l, u_l; the output's p itself)."""
         noise, out = by_layer(condition.noise, state, "noise"), []
         for i in indices:
             l, xi = i // 2, noise.get(i, 0.0)
