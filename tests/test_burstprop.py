@@ -163,3 +163,16 @@ def test_bad_input_is_named():
         Burstprop(beta=5.0).update(network(), *batch())
     with pytest.raises(ValueError, match="beta must be > 0"):
         Burstprop(beta=0.0)
+
+
+def test_noise_on_the_events_drive_is_a_shifted_bias():
+    """ξ on e_1's drive, the same for every sample, settles like the model whose c_1 is c_1 + ξ."""
+    model, (x, y) = network(), batch()
+    xi = torch.linspace(-0.5, 0.5, SIZES[1], dtype=torch.float64)
+    noisy = settle(model, model.prepare(Condition(x, noise={0: xi.expand(len(x), -1)})), options=TIGHT).state
+    with torch.no_grad():
+        model.layers[0].bias.add_(xi)
+    shifted = settle(model, model.prepare(Condition(x)), options=TIGHT).state
+    for a, b in zip(noisy, shifted):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+    assert not torch.allclose(noisy[0], torch.sigmoid(model.layers[0](x) - xi))   # ξ moved the state
