@@ -104,6 +104,23 @@ class Lateral(Protocol):
 
 
 @runtime_checkable
+class Bursting(Protocol):
+    """Units with an event rate and a burst probability whose change carries the error.
+
+    ``burst_probabilities(state)`` returns each layer's p_l ``(batch, n_l)``;
+    ``burst_plasticity(free, taught, condition)`` ``{name: ΔW}``, the burst-dependent change
+    from the steady states without and with the teacher; ``burst_gains()`` each layer's factor
+    g_l (the burst-rate change is −β g_l ∂L/∂a_l to first order); ``named_feedback()`` the
+    ``(name, weight)`` of its own feedback weights. Used by :class:`~dynets.rules.Burstprop`.
+    """
+
+    def burst_probabilities(self, state: State) -> list[torch.Tensor]: ...
+    def burst_plasticity(self, free: State, taught: State, condition: Condition) -> dict[str, torch.Tensor]: ...
+    def burst_gains(self) -> list[float]: ...
+    def named_feedback(self) -> list[tuple[str, torch.nn.Parameter]]: ...
+
+
+@runtime_checkable
 class Curvature(Protocol):
     """The curvature of the energy F whose gradient flow ds/dt = −∂F/∂s the model runs.
 

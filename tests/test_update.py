@@ -9,10 +9,10 @@ import dynets.rules
 from dynets import Condition, SettleOptions
 from dynets.app.fit import fit
 from dynets.data import Dataset, Split, digits, unlabelled
-from dynets.models import (Asymmetric, BoltzmannMachine, DendriticMicrocircuit, Helmholtz, LayeredHopfield, PredictiveCoding,
+from dynets.models import (Asymmetric, BoltzmannMachine, BurstNetwork, DendriticMicrocircuit, Helmholtz, LayeredHopfield, PredictiveCoding,
                            ReadBackHopfield)
 from dynets.models.memory import AssociativeMemory
-from dynets.rules import (Backprop, BackpropThroughTime, BoltzmannLearning, ContrastiveHebbian, DendriticSleep,
+from dynets.rules import (Backprop, BackpropThroughTime, BoltzmannLearning, Burstprop, ContrastiveHebbian, DendriticSleep,
                           DifferenceTargetPropagation, EquilibriumPropagation, FeedbackAlignment, HebbianSleep,
                           HebbianStorage, ImplicitDifferentiation, KolenPollack, NodePerturbation,
                           PredictiveCodingRule, Rule, SleepInterleaved, UrbanczikSenn, Update, VectorFieldEP, WakeSleep,
@@ -62,6 +62,7 @@ CASES = {
     HebbianSleep: (lambda: HebbianSleep(dreams=4, patience=None), lambda: AssociativeMemory(4).double(), "spins", False),
     UrbanczikSenn: (settled(UrbanczikSenn), microcircuit, "real", True),
     DendriticSleep: (settled(DendriticSleep), microcircuit, "real", False),
+    Burstprop: (settled(Burstprop), lambda: BurstNetwork([4, 5, 3], feedback_mode="learned").double(), "real", True),
 }
 
 

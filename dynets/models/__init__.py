@@ -2,6 +2,7 @@
 from .asymmetric import Asymmetric
 from .base import DynamicalModel, EnergyModel
 from .boltzmann import BoltzmannMachine
+from .burstprop import BurstNetwork
 from .conv import ConvHopfield
 from .conv_asymmetric import ConvAsymmetric
 from .conv_pc import ConvPredictiveCoding
@@ -14,4 +15,5 @@ from .readback import ReadBackHopfield
 
 __all__ = ["DynamicalModel", "EnergyModel", "LayeredHopfield", "ACTIVATIONS", "PredictiveCoding", "Helmholtz",
            "BoltzmannMachine", "AssociativeMemory", "DenseAssociativeMemory", "Asymmetric", "ReadBackHopfield",
-           "ConvHopfield", "ConvPredictiveCoding", "ConvAsymmetric", "DendriticMicrocircuit"]
+           "ConvHopfield", "ConvPredictiveCoding", "ConvAsymmetric", "DendriticMicrocircuit",
+           "BurstNetwork"]

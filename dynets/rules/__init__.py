@@ -3,6 +3,7 @@ parameter name, and metrics), which :func:`write_grads` writes to ``p.grad``."""
 from .backprop import Backprop
 from .base import Rule, Update, write_grads
 from .boltzmann import BoltzmannLearning
+from .burstprop import Burstprop
 from .chl import ContrastiveHebbian
 from .dendritic import DendriticSleep, UrbanczikSenn
 from .dtp import DifferenceTargetPropagation
@@ -18,4 +19,5 @@ from .wake_sleep import WakeSleep
 __all__ = ["Rule", "Update", "Backprop", "ContrastiveHebbian", "EquilibriumPropagation", "PredictiveCodingRule", "ImplicitDifferentiation", "BackpropThroughTime",
            "WakeSleep", "BoltzmannLearning", "HebbianStorage", "HebbianSleep", "RecallMonitor", "NodePerturbation",
            "WeightPerturbation", "VectorFieldEP", "FeedbackAlignment", "KolenPollack", "WeightMirror",
-           "DifferenceTargetPropagation", "SleepInterleaved", "UrbanczikSenn", "DendriticSleep", "write_grads"]
+           "DifferenceTargetPropagation", "SleepInterleaved", "UrbanczikSenn", "DendriticSleep", "Burstprop",
+           "write_grads"]
