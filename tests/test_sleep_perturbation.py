@@ -37,11 +37,13 @@ def relative_error(got, want):
 
 
 def wake_cost_by_hand(model, x):
-    """−log p(x, m), m the settled state of the model's continuous-time recognition dynamics at
-    λ = 0 (its init_state is that fixed point), mean over the batch: written apart from the learners."""
+    """−Σ_l log p(m_l | m_{l+1}) = −log p(x, m) + log p(m_L), m the settled state of the model's
+    continuous-time recognition dynamics at λ = 0 (its init_state is that fixed point), mean over
+    the batch: written apart from the learners."""
     m = model.init_state(Condition(x))
     assert max((model.dynamics(Condition(x))(0.0, m)[l].abs().max().item() for l in range(len(m)))) < 1e-12
-    return -model.log_joint(x, list(m)).mean()
+    top = m[-1] * model.prior - torch.nn.functional.softplus(model.prior)
+    return (-model.log_joint(x, list(m)) + top.sum(-1)).mean()
 
 
 def finite_differences(model, cost, h=1e-6):

@@ -78,7 +78,7 @@ class SleepInterleaved(Rule):
       ``sleep_learner`` replaces the delta rule by any learner of R on the dream with its cause
       as the target (:mod:`dynets.rules.recognition`: node or weight perturbation, the exact
       gradient); ``wake_learner`` trains R on the wake batch too, self-supervised (the data's
-      −log p(x, m) at the recognised code m), so perturbation runs in wake, in sleep or in both.
+      reconstruction −Σ_l log p(m_l | m_{l+1}) at the recognised code m), so perturbation runs in wake, in sleep or in both.
     - any other model: generative replay, the wake rule applied to the dreamt inputs
       (Robins 1995's pseudo-rehearsal, with the network's own generative pass as the source).
       A dream whose free settle diverged or did not converge is left out and counted

@@ -11,10 +11,14 @@ parameter name, ``recognition.l.weight`` and ``recognition.l.bias``. The two cos
   whose gradient is exactly the wake-sleep delta rule's −ΔR_l = −(h_{l+1} − σ(R_l h_l + r_l)) h_lᵀ;
 - **wake** (self-supervised, no label): the data's code is R's mean-field pass
   m_0 = x, m_{l+1} = σ(R_l m_l + r_l) (the settled state of the Helmholtz machine's
-  continuous-time recognition dynamics at λ = 0), scored on how well the generative model
-  explains the data with it,
+  continuous-time recognition dynamics at λ = 0), scored on how well the generative pathway
+  reconstructs each layer from the code above it (an autoencoder through R, then G),
 
-      C_wake = −log p(x, m) = −log p(m_L) − Σ_l log Bernoulli(m_l; σ(G_l m_{l+1} + g_l)).
+      C_wake = −Σ_l log Bernoulli(m_l; σ(G_l m_{l+1} + g_l)) = −log p(x, m) + log p(m_L).
+
+  The prior term log p(m_L) is left out: with it the cost pulls every code to the prior's mode,
+  and on bars and digits the code collapsed (measured: the probe accuracy on digits fell from
+  0.86 to 0.31-0.40 in 3000 steps, exact gradient or node perturbation alike).
 
 :class:`RecognitionDelta` is wake-sleep's own sleep learner, :class:`RecognitionExact` the
 exact gradient (autograd), :class:`RecognitionNodePerturbation` (Williams 1992; Fiete & Seung
@@ -61,8 +65,8 @@ def recognition_cost(model: Helmholtz, phase: str, data, weights: Weights | None
             below = torch.sigmoid(drive)
             rates.append(below)
     if phase == "wake":
-        layers = [data.expand(rates[0].shape[:-1] + data.shape[-1:]), *rates]
-        cost = -model.log_joint(layers[0], layers[1:])
+        layers = [data, *rates]
+        cost = -sum(bernoulli_log_prob(layers[l], g(layers[l + 1])) for l, g in enumerate(model.generative))
     return inputs, cost
 
 
@@ -78,7 +82,7 @@ class RecognitionLearner:
         return self.learn(model, "sleep", list(dream))
 
     def wake(self, model: Helmholtz, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-        """R's update from data x ``(batch, visible)``, scored by −log p(x, m) (no label)."""
+        """R's update from data x ``(batch, visible)``, scored by the reconstruction −Σ_l log p(m_l | m_{l+1}) (no label)."""
         return self.learn(model, "wake", x)
 
     def learn(self, model: Helmholtz, phase: str, data) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
