@@ -74,11 +74,12 @@ class SleepInterleaved(Rule):
     - Helmholtz machine (Hinton, Dayan, Frey & Neal 1995): the recognition delta rule recovers
       the dream's causes from the dream, ΔR_l ∝ (h_{l+1} − σ(R_l h_l + r_l)) h_lᵀ. The wake step
       is then :meth:`WakeSleep.wake` only (it trains G and the prior), so at ratio 0 the
-      recognition weights never learn.
+      recognition weights learn only from a ``wake_learner``.
       ``sleep_learner`` replaces the delta rule by any learner of R on the dream with its cause
       as the target (:mod:`dynets.rules.recognition`: node or weight perturbation, the exact
       gradient); ``wake_learner`` trains R on the wake batch too, self-supervised (the data's
-      reconstruction −Σ_l log p(m_l | m_{l+1}) at the recognised code m), so perturbation runs in wake, in sleep or in both.
+      reconstruction −Σ_l log p(m_l | m_{l+1}) at the recognised code m), so perturbation runs
+      in wake, in sleep or in both.
     - any other model: generative replay, the wake rule applied to the dreamt inputs
       (Robins 1995's pseudo-rehearsal, with the network's own generative pass as the source).
       A dream whose free settle diverged or did not converge is left out and counted
