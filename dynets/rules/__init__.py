@@ -13,11 +13,13 @@ from .feedback import FeedbackAlignment, KolenPollack, VectorFieldEP, WeightMirr
 from .memory import HebbianSleep, HebbianStorage, RecallMonitor
 from .pc import PredictiveCodingRule
 from .perturbation import NodePerturbation, WeightPerturbation
+from .recognition import RecognitionDelta, RecognitionExact, RecognitionNodePerturbation, RecognitionWeightPerturbation
 from .reference import BackpropThroughTime, ImplicitDifferentiation
 from .wake_sleep import WakeSleep
 
 __all__ = ["Rule", "Update", "Backprop", "ContrastiveHebbian", "EquilibriumPropagation", "PredictiveCodingRule", "ImplicitDifferentiation", "BackpropThroughTime",
            "WakeSleep", "BoltzmannLearning", "HebbianStorage", "HebbianSleep", "RecallMonitor", "NodePerturbation",
            "WeightPerturbation", "VectorFieldEP", "FeedbackAlignment", "KolenPollack", "WeightMirror",
-           "DifferenceTargetPropagation", "SleepInterleaved", "UrbanczikSenn", "DendriticSleep", "Burstprop",
-           "write_grads"]
+           "DifferenceTargetPropagation", "SleepInterleaved", "RecognitionDelta", "RecognitionExact",
+           "RecognitionNodePerturbation", "RecognitionWeightPerturbation", "UrbanczikSenn", "DendriticSleep",
+           "Burstprop", "write_grads"]

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from ..capabilities import Decoder, Dreams, MeanPrior, Recognition, Stateful, code_layer
+from ..capabilities import Decoder, Dreams, GibbsBlocked, MeanPrior, Recognition, Stateful, code_layer, missing
 from ..models.helmholtz import Helmholtz
 from ..sampling import sample
 from ..settle import SettleOptions
@@ -21,9 +21,32 @@ def top_down(model, code: torch.Tensor, settle: SettleOptions) -> torch.Tensor:
     """``(n, in)`` the input a code explains: the model's ``decode`` when it has one, else the
     visible layer of a free settle (no input) with the code layer clamped, the generative pass
     of a model that runs free (generative predictive coding: every error zero below the code)."""
+    return dream_input(model, code, settle)[0]
+
+
+def dream_input(model, code: torch.Tensor, settle: SettleOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`top_down`'s input ``(n, in)`` and which dreams are usable ``(n,)``: finite, and
+    (free settle) converged; a free run that diverged or did not settle is no dream to learn from."""
     if isinstance(model, Decoder):
-        return model.decode(code)
-    return settle(model, Condition(batch_size=len(code), clamp={code_layer(model): code})).state[0]
+        dream = model.decode(code)
+        return dream, torch.isfinite(dream.flatten(1)).all(1)
+    eq = settle(model, Condition(batch_size=len(code), clamp={code_layer(model): code}))
+    return eq.state[0], (eq.residual <= eq.tolerance) & torch.isfinite(eq.state[0].flatten(1)).all(1)
+
+
+def check_learner(learner, phase: str) -> None:
+    """Raise unless ``learner`` defines a cost in ``phase`` (a method of that name, not listed in its
+    ``undefined``), saying which phase and why."""
+    if learner is None:
+        return
+    why = getattr(learner, "undefined", {}).get(phase)
+    if why is None and not callable(getattr(learner, phase, None)):
+        why = ("it scores a labelled batch: " +
+               ("a dream has a cause, not a label" if phase == "sleep" else "here data come without labels"))
+    if why is not None:
+        raise TypeError(f"{type(learner).__name__} has no cost in the {phase} phase ({why}); "
+                        f"as the {phase} learner use one of dynets.rules.recognition (e.g. "
+                        f"rule/sleep_learner{'' if phase == 'sleep' else '@rule.wake_learner'}=node_perturbation)")
 
 
 def prior_code(model, n: int, noise: float, generator: torch.Generator) -> torch.Tensor:
@@ -51,9 +74,16 @@ class SleepInterleaved(Rule):
     - Helmholtz machine (Hinton, Dayan, Frey & Neal 1995): the recognition delta rule recovers
       the dream's causes from the dream, ΔR_l ∝ (h_{l+1} − σ(R_l h_l + r_l)) h_lᵀ. The wake step
       is then :meth:`WakeSleep.wake` only (it trains G and the prior), so at ratio 0 the
-      recognition weights never learn.
+      recognition weights learn only from a ``wake_learner``.
+      ``sleep_learner`` replaces the delta rule by any learner of R on the dream with its cause
+      as the target (:mod:`dynets.rules.recognition`: node or weight perturbation, the exact
+      gradient); ``wake_learner`` trains R on the wake batch too, self-supervised (the data's
+      reconstruction −Σ_l log p(m_l | m_{l+1}) at the recognised code m), so perturbation runs
+      in wake, in sleep or in both.
     - any other model: generative replay, the wake rule applied to the dreamt inputs
       (Robins 1995's pseudo-rehearsal, with the network's own generative pass as the source).
+      A dream whose free settle diverged or did not converge is left out and counted
+      (``sleep_unusable``); a sleep step with none usable trains nothing.
 
     Args:
         wake: the wake rule (its ``settle`` settles every phase).
@@ -62,20 +92,28 @@ class SleepInterleaved(Rule):
         noise: standard deviation of the noise added to a continuous code.
         dreams: dreams per sleep step (default: the batch size).
         seed: seed of the rule's ``generator`` (dream codes).
+        sleep_learner: what learns R from a Helmholtz machine's dream (an object with
+            ``sleep(model, dream) -> (grads, metrics)``; ``None``: the delta rule, as
+            :class:`~dynets.rules.recognition.RecognitionDelta`).
+        wake_learner: what learns R from the wake batch (``wake(model, x) -> (grads, metrics)``),
+            or ``None``.
     """
 
     def __init__(self, wake: Rule, ratio: float = 1.0, start: str = "prior", noise: float = 1.0,
-                 dreams: int | None = None, seed: int = 0) -> None:
+                 dreams: int | None = None, seed: int = 0, sleep_learner=None, wake_learner=None) -> None:
         super().__init__(wake.settle, wake.cost, wake.allow_unconverged)
         if start not in STARTS:
             raise ValueError(f"unknown sleep start {start!r}; valid: {', '.join(STARTS)}")
         if ratio < 0 or noise < 0 or (dreams is not None and dreams < 1):
             raise ValueError(f"need ratio >= 0, noise >= 0 and dreams >= 1; got {ratio}, {noise}, {dreams}")
         self.wake, self.ratio, self.start, self.noise, self.dreams = wake, float(ratio), start, float(noise), dreams
-        self.credit = 0.0
+        check_learner(sleep_learner, "sleep")
+        check_learner(wake_learner, "wake")
+        self.sleep_learner, self.wake_learner, self.credit = sleep_learner, wake_learner, 0.0
         self.generator = torch.Generator().manual_seed(seed)
-        for name, g in generators(wake).items():   # the wake rule's streams, checkpointed with ours
-            setattr(self, f"wake_{name}", g)
+        for prefix, owner in (("wake", wake), ("sleep_learner", sleep_learner), ("wake_learner", wake_learner)):
+            for name, g in (generators(owner) if owner is not None else {}).items():   # checkpointed with ours
+                setattr(self, f"{prefix}_{name}", g)
 
     @property
     def needs_target(self) -> bool:
@@ -83,15 +121,27 @@ class SleepInterleaved(Rule):
         return self.wake.needs_target
 
     def check_model(self, model) -> None:
+        """The wake rule's check; a sleep or wake learner of R needs a model that dreams and recognises."""
         self.wake.check_model(model)
+        if self.sleep_learner is not None or self.wake_learner is not None:
+            why = missing(model, (Recognition, Dreams, GibbsBlocked), "a sleep or wake learner of the recognition network")
+            if why:
+                raise TypeError(why + " (it learns a Helmholtz machine's recognition network: model=helmholtz)")
 
     def update(self, model, x: torch.Tensor, y: torch.Tensor | None = None) -> Update:
         grads, metrics = self._wake(model, x, y)
+        if self.wake_learner is not None:
+            self.check_model(model)
+            extra, more = self.wake_learner.wake(model, x)
+            _add(grads, extra)
+            metrics.update(more)
         self.credit += self.ratio
         sleeps, self.credit = int(self.credit), self.credit - int(self.credit)
         for _ in range(sleeps):
-            for name, g in self._sleep(model, x, y).items():
-                grads[name] = grads[name] + g if name in grads else g
+            extra, more = self._sleep(model, x, y)
+            _add(grads, extra)
+            for name, value in more.items():   # counts add up over the sleep steps, the rest is the last one's
+                metrics[name] = metrics.get(name, 0) + value if name.endswith(("_probes", "_unusable")) else value
         metrics["sleeps"] = sleeps
         return Update(grads, metrics)
 
@@ -104,29 +154,39 @@ class SleepInterleaved(Rule):
         wake = self.wake.update(model, x, y)
         return dict(wake.grads), dict(wake.metrics)
 
-    def _sleep(self, model, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def _sleep(self, model, x: torch.Tensor, y: torch.Tensor | None) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         n = self.dreams or len(x)
         if isinstance(model, Recognition) and isinstance(model, Dreams):
             return self._helmholtz_sleep(model, x, n)
+        if self.sleep_learner is not None:
+            self.check_model(model)
         if self.start == "prior":
             code = prior_code(model, n, self.noise, self.generator)
         else:
             state = self.settle(model, model.prepare(Condition(x))).state
             code = state[code_layer(model)][:n]
             code = code + self.noise * torch.randn(code.shape, generator=self.generator, dtype=code.dtype).to(code.device)
-        dream = top_down(model, code, self.settle)
-        return self.wake.update(model, dream, None if y is None else y[:len(dream)]).grads
+        dream, usable = dream_input(model, code, self.settle)
+        metrics = {"sleep_unusable": int((~usable).sum())}
+        if not usable.any():
+            return {}, metrics
+        labels = None if y is None else y[:len(dream)]
+        if not usable.all():
+            dream, labels = dream[usable], None if labels is None else labels[usable]
+        return dict(self.wake.update(model, dream, labels).grads), metrics
 
     @torch.no_grad()
-    def _helmholtz_sleep(self, model: Helmholtz, x: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
-        """The recognition delta rule on one top-down sweep from a prior or replayed top layer."""
+    def _helmholtz_sleep(self, model: Helmholtz, x: torch.Tensor, n: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """R's learner (default the delta rule) on one top-down sweep from a prior or replayed top layer."""
         condition = Condition(batch_size=n, generator=self.generator)
         if self.start == "replay":
             top = model.proposal(x[:n], 1, self.generator)[0][-1][0]
             condition = Condition(batch_size=len(top), generator=self.generator, clamp={-1: top})
         dream = sample(model, condition, model.prior_state(condition), method="gibbs", sweeps=1).state
+        if self.sleep_learner is not None:
+            return self.sleep_learner.sleep(model, dream)
         layers = [h[None] for h in dream]
-        return WakeSleep.recognition_grads(model, layers, layers[0].new_ones(1, len(dream[0])))
+        return WakeSleep.recognition_grads(model, layers, layers[0].new_ones(1, len(dream[0]))), {}
 
     def state_dict(self) -> dict[str, Any]:
         """The sleep credit carried over (the generators are checkpointed as attributes)."""
@@ -136,3 +196,9 @@ class SleepInterleaved(Rule):
         self.credit = state["credit"]
         if state["wake"] is not None:
             self.wake.load_state_dict(state["wake"])
+
+
+def _add(grads: dict[str, torch.Tensor], extra: dict[str, torch.Tensor]) -> None:
+    """Add ``extra`` into ``grads`` by name (in place)."""
+    for name, g in extra.items():
+        grads[name] = grads[name] + g if name in grads else g
