@@ -32,7 +32,6 @@ import torch
 from ..models.helmholtz import Helmholtz, bernoulli_log_prob
 from .wake_sleep import WakeSleep
 
-PHASES = ("sleep", "wake")
 Weights = list[tuple[torch.Tensor, torch.Tensor]]
 
 
