@@ -37,6 +37,9 @@ class Coupling(nn.Module, ABC):
 
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
+    #: g is affine in s, so its adjoint does not depend on s (dense, a convolution unpooled or
+    #: average-pooled); not so for max-pooling (the arg-max at s) or a user's module.
+    affine: bool = False
 
     @abstractmethod
     def forward(self, s: torch.Tensor) -> torch.Tensor:
@@ -68,6 +71,8 @@ class Dense(Coupling):
         in_shape: the shape of one input sample, e.g. ``(64, 4, 4)`` or ``(100,)``.
         out_features: the number of output units.
     """
+
+    affine = True
 
     def __init__(self, in_shape: tuple[int, ...], out_features: int) -> None:
         super().__init__()
@@ -125,6 +130,7 @@ class Conv(Coupling):
         self.map_size = tuple(maps)
         side = [n // 2 for n in maps] if pool != "none" else maps
         self.out_shape = (int(out_channels), *side)
+        self.affine = pool != "max"
 
     def _transpose(self, e: torch.Tensor) -> torch.Tensor:
         c = self.conv

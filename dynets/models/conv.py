@@ -15,6 +15,7 @@ from ..costs import CrossEntropy, SquaredError
 from ..couplings import Coupling, check_chain, conv_couplings
 from ..phases import Block, Condition, State, VectorField, by_layer
 from .base import DynamicalModel, EnergyModel
+from .fused import CoupledSweeps
 from .hopfield import ACTIVATIONS
 
 
@@ -172,6 +173,14 @@ class CoupledLayered(DynamicalModel):
             return tuple(layers), g
 
         return [block(0), block(1)]
+
+    def sweeps(self, condition: Condition) -> CoupledSweeps | None:
+        """The sweeps of :meth:`blocks`, bit for bit, with no convolution at a residual check
+        but where a layer reads itself (capability :class:`~dynets.capabilities.Sweeps`;
+        :class:`~dynets.models.fused.CoupledSweeps`); ``None`` for a subclass with blocks or
+        drives of its own."""
+        own = type(self).blocks is CoupledLayered.blocks and type(self)._drive_fn is CoupledLayered._drive_fn
+        return CoupledSweeps(self, condition) if own else None
 
 
 class CoupledHopfield(CoupledLayered, EnergyModel):

@@ -1,0 +1,95 @@
+"""The conv nets' optimised paths (issue 20 item 6, issue 22 item 1) against the plain ones and independent
+answers: the fused Gauss–Seidel sweeps (dynets.models.fused.CoupledSweeps) against the plain sweep over the
+blocks (steppers.GaussSeidel), the same states, residuals and steps bit for bit in float64, in every kind of
+phase, and the convolutions they leave out really left out; EP's update against float64."""
+import itertools
+
+import pytest
+import torch
+
+from dynets import Condition
+from dynets.costs import CrossEntropy
+from dynets.models import ConvAsymmetric, ConvHopfield
+from dynets.models.fused import CoupledSweeps
+from dynets.steppers import STEPPERS, GaussSeidel
+
+from test_fused import assert_identical, plain_and_fused
+
+ARCHS = {   # "deep": an odd layer under a max-pooled convolution, whose g reads the layer itself
+    "max": dict(in_size=6, channels=[1, 2], kernels=[3], strides=[1], paddings=[1], pools=["max"], fc=[4, 3]),
+    "avg": dict(in_size=6, channels=[1, 2], kernels=[3], strides=[1], paddings=[1], pools=["avg"], fc=[3]),
+    "two": dict(in_size=6, channels=[1, 3, 2], kernels=[3, 2], strides=[1, 2], paddings=[1, 0], pools=["max", "none"],
+                fc=[3]),
+    "deep": dict(in_size=16, channels=[1, 2, 3, 2], kernels=[3, 3, 3], strides=[1, 1, 1], paddings=[1, 1, 1],
+                 pools=["max", "max", "max"], fc=[3]),
+}
+CPU = torch.device("cpu")
+
+
+def problem(arch, softmax=False, activation="hard_sigmoid", model_class=ConvHopfield, **kw):
+    torch.manual_seed(0)
+    model = model_class(**ARCHS[arch], activation=activation, **({"softmax": True} if softmax else {}), **kw).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(2.0)
+    x = torch.rand(8, 1, ARCHS[arch]["in_size"], ARCHS[arch]["in_size"], dtype=torch.float64)
+    return model, x, torch.arange(8) % 3
+
+
+def phases(model, x, y):
+    """Free, nudged ±β and a large anti-nudge (squared error or, with softmax, cross-entropy), noise on
+    every layer, and (without softmax) the output clamped."""
+    cost = CrossEntropy() if model.softmax else None
+    c = model.prepare(Condition(x, model.target(y), **({"cost": cost} if cost else {})))
+    noise = {l: 0.1 * torch.randn(x.shape[0], *shape, dtype=x.dtype) for l, shape in enumerate(model.shapes)}
+    out = [c, *(c.nudged(b) for b in (0.5, -0.5, -2.0)),
+           Condition(x, c.target, 0.5, **({"cost": cost} if cost else {}), noise=noise, constants=c.constants)]
+    return out + ([] if model.softmax else [c.clamped({-1: c.target})])
+
+
+@pytest.mark.parametrize("arch, softmax, activation", [
+    *itertools.product(list(ARCHS), [False, True], ["hard_sigmoid"]), ("max", False, "tanh"), ("deep", True, "tanh")])
+def test_conv_sweeps_are_the_plain_sweeps(arch, softmax, activation):
+    model, x, y = problem(arch, softmax, activation)
+    for phase, dt in itertools.product(phases(model, x, y), [1.0, 0.7]):
+        assert isinstance(STEPPERS["gauss_seidel"](model, phase, "off", CPU), CoupledSweeps)
+        free = plain_and_fused(model, phases(model, x, y)[0])[0]
+        assert_identical(*plain_and_fused(model, phase, free.state, dt))
+
+
+@pytest.mark.parametrize("feedback", ["random", "tied"])
+def test_conv_asymmetric_takes_the_same_sweeps(feedback):
+    model, x, y = problem("deep", model_class=ConvAsymmetric, feedback_mode=feedback)
+    for phase in phases(model, x, y)[:3]:
+        assert_identical(*plain_and_fused(model, phase))
+
+
+def convolutions(model):
+    """The couplings of ``model`` whose convolution (``("conv", k)``) or transposed convolution
+    (``("transpose", k)``) runs, in order: a forward hook on each nn.Conv2d, a wrapper on each adjoint."""
+    calls = []
+    for k, c in enumerate(model.couplings[:-1]):
+        c.conv.register_forward_hook(lambda *_, k=k: calls.append(("conv", k)))
+        c._transpose = lambda e, k=k, f=c._transpose: (calls.append(("transpose", k)), f(e))[1]
+    return calls
+
+
+@pytest.mark.parametrize("arch, again", [("two", []), ("deep", [("conv", 1), ("conv", 2), ("transpose", 2)] * 2)])
+def test_a_residual_check_convolves_only_under_the_layers_that_read_themselves(arch, again):
+    """settle checks the residual at the state one step before a check and at the check; the MNIST CNN's
+    layout ("two": conv-pool, conv, dense) then convolves nothing, where the plain loop convolved the odd
+    layer's input again for each. In "deep" layer 1 sits under a max-pooled convolution (coupling 2),
+    whose arg-max moves with it: its g is evaluated again at each of the two states, as the plain loop does."""
+    model, x, y = problem(arch)
+    c = model.prepare(Condition(x, model.target(y), 0.5))
+    stepper, plain = STEPPERS["gauss_seidel"](model, c, "off", CPU), GaussSeidel(model, c, "off", CPU)
+    with torch.no_grad():   # as in settle: a layer's linearisation is kept only outside autograd
+        before = stepper.step(model.init_state(c), stepper.start(model.init_state(c)), 1.0)
+        now = stepper.step(*before, 1.0)
+        calls = convolutions(model)
+        got = [stepper.residual(*before), stepper.residual(*now)]
+        assert calls == again
+        for state, residual in zip((before[0], now[0]), got):
+            for a, b in zip(residual, plain.residual(state, plain.start(state)), strict=True):
+                assert torch.equal(a, b)
+
