@@ -225,10 +225,13 @@ class CoupledHopfield(CoupledLayered, EnergyModel):
         ∂⟨g_l(s_l), s_{l+1}⟩/∂θ (:meth:`~dynets.couplings.Coupling.param_vjp`). With
         ``softmax`` the read-out's parameters, outside E, get ½[∂C/∂θ(a) + ∂C/∂θ(b)]: for
         centered EP (β, −β) this is the published [β·∂C/∂θ(a) + β·∂C/∂θ(b)]/(2β); for a
-        one-sided pair it is O(β) from ∂C/∂θ at the free state, as the rule itself."""
+        one-sided pair it is O(β) from ∂C/∂θ at the free state, as the rule itself. The first
+        coupling reads x in both states, and ⟨g_0(x), a_1⟩ − ⟨g_0(x), b_1⟩ = ⟨g_0(x), a_1 − b_1⟩:
+        one vector–Jacobian product there (the input's convolution, its arg-max and its weight
+        correlation once, not twice)."""
         k, x = -scale / condition.batch, condition.x
-        grads = []
-        for c, sa, ta, sb, tb in zip(self.couplings, (x,) + tuple(a[:-1]), a, (x,) + tuple(b[:-1]), b):
+        grads = [g.mul_(k) for g in self.couplings[0].param_vjp(x, a[0] - b[0])]
+        for c, sa, ta, sb, tb in zip(self.couplings[1:], a[:-1], a[1:], b[:-1], b[1:]):
             grads += [ga.sub_(gb).mul_(k) for ga, gb in zip(c.param_vjp(sa, ta), c.param_vjp(sb, tb))]
         if self.softmax:
             r, cost, y = self.couplings[-1], condition.cost, condition.target
