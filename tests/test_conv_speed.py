@@ -7,11 +7,12 @@ import itertools
 import pytest
 import torch
 
-from dynets import Condition
+from dynets import Condition, SettleOptions
 from dynets.costs import CrossEntropy
-from dynets.models import ConvAsymmetric, ConvHopfield
+from dynets.models import ConvAsymmetric, ConvHopfield, ConvPredictiveCoding
 from dynets.studies.bench_references import CONV_NET
 from dynets.models.fused import CoupledSweeps
+from dynets.rules import PredictiveCodingRule
 from dynets.steppers import STEPPERS, GaussSeidel
 
 from test_fused import assert_identical, plain_and_fused
@@ -112,3 +113,46 @@ def test_the_first_couplings_ep_update_is_one_product_and_accurate_in_float32():
     want = exact.param_grad_difference(*(tuple(s.double() for s in z) for z in (a, b)), exact.prepare(Condition(x.double())))
     for name in ("couplings.0.conv.weight", "couplings.0.conv.bias"):
         assert (got[name].double() - want[name]).norm() <= 1e-5 * want[name].norm(), name
+
+
+def test_a_conv_pc_sweep_convolves_each_layer_once_and_a_check_not_at_all():
+    """The plain Gauss–Seidel sweep of ConvPredictiveCoding: each block's force used to linearise the
+    couplings it touches anew, so a sweep convolved f(v_1) twice (once for each block) and a residual
+    check once more; the linearisation is kept while v_1 is unchanged. The same states as the forces
+    computed afresh."""
+    torch.manual_seed(0)
+    model = ConvPredictiveCoding(**ARCHS["deep"]).double()
+    x, y = torch.rand(8, 1, 16, 16, dtype=torch.float64), torch.arange(8) % 3
+    c = model.prepare(Condition(x, model.target(y), 0.5))
+    stepper, calls = GaussSeidel(model, c, "off", CPU), []
+    model.layers[1].conv.register_forward_hook(lambda *_: calls.append(1))   # max-pooled: f(v_1)'s
+    with torch.no_grad():
+        state = model.init_state(c)
+        carry = stepper.start(state)
+        calls.clear()
+        for _ in range(3):
+            state, carry = stepper.step(state, carry, 1.0)
+        assert len(calls) == 3
+        residual = stepper.residual(state, carry)
+        assert len(calls) == 3
+        afresh = GaussSeidel(model, c, "off", CPU)   # its own forces: nothing kept
+        for got, want in zip(residual, afresh.residual(state, afresh.start(state)), strict=True):
+            assert torch.equal(got, want)
+
+
+def test_the_phases_of_a_conv_pc_step_share_the_couplings_norms(monkeypatch):
+    """‖∂g_k/∂a‖₂² (30 power iterations of a convolution and its transpose) sizes every Gauss–Seidel
+    phase's steps; a prepared batch computes it once for all its phases, with the same steps."""
+    import dynets.models.conv_pc as conv_pc
+    torch.manual_seed(0)
+    model = ConvPredictiveCoding(**ARCHS["two"])
+    x, y = torch.rand(8, 1, 6, 6), torch.arange(8) % 3
+    c = model.prepare(Condition(x, model.target(y), 0.1))
+    want = model.curvature_steps(Condition(x, c.target, 0.1))   # unprepared: computed afresh
+    calls = []
+    monkeypatch.setattr(conv_pc, "coupling_squared_norm", lambda *a, f=conv_pc.coupling_squared_norm: (calls.append(1), f(*a))[1])
+    rule = PredictiveCodingRule(0.1, "centered", SettleOptions(method="gauss_seidel", atol=1e-5, max_time=400))
+    rule.update(model, x, y)   # free, +β and −β phases
+    assert len(calls) == 2     # couplings 1 and 2: the predictions state layers 0 and 1 make
+    for got, w in zip(model.curvature_steps(c), want, strict=True):
+        assert torch.equal(got, w)

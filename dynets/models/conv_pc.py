@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from ..couplings import Conv, Coupling, Dense, check_chain, conv_couplings
 from ..phases import Block, Condition, State, VectorField, by_layer
 from .base import EnergyModel
-from .pc import PC_ACTIVATIONS, _squared_norm
+from .pc import PC_ACTIVATIONS, Prepared, _squared_norm
 
 
 class CoupledPredictiveCoding(EnergyModel):
@@ -74,15 +74,16 @@ class CoupledPredictiveCoding(EnergyModel):
 
     def prepare(self, condition: Condition) -> Condition:
         """``condition`` with μ_1 = g_0(x) (constant during a settle) computed once for every
-        phase of the batch."""
+        phase of the batch, and room for the couplings' norms that size the Gauss–Seidel steps
+        (:class:`~dynets.models.pc.Prepared`: power iterations once per batch, not per phase)."""
         self.check_condition(condition)
         with torch.no_grad():
-            return replace(condition, constants=self.layers[0](condition.x))
+            return replace(condition, constants=Prepared(self.layers[0](condition.x), {}))
 
     def _mu1(self, condition: Condition) -> torch.Tensor:
         """μ_1: the prepared one outside autograd, recomputed with its graph under autograd."""
-        if condition.constants is not None and not torch.is_grad_enabled():
-            return condition.constants
+        if isinstance(condition.constants, Prepared) and not torch.is_grad_enabled():
+            return condition.constants.prediction
         return self.layers[0](condition.x)
 
     def errors(self, state: State, condition: Condition) -> list[torch.Tensor]:
@@ -113,19 +114,21 @@ class CoupledPredictiveCoding(EnergyModel):
 
     def _force(self, condition: Condition) -> Callable[[State, range], list[torch.Tensor]]:
         """``force(state, layers)``: −∂F/∂s_l (noise included) of the given state layers. Each
-        coupling is linearised once per call (its prediction and its adjoint share a max-pooling's
-        arg-max), and only the couplings those layers touch."""
-        f, df, beta, cost, y = self.act.f, self.act.df, condition.beta, condition.cost, condition.target
+        coupling is linearised once at a value layer (its prediction and its adjoint share a
+        max-pooling's arg-max), and only the couplings those layers touch; outside autograd the
+        linearisation is kept while that layer is the same, unmodified tensor (the other block's
+        half-sweep and a residual check reuse it)."""
+        df, beta, cost, y = self.act.df, condition.beta, condition.cost, condition.target
         mu1 = self._mu1(condition)
         noise = by_layer(condition.noise, self._shapes(condition), "noise")
+        keep = self._linearizer()
 
         def force(state: State, layers: range) -> list[torch.Tensor]:
             v, n, lin, fv = [condition.x, *state], len(state), {}, {}
 
             def linear(j: int):   # (g_j(f(v_j)), its adjoint), for value layer j >= 1
                 if j not in lin:
-                    fv[j] = f(v[j])
-                    lin[j] = self.layers[j].linearize(fv[j])
+                    fv[j], lin[j] = keep(j, v[j])
                 return lin[j]
 
             err = lambda j: v[1] - mu1 if j == 1 else v[j] - linear(j - 1)[0]
@@ -142,6 +145,21 @@ class CoupledPredictiveCoding(EnergyModel):
             return out
 
         return force
+
+    def _linearizer(self) -> Callable[[int, torch.Tensor], tuple]:
+        """``keep(j, v_j)``: (f(v_j), coupling j linearised at f(v_j)), kept outside autograd while
+        ``v_j`` is the same, unmodified tensor (as :class:`~dynets.models.conv.CoupledLayered`'s)."""
+        kept: dict[int, tuple] = {}
+
+        def keep(j: int, v: torch.Tensor) -> tuple:
+            hit = kept.get(j)
+            if torch.is_grad_enabled() or hit is None or hit[0] is not v or hit[1] != v._version:
+                fv = self.act.f(v)
+                hit = (v, v._version, fv, self.layers[j].linearize(fv))
+                kept[j] = hit if not torch.is_grad_enabled() else None
+            return hit[2:]
+
+        return keep
 
     def _shapes(self, condition: Condition) -> State:
         """Uninitialised tensors of the state's shapes (for checking noise)."""
@@ -188,13 +206,23 @@ class CoupledPredictiveCoding(EnergyModel):
         for l in range(n):
             low = high = 1.0
             if l + 1 < n:
-                high = high + self.act.slope ** 2 * coupling_squared_norm(self.layers[l + 1])
+                high = high + self.act.slope ** 2 * self._squared_norm(l + 1, condition)
             if l == n - 1 and beta != 0.0:
                 a, b = (beta * c for c in condition.cost.curvature)
                 low, high = low + min(a, b), high + max(a, b)
             steps.append(2 / (low + high) if low > 0 else 1 / high)
         w = next(self.parameters())
         return [torch.as_tensor(s, dtype=w.dtype, device=w.device) for s in steps]
+
+    def _squared_norm(self, k: int, condition: Condition) -> torch.Tensor:
+        """‖∂g_k/∂a‖₂² (:func:`coupling_squared_norm`), once per batch when ``condition`` is prepared
+        (every phase of a rule step sizes its steps by the same weights), else afresh."""
+        if not isinstance(condition.constants, Prepared):
+            return coupling_squared_norm(self.layers[k])
+        norms = condition.constants.squared_norms
+        if k not in norms:
+            norms[k] = coupling_squared_norm(self.layers[k])
+        return norms[k]
 
     def param_grads(self, state: State, condition: Condition) -> dict[str, torch.Tensor]:
         """∂F/∂θ, batch mean, local to each coupling: ∂F/∂θ_k = −⟨(∂g_k/∂θ_k)ᵀ ε_{k+1}⟩ at the
