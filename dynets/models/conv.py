@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..costs import CrossEntropy, SquaredError
-from ..couplings import Coupling, check_chain, conv_couplings
+from ..couplings import Coupling, InputDrive, check_chain, conv_couplings
 from ..phases import Block, Condition, State, VectorField, by_layer
 from .base import DynamicalModel, EnergyModel
 from .fused import CoupledSweeps
@@ -80,10 +80,11 @@ class CoupledLayered(DynamicalModel):
         return self.couplings[-1](state[-1]) if self.softmax else state[-1]
 
     def prepare(self, condition: Condition) -> Condition:
-        """``condition`` with the input drive g_0(x), constant during a settle, computed once."""
+        """``condition`` with the input drive g_0(x), constant during a settle, computed once, and
+        the first coupling's parameter product at x from the same convolution (:class:`InputDrive`)."""
         self.check_condition(condition)
         with torch.no_grad():
-            return replace(condition, constants=self.couplings[0](condition.x))
+            return replace(condition, constants=InputDrive(*self.couplings[0].param_linearize(condition.x), {}))
 
     def _drive_fn(self, condition: Condition) -> Callable[..., list[torch.Tensor]]:
         """``u(s, layers, self_term=True)``: ∂Φ_β/∂s_l (+ noise) of ``layers``. The input drive
@@ -92,8 +93,8 @@ class CoupledLayered(DynamicalModel):
         the drive of s_{l+1} and the adjoint into s_l). ``self_term=False`` leaves out the
         top layer's −β·s_L (squared error), for its exact update."""
         self.check_condition(condition)
-        shared = condition.constants is not None and not torch.is_grad_enabled()
-        first = condition.constants if shared else self.couplings[0](condition.x)
+        shared = isinstance(condition.constants, InputDrive) and not torch.is_grad_enabled()
+        first = condition.constants.drive if shared else self.couplings[0](condition.x)
         noise = by_layer(condition.noise, self.init_state(condition), "noise") if condition.noise else {}
         beta, top, cost, y = condition.beta, self.n_energy - 1, condition.cost, condition.target
         linear = self._linearizer()
@@ -227,16 +228,19 @@ class CoupledHopfield(CoupledLayered, EnergyModel):
         centered EP (β, −β) this is the published [β·∂C/∂θ(a) + β·∂C/∂θ(b)]/(2β); for a
         one-sided pair it is O(β) from ∂C/∂θ at the free state, as the rule itself. The first
         coupling reads x in both states, and ⟨g_0(x), a_1⟩ − ⟨g_0(x), b_1⟩ = ⟨g_0(x), a_1 − b_1⟩:
-        one vector–Jacobian product there (the input's convolution, its arg-max and its weight
-        correlation once, not twice)."""
+        one vector–Jacobian product there, from the arg-max the prepared drive came from (no
+        convolution of x). Outside autograd: nothing here is differentiated."""
         k, x = -scale / condition.batch, condition.x
-        grads = [g.mul_(k) for g in self.couplings[0].param_vjp(x, a[0] - b[0])]
-        for c, sa, ta, sb, tb in zip(self.couplings[1:], a[:-1], a[1:], b[:-1], b[1:]):
-            grads += [ga.sub_(gb).mul_(k) for ga, gb in zip(c.param_vjp(sa, ta), c.param_vjp(sb, tb))]
-        if self.softmax:
-            r, cost, y = self.couplings[-1], condition.cost, condition.target
-            ends = [r.param_vjp(s[-1], cost.grad(r(s[-1]), y)) for s in (a, b)]
-            grads += [ga.add_(gb).mul_(0.5 / condition.batch) for ga, gb in zip(*ends)]
+        prepared = isinstance(condition.constants, InputDrive)
+        first = condition.constants.param_vjp if prepared else lambda e: self.couplings[0].param_vjp(x, e)
+        with torch.no_grad():
+            grads = [g.mul_(k) for g in first(a[0] - b[0])]
+            for c, sa, ta, sb, tb in zip(self.couplings[1:], a[:-1], a[1:], b[:-1], b[1:]):
+                grads += [ga.sub_(gb).mul_(k) for ga, gb in zip(c.param_vjp(sa, ta), c.param_vjp(sb, tb))]
+            if self.softmax:
+                r, cost, y = self.couplings[-1], condition.cost, condition.target
+                ends = [r.param_vjp(s[-1], cost.grad(r(s[-1]), y)) for s in (a, b)]
+                grads += [ga.add_(gb).mul_(0.5 / condition.batch) for ga, gb in zip(*ends)]
         return self.named_grads(grads)
 
 

@@ -11,10 +11,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..couplings import Conv, Coupling, Dense, check_chain, conv_couplings
+from ..couplings import Conv, Coupling, Dense, InputDrive, check_chain, conv_couplings
 from ..phases import Block, Condition, State, VectorField, by_layer
 from .base import EnergyModel
-from .pc import PC_ACTIVATIONS, Prepared, _squared_norm
+from .pc import PC_ACTIVATIONS, _squared_norm
 
 
 class CoupledPredictiveCoding(EnergyModel):
@@ -74,16 +74,17 @@ class CoupledPredictiveCoding(EnergyModel):
 
     def prepare(self, condition: Condition) -> Condition:
         """``condition`` with μ_1 = g_0(x) (constant during a settle) computed once for every
-        phase of the batch, and room for the couplings' norms that size the Gauss–Seidel steps
-        (:class:`~dynets.models.pc.Prepared`: power iterations once per batch, not per phase)."""
+        phase of the batch, with the first coupling's parameter product at x from the same
+        convolution, and room for the couplings' norms that size the Gauss–Seidel steps (power
+        iterations once per batch, not per phase): :class:`~dynets.couplings.InputDrive`."""
         self.check_condition(condition)
         with torch.no_grad():
-            return replace(condition, constants=Prepared(self.layers[0](condition.x), {}))
+            return replace(condition, constants=InputDrive(*self.layers[0].param_linearize(condition.x), {}))
 
     def _mu1(self, condition: Condition) -> torch.Tensor:
         """μ_1: the prepared one outside autograd, recomputed with its graph under autograd."""
-        if isinstance(condition.constants, Prepared) and not torch.is_grad_enabled():
-            return condition.constants.prediction
+        if isinstance(condition.constants, InputDrive) and not torch.is_grad_enabled():
+            return condition.constants.drive
         return self.layers[0](condition.x)
 
     def errors(self, state: State, condition: Condition) -> list[torch.Tensor]:
@@ -217,7 +218,7 @@ class CoupledPredictiveCoding(EnergyModel):
     def _squared_norm(self, k: int, condition: Condition) -> torch.Tensor:
         """‖∂g_k/∂a‖₂² (:func:`coupling_squared_norm`), once per batch when ``condition`` is prepared
         (every phase of a rule step sizes its steps by the same weights), else afresh."""
-        if not isinstance(condition.constants, Prepared):
+        if not isinstance(condition.constants, InputDrive):
             return coupling_squared_norm(self.layers[k])
         norms = condition.constants.squared_norms
         if k not in norms:
@@ -227,16 +228,22 @@ class CoupledPredictiveCoding(EnergyModel):
     def param_grads(self, state: State, condition: Condition) -> dict[str, torch.Tensor]:
         """∂F/∂θ, batch mean, local to each coupling: ∂F/∂θ_k = −⟨(∂g_k/∂θ_k)ᵀ ε_{k+1}⟩ at the
         coupling's own input (a dense layer's −⟨ε f(v)ᵀ⟩; a convolution's the correlation of
-        its error, unpooled, with its input's patches), one vector–Jacobian product per coupling."""
+        its error, unpooled, with its input's patches), one vector–Jacobian product per coupling
+        in closed form (:meth:`~dynets.couplings.Coupling.param_linearize`: the prediction and the
+        product share a max-pooling's arg-max; the first coupling's from the prepared batch),
+        outside autograd."""
         with torch.no_grad():
-            eps = self.errors(state, condition)
-            inputs = [condition.x] + [self.act.f(s) for s in state[:-1]]
-        named = self.trained_parameters()
-        with torch.enable_grad():
-            drive = sum((g(a) * e).sum() for g, a, e in zip(self.layers, inputs, eps))
-            grads = torch.autograd.grad(drive, [p for _, p in named], allow_unused=True, materialize_grads=True)
+            v, mu1 = [condition.x, *state], self._mu1(condition)
+            first = condition.constants.param_vjp if isinstance(condition.constants, InputDrive) else \
+                (lambda e: self.layers[0].param_vjp(condition.x, e))
+            terms = [first(v[1] - mu1)]
+            for k in range(1, len(state)):
+                mu, vjp = self.layers[k].param_linearize(self.act.f(v[k]))
+                terms.append(vjp(v[k + 1] - mu))
+        grads = {f"layers.{k}.{name}": g for k, (layer, gk) in enumerate(zip(self.layers, terms))
+                 for (name, _), g in zip(layer.named_parameters(), gk, strict=True)}
         scale = -1.0 / condition.batch
-        return {name: g.mul_(scale) for (name, _), g in zip(named, grads)}
+        return {name: grads[name].mul_(scale) for name, _ in self.trained_parameters()}
 
 
 def coupling_squared_norm(coupling: Coupling, iterations: int = 30) -> torch.Tensor:
