@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from math import prod
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch import nn
@@ -37,6 +37,9 @@ class Coupling(nn.Module, ABC):
 
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
+    #: g is affine in s, so its adjoint does not depend on s (dense, a convolution unpooled or
+    #: average-pooled); not so for max-pooling (the arg-max at s) or a user's module.
+    affine: bool = False
 
     @abstractmethod
     def forward(self, s: torch.Tensor) -> torch.Tensor:
@@ -58,6 +61,28 @@ class Coupling(nn.Module, ABC):
         with torch.enable_grad():
             return list(torch.autograd.grad((self(s) * e).sum(), params, allow_unused=True, materialize_grads=True))
 
+    def param_linearize(self, s: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], list[torch.Tensor]]]:
+        """``(g(s), e ↦ ∂⟨g(s), e⟩/∂θ)``: :meth:`param_vjp` at one s with the forward map; a leaf
+        overrides it to share work between the two (a max-pooling's arg-max)."""
+        return self(s), lambda e: self.param_vjp(s, e)
+
+
+class InputDrive(NamedTuple):
+    """A layered net's first coupling at the batch's input x, computed once per batch by the
+    model's ``prepare`` (``Condition.constants``; fixed while x and the weights are).
+
+    Attributes:
+        drive: g_0(x), the input's drive of the first layer (the one large convolution of a settle).
+        param_vjp: e ↦ ∂⟨g_0(x), e⟩/∂θ_0 (:meth:`Coupling.param_linearize`: the learning rules'
+            term of the first coupling, from the arg-max that gave the drive).
+        squared_norms: the couplings' squared norms that size Gauss–Seidel steps, by coupling,
+            filled by the first phase that needs them (predictive coding).
+    """
+
+    drive: torch.Tensor
+    param_vjp: Callable[[torch.Tensor], list[torch.Tensor]]
+    squared_norms: dict[int, torch.Tensor]
+
 
 class Dense(Coupling):
     """g(s) = W·flatten(s) + b, an ``nn.Linear``: the adjoint Wᵀe, reshaped to the input.
@@ -68,6 +93,8 @@ class Dense(Coupling):
         in_shape: the shape of one input sample, e.g. ``(64, 4, 4)`` or ``(100,)``.
         out_features: the number of output units.
     """
+
+    affine = True
 
     def __init__(self, in_shape: tuple[int, ...], out_features: int) -> None:
         super().__init__()
@@ -125,6 +152,7 @@ class Conv(Coupling):
         self.map_size = tuple(maps)
         side = [n // 2 for n in maps] if pool != "none" else maps
         self.out_shape = (int(out_channels), *side)
+        self.affine = pool != "max"
 
     def _transpose(self, e: torch.Tensor) -> torch.Tensor:
         c = self.conv
@@ -158,13 +186,22 @@ class Conv(Coupling):
     def param_vjp(self, s: torch.Tensor, e: torch.Tensor) -> list[torch.Tensor]:
         """The weight's gradient of ⟨W ⋆ s, e'⟩ (e' the pooling's adjoint of e, at s), by
         ``torch.nn.grad.conv2d_weight``; the bias's, Σe' over batch and positions."""
-        c = self.conv
         if self.pool == "max":
-            e = self._unpool_max(e, F.max_pool2d(c(s), 2, return_indices=True)[1])
-        elif self.pool == "avg":
-            e = self._unpool_avg(e)
-        weight = torch.nn.grad.conv2d_weight(s, c.weight.shape, e, c.stride, c.padding)
-        return [weight, e.sum((0, 2, 3))]
+            return self.param_linearize(s)[1](e)
+        return self._conv_param_vjp(s, self._unpool_avg(e) if self.pool == "avg" else e)
+
+    def param_linearize(self, s: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], list[torch.Tensor]]]:
+        """g(s) and :meth:`param_vjp` at s; with max-pooling, one convolution of s gives both the
+        pooled output and the arg-max the product routes through."""
+        if self.pool != "max":
+            return super().param_linearize(s)
+        out, where = F.max_pool2d(self.conv(s), 2, return_indices=True)
+        return out, lambda e: self._conv_param_vjp(s, self._unpool_max(e, where))
+
+    def _conv_param_vjp(self, s: torch.Tensor, e: torch.Tensor) -> list[torch.Tensor]:
+        """∂⟨W ⋆ s + b, e⟩/∂(W, b) of ``e`` on the convolution's output map."""
+        c = self.conv
+        return [torch.nn.grad.conv2d_weight(s, c.weight.shape, e, c.stride, c.padding), e.sum((0, 2, 3))]
 
 
 class Module(Coupling):

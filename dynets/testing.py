@@ -89,10 +89,11 @@ class ReferenceEP:
         return {"free": _worst_residual(model, free, c), "nudged": max(nudged)}
 
     def stopped_rule(self, residuals: dict[str, float], method: str, step_size: float,
-                     compile: str = "off") -> EquilibriumPropagation:
-        """Centered EP whose phases stop as soon as every sample is within ``residuals``."""
+                     compile: str = "off", check_every: int = 10) -> EquilibriumPropagation:
+        """Centered EP whose phases stop as soon as every sample is within ``residuals``, checking
+        at most every ``check_every`` steps (:class:`~dynets.settle.SettleOptions`)."""
         free, nudged = (SettleOptions(method=method, step_size=step_size, atol=residuals[k], max_time=200,
-                                      compile=compile) for k in ("free", "nudged"))
+                                      compile=compile, check_every=check_every) for k in ("free", "nudged"))
         return EquilibriumPropagation(self.beta, "centered", free, nudged)
 
 

@@ -15,13 +15,13 @@ the reference leaves: ``dynets_adaptive`` (ep; Δt 0.5, ``_dt1``: 1), ``dynets_g
 memory, N 200 at load 0.1, 100 dreams), vector-field EP, FA, Kolen-Pollack, weight mirrors (the whole step, and
 ``mirror_sleep`` its sleep alone), DTP. Each step ends with the same fused Adam step; ``backprop``: the same-size
 MLP. conv: the published MNIST CNN (1x28x28, 32-64 5x5 max-pooled, fc 10, batch 128): ConvHopfield's EP (as ep,
-Gauss-Seidel) and the textbook conv EP (free 40, ±β 12 synchronous steps, Δt 1), ConvPredictiveCoding's PC (as pc)
-at the same residual, backprop through the same couplings. genpc: the self-supervised study's generative PC
-(784-1024 tanh, batch 64, after 50 unsupervised Adam steps on uniform inputs) settled by conjugate gradient against
-the Euler flow it used before, to the same atol 1e-3 (dynets.studies.bench_genpc); backprop: the sigmoid
-autoencoder of the same sizes. dendritic: a taught settle of a self-predicting 784-500-10 microcircuit (relu,
-Gauss-Seidel) and its whole Urbanczik-Senn step against a backprop step of the same MLP
-(dynets.studies.dendritic.settle_cost). The last lines: one JSON object each.
+Gauss-Seidel, checked every sweep) and the textbook conv EP (free 40, ±β 12 synchronous steps, Δt 1),
+ConvPredictiveCoding's PC (as pc) at the same residual, backprop through the same couplings. genpc: the
+self-supervised study's generative PC (784-1024 tanh, batch 64, after 50 unsupervised Adam steps on uniform
+inputs) settled by conjugate gradient against the Euler flow it used before, to the same atol 1e-3
+(dynets.studies.bench_genpc); backprop: the sigmoid autoencoder of the same sizes. dendritic: a taught settle of a
+self-predicting 784-500-10 microcircuit (relu, Gauss-Seidel) and its whole Urbanczik-Senn step against a backprop
+step of the same MLP (dynets.studies.dendritic.settle_cost). The last lines: one JSON object each.
 """
 import argparse
 import json

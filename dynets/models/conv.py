@@ -12,9 +12,10 @@ import torch
 from torch import nn
 
 from ..costs import CrossEntropy, SquaredError
-from ..couplings import Coupling, check_chain, conv_couplings
+from ..couplings import Coupling, InputDrive, check_chain, conv_couplings
 from ..phases import Block, Condition, State, VectorField, by_layer
 from .base import DynamicalModel, EnergyModel
+from .fused import CoupledSweeps
 from .hopfield import ACTIVATIONS
 
 
@@ -79,10 +80,11 @@ class CoupledLayered(DynamicalModel):
         return self.couplings[-1](state[-1]) if self.softmax else state[-1]
 
     def prepare(self, condition: Condition) -> Condition:
-        """``condition`` with the input drive g_0(x), constant during a settle, computed once."""
+        """``condition`` with the input drive g_0(x), constant during a settle, computed once, and
+        the first coupling's parameter product at x from the same convolution (:class:`InputDrive`)."""
         self.check_condition(condition)
         with torch.no_grad():
-            return replace(condition, constants=self.couplings[0](condition.x))
+            return replace(condition, constants=InputDrive(*self.couplings[0].param_linearize(condition.x), {}))
 
     def _drive_fn(self, condition: Condition) -> Callable[..., list[torch.Tensor]]:
         """``u(s, layers, self_term=True)``: ∂Φ_β/∂s_l (+ noise) of ``layers``. The input drive
@@ -91,8 +93,8 @@ class CoupledLayered(DynamicalModel):
         the drive of s_{l+1} and the adjoint into s_l). ``self_term=False`` leaves out the
         top layer's −β·s_L (squared error), for its exact update."""
         self.check_condition(condition)
-        shared = condition.constants is not None and not torch.is_grad_enabled()
-        first = condition.constants if shared else self.couplings[0](condition.x)
+        shared = isinstance(condition.constants, InputDrive) and not torch.is_grad_enabled()
+        first = condition.constants.drive if shared else self.couplings[0](condition.x)
         noise = by_layer(condition.noise, self.init_state(condition), "noise") if condition.noise else {}
         beta, top, cost, y = condition.beta, self.n_energy - 1, condition.cost, condition.target
         linear = self._linearizer()
@@ -173,6 +175,14 @@ class CoupledLayered(DynamicalModel):
 
         return [block(0), block(1)]
 
+    def sweeps(self, condition: Condition) -> CoupledSweeps | None:
+        """The sweeps of :meth:`blocks`, bit for bit, with no convolution at a residual check
+        but where a layer reads itself (capability :class:`~dynets.capabilities.Sweeps`;
+        :class:`~dynets.models.fused.CoupledSweeps`); ``None`` for a subclass with blocks or
+        drives of its own."""
+        own = type(self).blocks is CoupledLayered.blocks and type(self)._drive_fn is CoupledLayered._drive_fn
+        return CoupledSweeps(self, condition) if own else None
+
 
 class CoupledHopfield(CoupledLayered, EnergyModel):
     r"""The layered energy of couplings g_l (layer l to l+1, s_0 = x clamped):
@@ -216,15 +226,21 @@ class CoupledHopfield(CoupledLayered, EnergyModel):
         ∂⟨g_l(s_l), s_{l+1}⟩/∂θ (:meth:`~dynets.couplings.Coupling.param_vjp`). With
         ``softmax`` the read-out's parameters, outside E, get ½[∂C/∂θ(a) + ∂C/∂θ(b)]: for
         centered EP (β, −β) this is the published [β·∂C/∂θ(a) + β·∂C/∂θ(b)]/(2β); for a
-        one-sided pair it is O(β) from ∂C/∂θ at the free state, as the rule itself."""
+        one-sided pair it is O(β) from ∂C/∂θ at the free state, as the rule itself. The first
+        coupling reads x in both states, and ⟨g_0(x), a_1⟩ − ⟨g_0(x), b_1⟩ = ⟨g_0(x), a_1 − b_1⟩:
+        one vector–Jacobian product there, from the arg-max the prepared drive came from (no
+        convolution of x). Outside autograd: nothing here is differentiated."""
         k, x = -scale / condition.batch, condition.x
-        grads = []
-        for c, sa, ta, sb, tb in zip(self.couplings, (x,) + tuple(a[:-1]), a, (x,) + tuple(b[:-1]), b):
-            grads += [ga.sub_(gb).mul_(k) for ga, gb in zip(c.param_vjp(sa, ta), c.param_vjp(sb, tb))]
-        if self.softmax:
-            r, cost, y = self.couplings[-1], condition.cost, condition.target
-            ends = [r.param_vjp(s[-1], cost.grad(r(s[-1]), y)) for s in (a, b)]
-            grads += [ga.add_(gb).mul_(0.5 / condition.batch) for ga, gb in zip(*ends)]
+        prepared = isinstance(condition.constants, InputDrive)
+        first = condition.constants.param_vjp if prepared else lambda e: self.couplings[0].param_vjp(x, e)
+        with torch.no_grad():
+            grads = [g.mul_(k) for g in first(a[0] - b[0])]
+            for c, sa, ta, sb, tb in zip(self.couplings[1:], a[:-1], a[1:], b[:-1], b[1:]):
+                grads += [ga.sub_(gb).mul_(k) for ga, gb in zip(c.param_vjp(sa, ta), c.param_vjp(sb, tb))]
+            if self.softmax:
+                r, cost, y = self.couplings[-1], condition.cost, condition.target
+                ends = [r.param_vjp(s[-1], cost.grad(r(s[-1]), y)) for s in (a, b)]
+                grads += [ga.add_(gb).mul_(0.5 / condition.batch) for ga, gb in zip(*ends)]
         return self.named_grads(grads)
 
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..couplings import Conv, Coupling, Dense, check_chain, conv_couplings
+from ..couplings import Conv, Coupling, Dense, InputDrive, check_chain, conv_couplings
 from ..phases import Block, Condition, State, VectorField, by_layer
 from .base import EnergyModel
 from .pc import PC_ACTIVATIONS, _squared_norm
@@ -74,15 +74,17 @@ class CoupledPredictiveCoding(EnergyModel):
 
     def prepare(self, condition: Condition) -> Condition:
         """``condition`` with μ_1 = g_0(x) (constant during a settle) computed once for every
-        phase of the batch."""
+        phase of the batch, with the first coupling's parameter product at x from the same
+        convolution, and room for the couplings' norms that size the Gauss–Seidel steps (power
+        iterations once per batch, not per phase): :class:`~dynets.couplings.InputDrive`."""
         self.check_condition(condition)
         with torch.no_grad():
-            return replace(condition, constants=self.layers[0](condition.x))
+            return replace(condition, constants=InputDrive(*self.layers[0].param_linearize(condition.x), {}))
 
     def _mu1(self, condition: Condition) -> torch.Tensor:
         """μ_1: the prepared one outside autograd, recomputed with its graph under autograd."""
-        if condition.constants is not None and not torch.is_grad_enabled():
-            return condition.constants
+        if isinstance(condition.constants, InputDrive) and not torch.is_grad_enabled():
+            return condition.constants.drive
         return self.layers[0](condition.x)
 
     def errors(self, state: State, condition: Condition) -> list[torch.Tensor]:
@@ -113,19 +115,21 @@ class CoupledPredictiveCoding(EnergyModel):
 
     def _force(self, condition: Condition) -> Callable[[State, range], list[torch.Tensor]]:
         """``force(state, layers)``: −∂F/∂s_l (noise included) of the given state layers. Each
-        coupling is linearised once per call (its prediction and its adjoint share a max-pooling's
-        arg-max), and only the couplings those layers touch."""
-        f, df, beta, cost, y = self.act.f, self.act.df, condition.beta, condition.cost, condition.target
+        coupling is linearised once at a value layer (its prediction and its adjoint share a
+        max-pooling's arg-max), and only the couplings those layers touch; outside autograd the
+        linearisation is kept while that layer is the same, unmodified tensor (the other block's
+        half-sweep and a residual check reuse it)."""
+        df, beta, cost, y = self.act.df, condition.beta, condition.cost, condition.target
         mu1 = self._mu1(condition)
         noise = by_layer(condition.noise, self._shapes(condition), "noise")
+        keep = self._linearizer()
 
         def force(state: State, layers: range) -> list[torch.Tensor]:
             v, n, lin, fv = [condition.x, *state], len(state), {}, {}
 
             def linear(j: int):   # (g_j(f(v_j)), its adjoint), for value layer j >= 1
                 if j not in lin:
-                    fv[j] = f(v[j])
-                    lin[j] = self.layers[j].linearize(fv[j])
+                    fv[j], lin[j] = keep(j, v[j])
                 return lin[j]
 
             err = lambda j: v[1] - mu1 if j == 1 else v[j] - linear(j - 1)[0]
@@ -142,6 +146,21 @@ class CoupledPredictiveCoding(EnergyModel):
             return out
 
         return force
+
+    def _linearizer(self) -> Callable[[int, torch.Tensor], tuple]:
+        """``keep(j, v_j)``: (f(v_j), coupling j linearised at f(v_j)), kept outside autograd while
+        ``v_j`` is the same, unmodified tensor (as :class:`~dynets.models.conv.CoupledLayered`'s)."""
+        kept: dict[int, tuple] = {}
+
+        def keep(j: int, v: torch.Tensor) -> tuple:
+            hit = kept.get(j)
+            if torch.is_grad_enabled() or hit is None or hit[0] is not v or hit[1] != v._version:
+                fv = self.act.f(v)
+                hit = (v, v._version, fv, self.layers[j].linearize(fv))
+                kept[j] = hit if not torch.is_grad_enabled() else None
+            return hit[2:]
+
+        return keep
 
     def _shapes(self, condition: Condition) -> State:
         """Uninitialised tensors of the state's shapes (for checking noise)."""
@@ -188,7 +207,7 @@ class CoupledPredictiveCoding(EnergyModel):
         for l in range(n):
             low = high = 1.0
             if l + 1 < n:
-                high = high + self.act.slope ** 2 * coupling_squared_norm(self.layers[l + 1])
+                high = high + self.act.slope ** 2 * self._squared_norm(l + 1, condition)
             if l == n - 1 and beta != 0.0:
                 a, b = (beta * c for c in condition.cost.curvature)
                 low, high = low + min(a, b), high + max(a, b)
@@ -196,19 +215,35 @@ class CoupledPredictiveCoding(EnergyModel):
         w = next(self.parameters())
         return [torch.as_tensor(s, dtype=w.dtype, device=w.device) for s in steps]
 
+    def _squared_norm(self, k: int, condition: Condition) -> torch.Tensor:
+        """‖∂g_k/∂a‖₂² (:func:`coupling_squared_norm`), once per batch when ``condition`` is prepared
+        (every phase of a rule step sizes its steps by the same weights), else afresh."""
+        if not isinstance(condition.constants, InputDrive):
+            return coupling_squared_norm(self.layers[k])
+        norms = condition.constants.squared_norms
+        if k not in norms:
+            norms[k] = coupling_squared_norm(self.layers[k])
+        return norms[k]
+
     def param_grads(self, state: State, condition: Condition) -> dict[str, torch.Tensor]:
         """∂F/∂θ, batch mean, local to each coupling: ∂F/∂θ_k = −⟨(∂g_k/∂θ_k)ᵀ ε_{k+1}⟩ at the
         coupling's own input (a dense layer's −⟨ε f(v)ᵀ⟩; a convolution's the correlation of
-        its error, unpooled, with its input's patches), one vector–Jacobian product per coupling."""
+        its error, unpooled, with its input's patches), one vector–Jacobian product per coupling
+        in closed form (:meth:`~dynets.couplings.Coupling.param_linearize`: the prediction and the
+        product share a max-pooling's arg-max; the first coupling's from the prepared batch),
+        outside autograd."""
         with torch.no_grad():
-            eps = self.errors(state, condition)
-            inputs = [condition.x] + [self.act.f(s) for s in state[:-1]]
-        named = self.trained_parameters()
-        with torch.enable_grad():
-            drive = sum((g(a) * e).sum() for g, a, e in zip(self.layers, inputs, eps))
-            grads = torch.autograd.grad(drive, [p for _, p in named], allow_unused=True, materialize_grads=True)
+            v, mu1 = [condition.x, *state], self._mu1(condition)
+            first = condition.constants.param_vjp if isinstance(condition.constants, InputDrive) else \
+                (lambda e: self.layers[0].param_vjp(condition.x, e))
+            terms = [first(v[1] - mu1)]
+            for k in range(1, len(state)):
+                mu, vjp = self.layers[k].param_linearize(self.act.f(v[k]))
+                terms.append(vjp(v[k + 1] - mu))
+        grads = {f"layers.{k}.{name}": g for k, (layer, gk) in enumerate(zip(self.layers, terms))
+                 for (name, _), g in zip(layer.named_parameters(), gk, strict=True)}
         scale = -1.0 / condition.batch
-        return {name: g.mul_(scale) for (name, _), g in zip(named, grads)}
+        return {name: grads[name].mul_(scale) for name, _ in self.trained_parameters()}
 
 
 def coupling_squared_norm(coupling: Coupling, iterations: int = 30) -> torch.Tensor:

@@ -12,6 +12,8 @@ knows nothing of the model:
   then evaluates nothing; the plain loop evaluates the odd block again at every check and at the
   step before it (5 + 3 + 4 evaluations for the 7 + 2 + 3 sweeps of the bench's EP step at
   initialisation, 784-512-10, free + ±β).
+- :class:`CoupledSweeps`: the same for nets of couplings (convolutions, pooling): at the MNIST CNN's
+  checks the plain loop convolved the odd block's input again.
 - :class:`PredictiveCodingSweeps`: f(v_l) and the prediction W f(v_l) + b made from layer l change
   only when layer l does; the plain loop recomputes them for each block and each check (tanh on a
   128×512 layer costs about three 128×512×10 matmuls on CPU).
@@ -38,10 +40,14 @@ class LayeredSweeps:
 
     def __init__(self, model, condition: Condition) -> None:
         self.u, self.act, self.beta = model._drive_fn(condition), model.act, condition.beta
-        n = len(model.layers)
+        n = self._depth(model)
         self.top, self.exact = n - 1, condition.beta != 0.0 and isinstance(condition.cost, SquaredError)
         self.clamp = by_layer(condition.clamp, model.init_state(condition), "clamp") if condition.clamp else {}
         self.parts = (range(0, n, 2), range(1, n, 2))
+        self.reread: tuple[int, ...] = ()   # odd layers whose g reads the layer itself
+
+    def _depth(self, model) -> int:
+        return len(model.layers)
 
     def g(self, state: State, layers: range) -> tuple[list[torch.Tensor], bool]:
         """g of ``layers`` at ``state`` (Layered.blocks' arithmetic; a clamped layer's g is its
@@ -73,13 +79,39 @@ class LayeredSweeps:
 
     def residual(self, state: State, carry: tuple) -> State:
         even, odd, reads_self = carry
-        if reads_self:   # the carried g of the top layer is stale: only it is evaluated again
-            odd = odd[:-1] + self.g(state, range(self.top, self.top + 1))[0]
+        again = [l for l in self.parts[1] if l in self.reread or (reads_self and l == self.top)]
+        if again:   # the carried g of these layers is stale: only they are evaluated again
+            fresh = dict(zip(again, self.g(state, again)[0]))
+            odd = [fresh.get(l, gl) for l, gl in zip(self.parts[1], odd)]
         ds = list(state)
         for layers, g in zip(self.parts, (even, odd)):
             for l, gl in zip(layers, g):
                 ds[l] = gl - state[l]
         return tuple(ds)
+
+
+class CoupledSweeps(LayeredSweeps):
+    """Sweeps of a :class:`~dynets.models.conv.CoupledLayered` net (couplings: convolutions,
+    pooling, dense, a user's module), as :class:`LayeredSweeps`. Two differences of the plain
+    blocks: with a softmax read-out the top layer has no exact update (its nudge reads it through
+    the read-out), and a layer under a coupling that is not affine in it (max-pooling, whose
+    adjoint routes through the arg-max at the layer, or a user's module) reads itself, so an odd
+    one's carried g is stale after its move and is evaluated again at a check. The one
+    convolution a coupling makes at a layer serves both blocks (the model's linearisation,
+    kept while the layer is unchanged).
+
+    Args:
+        model: the coupled net.
+        condition: the phase.
+    """
+
+    def __init__(self, model, condition: Condition) -> None:
+        super().__init__(model, condition)
+        self.exact = self.exact and not model.softmax
+        self.reread = tuple(l for l in self.parts[1] if l < self.top and not model.couplings[l + 1].affine)
+
+    def _depth(self, model) -> int:
+        return model.n_energy
 
 
 class PredictiveCodingSweeps:
