@@ -6,6 +6,7 @@ from .boltzmann import BoltzmannLearning
 from .chl import ContrastiveHebbian
 from .dendritic import DendriticSleep, UrbanczikSenn
 from .dtp import DifferenceTargetPropagation
+from .eligibility import EligibilityTrace
 from .ep import EquilibriumPropagation
 from .interleave import SleepInterleaved
 from .feedback import FeedbackAlignment, KolenPollack, VectorFieldEP, WeightMirror
@@ -18,4 +19,5 @@ from .wake_sleep import WakeSleep
 __all__ = ["Rule", "Update", "Backprop", "ContrastiveHebbian", "EquilibriumPropagation", "PredictiveCodingRule", "ImplicitDifferentiation", "BackpropThroughTime",
            "WakeSleep", "BoltzmannLearning", "HebbianStorage", "HebbianSleep", "RecallMonitor", "NodePerturbation",
            "WeightPerturbation", "VectorFieldEP", "FeedbackAlignment", "KolenPollack", "WeightMirror",
-           "DifferenceTargetPropagation", "SleepInterleaved", "UrbanczikSenn", "DendriticSleep", "write_grads"]
+           "DifferenceTargetPropagation", "SleepInterleaved", "UrbanczikSenn", "DendriticSleep", "EligibilityTrace",
+           "write_grads"]
