@@ -71,7 +71,7 @@ def criterion(errors: torch.Tensor, window: int = 100, fraction: float = 0.95, t
 
 def write(errors: torch.Tensor, out_dir: str | Path, labels: list[str], title: str) -> dict[str, Path]:
     """``eligibility.csv`` (every trial's error per network), ``eligibility.md`` (the criterion per
-    network and the error of the last 500 trials) and ``eligibility.png`` (the learning curves).
+    network and the errors of the last 500 trials) and ``eligibility.png`` (the learning curves).
 
     Args:
         errors: ``(trials, rows)``.
@@ -94,33 +94,40 @@ def write(errors: torch.Tensor, out_dir: str | Path, labels: list[str], title: s
 def markdown(errors: torch.Tensor, labels: list[str]) -> str:
     """The table of the criterion trial and the final errors, one row per network."""
     reached, tail = criterion(errors), errors[-500:]
-    lines = ["| network | trials to criterion | median error, last 500 trials | correct (error < 1), last 500 |",
-             "|---|---|---|---|"]
+    lines = [f"| network | trials to criterion | median error, last {len(tail)} trials | mean error, last {len(tail)} | "
+             f"correct (error < 1), last {len(tail)} |", "|---|---|---|---|---|"]
     for b, label in enumerate(labels):
         lines.append(f"| {label} | {reached[b] if reached[b] is not None else 'not reached'} | "
-                     f"{tail[:, b].median().item():.3f} | {(tail[:, b] < 1).float().mean().item():.1%} |")
+                     f"{tail[:, b].median().item():.3f} | {tail[:, b].mean().item():.3f} | "
+                     f"{(tail[:, b] < 1).float().mean().item():.1%} |")
     return "\n".join(lines) + "\n"
 
 
 def plot(errors: torch.Tensor, labels: list[str], title: str, path: Path) -> None:
-    """Each network's error (running median over 100 trials), the median over networks, the criterion trials."""
+    """Two panels against the trial: each network's error (mean over the last 100 trials) with the
+    median over networks of each trial's error (Miconi 2017, Fig. 1B: the median over runs), and
+    each network's fraction of correct trials (error < 1) over the last 100, the criterion's 95 %
+    marked; dotted lines where each network reaches the criterion."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     window = min(100, len(errors))
-    smooth = errors.unfold(0, window, 1).median(-1).values   # (trials − window + 1, rows)
+    mean = lambda v: v.unfold(0, window, 1).mean(-1)   # over the last `window` trials
     trial = torch.arange(window, len(errors) + 1)
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 5.6), sharex=True)
+    top.plot(torch.arange(1, len(errors) + 1), errors.median(1).values, color="0.75", lw=0.3,
+             label="median over networks, each trial")
     for b, (label, reached) in enumerate(zip(labels, criterion(errors))):
-        line, = ax.plot(trial, smooth[:, b], lw=0.8, label=f"{label} (criterion: {reached or 'not reached'})")
-        if reached is not None:
-            ax.axvline(reached, color=line.get_color(), ls=":", lw=0.8)
-    ax.plot(trial, errors.median(1).values.unfold(0, window, 1).median(-1).values, color="k", lw=1.5,
-            label="median over networks")
-    ax.axhline(1.0, color="grey", lw=0.5)
-    ax.set(xlabel="trial", ylabel=f"error (running median of {window} trials)", title=title, ylim=(0, 2))
-    ax.legend(fontsize=7)
+        line, = top.plot(trial, mean(errors[:, b]), lw=0.9, label=f"{label} (criterion at {reached or 'never'})")
+        bottom.plot(trial, mean((errors[:, b] < 1).float()), lw=0.9, color=line.get_color())
+        for ax in (top, bottom):
+            if reached is not None:
+                ax.axvline(reached, color=line.get_color(), ls=":", lw=0.8)
+    top.set(ylabel=f"error (mean of {window} trials)", title=title, ylim=(0, 2))
+    top.legend(fontsize=7)
+    bottom.axhline(0.95, color="k", lw=0.6)
+    bottom.set(xlabel="trial", ylabel=f"correct (error < 1), last {window}", ylim=(0, 1.02))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
