@@ -56,6 +56,18 @@ def test_a_trial_is_the_papers_update_and_torchdiffeqs_euler(networks):
     assert torch.allclose(run(model, condition, (x0,), steps=25, dt=1.0, method="euler").states[0], theirs, atol=1e-12)
 
 
+def test_the_drive_holds_each_step_for_its_whole_interval():
+    """Input and perturbation k act on [t_k, t_k + dt): a solver's mid-step evaluations (rk4 at
+    t_k + dt/2) read step k's, not the next one's (Python's round(1.5) = 2 would)."""
+    model = small(dt=0.5)
+    u, xi = series(2, 6, model, kicks=1.0)
+    f = model.dynamics(Condition(u, noise={0: xi}))
+    x = (model.trial_start(2, torch.Generator().manual_seed(0))[0],)
+    at = lambda t: f(torch.tensor(t, dtype=torch.float64), x)[0]
+    assert torch.equal(at(0.5), at(0.75)) and torch.equal(at(0.5), at(0.99))
+    assert not torch.allclose(at(0.5), at(1.0)) and not torch.allclose(at(0.5), at(0.25))
+
+
 def test_the_euler_grid_follows_the_continuous_flow():
     """With no input switching mid-step, Euler at dt = tau/30 (the paper's) stays within O(dt) of
     rk4 at a quarter of the step over a few time constants (before chaos separates them)."""

@@ -2,6 +2,7 @@
 the network of Miconi 2017 (eLife 6:e20899) that learns tasks from a reward at the end of each trial."""
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -93,7 +94,7 @@ class RateRNN(DynamicalModel):
 
         def f(t: torch.Tensor, state: State) -> State:
             x = state[0]
-            k = min(int(round(float(t) / self.dt)), last)
+            k = min(math.floor(float(t) / self.dt + 1e-6), last)   # [t_k, t_k + dt) has step k's drive
             return (plus(drive[:, k] - x * rate, torch.tanh(x)),)
 
         return f
