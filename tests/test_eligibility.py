@@ -231,7 +231,7 @@ def test_bad_series_are_named():
     rule = EligibilityTrace()
     with pytest.raises(ValueError, match=r"the batch must be 2, got 3"):
         rule.update(model, torch.zeros(3, 5, 2), torch.zeros(3, 5, 1))
-    with pytest.raises(ValueError, match=r"needs targets y"):
+    with pytest.raises(ValueError, match=r"needs labels y \(the target series .* got y=None"):
         rule.update(model, torch.zeros(2, 5, 2), None)
     with pytest.raises(ValueError, match=r"input series \(batch, steps, 2\)"):
         run(model, Condition(torch.zeros(2, 2)), steps=3, dt=1.0)

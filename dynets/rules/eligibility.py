@@ -97,9 +97,10 @@ class EligibilityTrace(Rule):
         """
         self.check_model(model)
         if y is None or y.shape[:2] != x.shape[:2] or torch.isnan(y).all():
-            raise ValueError(f"{type(self).__name__} needs targets y (batch, steps, out_features) on the input's "
-                             f"grid, NaN where not scored, with some scored steps; got "
-                             f"{None if y is None else tuple(y.shape)} for x {tuple(x.shape)}")
+            got = "None" if y is None else f"of shape {tuple(y.shape)}"
+            raise ValueError(f"{type(self).__name__} needs labels y (the target series (batch, steps, out_features) "
+                             f"on the input's grid, NaN where not scored, with some scored steps); got y={got} for x "
+                             f"of shape {tuple(x.shape)}")
         kind = torch.zeros(len(x), dtype=torch.long) if kind is None else kind.long().cpu()
         xi = self.perturbations(model, *x.shape[:2])
         path = run(model, Condition(x, noise={0: xi}), model.trial_start(len(x), self.generator),
