@@ -29,6 +29,11 @@ class EligibilityTrace(Rule):
       the recurrent input causes, which carry no information about the reward;
     - ``fiete_seung`` (Fiete & Seung 2006): e_ij = Σ_t ξ_i(t)·r_j(t), the perturbation itself.
 
+    With E − Ē the error's change a perturbation caused, E[(E − Ē)·e] ∝ ∂E/∂W to first order in ξ
+    for ``fiete_seung`` (measured: cosine 0.995–0.998 with autograd through the trial over 4000
+    trials, ``tests/test_eligibility.py``); ``miconi`` approximates it only where the kicks dominate
+    the recurrent fluctuations (0.76–0.80 with kicks of 0.6, negative with kicks of 0.06).
+
     At the end of the trial the error E = mean |output − target| over the scored steps (the reward
     is R = −E) against a running mean Ē per trial type (Ē ← b·Ē + (1−b)·E after each trial,
     b = ``baseline_decay``) gives ΔW_ij = −η·s·e_ij·(E − Ē) = η·s·e_ij·(R − R̄), clipped to
