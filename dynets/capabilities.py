@@ -341,6 +341,26 @@ class Saturating(Protocol):
 
 
 @runtime_checkable
+class FreeRunning(Protocol):
+    """A network that runs for a fixed trial instead of settling: a task's time series in, a
+    trajectory out (:func:`dynets.trajectory.run`).
+
+    ``trial_step()`` is Δt, the step of the input series and of the integration;
+    ``trial_start(batch, generator)`` the state a trial starts from; ``perturbable()`` a ``(units,)``
+    mask, 1 where perturbations ``noise[0]`` ``(batch, steps, units)`` reach the drive;
+    ``rates(state)`` the rates r ``(..., units)`` of potentials ``(..., units)``. Its recurrent
+    weights are the parameter ``weight`` ``(networks, units, units)`` (post × pre): one matrix
+    shared by every row of a batch, or one per row. Used by
+    :class:`~dynets.rules.EligibilityTrace`.
+    """
+
+    def trial_step(self) -> float: ...
+    def trial_start(self, batch: int, generator: torch.Generator) -> State: ...
+    def perturbable(self) -> torch.Tensor: ...
+    def rates(self, state: State) -> torch.Tensor: ...
+
+
+@runtime_checkable
 class Stateful(Protocol):
     """State carried between steps (a rule's chains, stop rule, sleep credit).
 

@@ -27,8 +27,10 @@ CONFIGS = ROOT / "configs"
 
 # configs/sweep holds wandb sweep files, checked by test_sweeps.py; configs/search Optuna searches and
 # configs/hydra hydra's launchers, checked by test_cluster.py; configs/memory the recall study's memories
-# (test_every_memory_builds).
-GROUPS = sorted(p.name for p in CONFIGS.iterdir() if p.is_dir() and p.name not in ("sweep", "search", "hydra", "memory"))
+# (test_every_memory_builds); configs/trial the eligibility study's network, rule and task
+# (test_eligibility.test_the_study_config_builds).
+GROUPS = sorted(p.name for p in CONFIGS.iterdir()
+                if p.is_dir() and p.name not in ("sweep", "search", "hydra", "memory", "trial"))
 
 
 def options(group):

@@ -9,12 +9,12 @@ import dynets.rules
 from dynets import Condition, SettleOptions
 from dynets.app.fit import fit
 from dynets.data import Dataset, Split, digits, unlabelled
-from dynets.models import (Asymmetric, BoltzmannMachine, BurstNetwork, DendriticMicrocircuit, Helmholtz, LayeredHopfield, PredictiveCoding,
-                           ReadBackHopfield)
+from dynets.models import (Asymmetric, BoltzmannMachine, BurstNetwork, DendriticMicrocircuit, Helmholtz, LayeredHopfield,
+                           PredictiveCoding, RateRNN, ReadBackHopfield)
 from dynets.models.memory import AssociativeMemory
 from dynets.rules import (Backprop, BackpropThroughTime, BoltzmannLearning, Burstprop, ContrastiveHebbian, DendriticSleep,
-                          DifferenceTargetPropagation, EquilibriumPropagation, FeedbackAlignment, HebbianSleep,
-                          HebbianStorage, ImplicitDifferentiation, KolenPollack, NodePerturbation,
+                          DifferenceTargetPropagation, EligibilityTrace, EquilibriumPropagation, FeedbackAlignment,
+                          HebbianSleep, HebbianStorage, ImplicitDifferentiation, KolenPollack, NodePerturbation,
                           PredictiveCodingRule, Rule, SleepInterleaved, UrbanczikSenn, Update, VectorFieldEP, WakeSleep,
                           WeightMirror, WeightPerturbation, write_grads)
 
@@ -28,6 +28,10 @@ def batch(kind="real", n=6, features=4):
         x = (x > 0.5).double()
     elif kind == "spins":
         x = torch.where(x > 0.5, 1.0, -1.0).double()
+    elif kind == "series":   # a free-running trial: input and target series, the target scored at the end
+        y = torch.full((n, 20, 1), float("nan"), dtype=torch.float64)
+        y[:, -5:] = 0.5
+        return torch.rand(n, 20, 2, generator=g, dtype=torch.float64), y
     return x, torch.randint(0, 3, (n,), generator=g)
 
 
@@ -63,6 +67,8 @@ CASES = {
     UrbanczikSenn: (settled(UrbanczikSenn), microcircuit, "real", True),
     DendriticSleep: (settled(DendriticSleep), microcircuit, "real", False),
     Burstprop: (settled(Burstprop), lambda: BurstNetwork([4, 5, 3], feedback_mode="learned").double(), "real", True),
+    EligibilityTrace: (lambda: EligibilityTrace(warmup=0, scale_by_baseline=False),
+                       lambda: RateRNN(units=8, tau=5.0, bias=(1.0,)).double(), "series", True),
 }
 
 

@@ -11,9 +11,10 @@ from .helmholtz import Helmholtz
 from .hopfield import ACTIVATIONS, LayeredHopfield
 from .memory import AssociativeMemory, DenseAssociativeMemory
 from .pc import PredictiveCoding
+from .rate_rnn import RateRNN
 from .readback import ReadBackHopfield
 
 __all__ = ["DynamicalModel", "EnergyModel", "LayeredHopfield", "ACTIVATIONS", "PredictiveCoding", "Helmholtz",
            "BoltzmannMachine", "AssociativeMemory", "DenseAssociativeMemory", "Asymmetric", "ReadBackHopfield",
            "ConvHopfield", "ConvPredictiveCoding", "ConvAsymmetric", "DendriticMicrocircuit",
-           "BurstNetwork"]
+           "BurstNetwork", "RateRNN"]

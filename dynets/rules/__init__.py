@@ -7,6 +7,7 @@ from .burstprop import Burstprop
 from .chl import ContrastiveHebbian
 from .dendritic import DendriticSleep, UrbanczikSenn
 from .dtp import DifferenceTargetPropagation
+from .eligibility import EligibilityTrace
 from .ep import EquilibriumPropagation
 from .interleave import SleepInterleaved
 from .feedback import FeedbackAlignment, KolenPollack, VectorFieldEP, WeightMirror
@@ -22,4 +23,4 @@ __all__ = ["Rule", "Update", "Backprop", "ContrastiveHebbian", "EquilibriumPropa
            "WeightPerturbation", "VectorFieldEP", "FeedbackAlignment", "KolenPollack", "WeightMirror",
            "DifferenceTargetPropagation", "SleepInterleaved", "RecognitionDelta", "RecognitionExact",
            "RecognitionNodePerturbation", "RecognitionWeightPerturbation", "UrbanczikSenn", "DendriticSleep",
-           "Burstprop", "write_grads"]
+           "Burstprop", "EligibilityTrace", "write_grads"]
