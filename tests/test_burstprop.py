@@ -176,3 +176,15 @@ def test_noise_on_the_events_drive_is_a_shifted_bias():
     for a, b in zip(noisy, shifted):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
     assert not torch.allclose(noisy[0], torch.sigmoid(model.layers[0](x) - xi))   # ξ moved the state
+
+
+def test_backprop_on_a_net_with_learned_feedback_leaves_the_feedback_alone():
+    """rule=backprop on BurstNetwork(feedback_mode=learned): the feedback weights B are trainable
+    but not in the feed-forward loss, so they get no gradient; the forward weights get the
+    plain MLP's gradient by autograd."""
+    from dynets.rules import Backprop
+    model, (x, y) = network(feedback_mode="learned"), batch()
+    grads, exact = Backprop().update(model, x, y).grads, backprop(model, x, y)
+    assert set(grads) == set(exact)
+    for name, g in exact.items():
+        torch.testing.assert_close(grads[name], g, rtol=1e-12, atol=1e-14)

@@ -12,8 +12,8 @@ class Backprop(Rule):
     r"""Plain backprop for a model whose free equilibrium is a feedforward pass
     (``PredictiveCoding``, discriminative: with the output free every error is zero at
     equilibrium, so s_l = W_l f(s_{l−1}) + b_l layer by layer): the update is ∂L/∂θ by
-    autograd of L = mean_b C(feedforward(x), y), for the parameters that require a gradient
-    (Rumelhart, Hinton & Williams 1986). No settle: it is the feedforward net of the same
+    autograd of L = mean_b C(feedforward(x), y), for the parameters that require a gradient and
+    take part in the pass (Rumelhart, Hinton & Williams 1986). No settle: it is the feedforward net of the same
     sizes that every local rule is compared with. The model must have
     ``feedforward(condition) -> State`` (capability :class:`~dynets.capabilities.FeedForward`).
     """
@@ -26,5 +26,6 @@ class Backprop(Rule):
             state = model.feedforward(condition)
             loss = model.cost(state, condition).mean()
             names, params = zip(*model.trained_parameters())
-            grads = torch.autograd.grad(loss, params)
-        return Update(dict(zip(names, grads)), {**readout(model, state, condition, y), "steps_free": 0, "converged": 1.0})
+            # Trained weights outside the feed-forward pass (learned feedback) get no gradient.
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+        return Update({n: g for n, g in zip(names, grads) if g is not None}, {**readout(model, state, condition, y), "steps_free": 0, "converged": 1.0})
