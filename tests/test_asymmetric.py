@@ -155,6 +155,25 @@ def test_weight_mirror_sleep_update_is_b_minus_w_transpose_on_average_and_lowers
     assert min(before) > 60 and max(model.feedback_angles()) < 15, (before, model.feedback_angles())
 
 
+def test_weight_mirror_pretrain_mirrors_w_before_the_first_wake_step_and_only_once():
+    model, x, y = problem("learned")
+    rule = WeightMirror(samples=20_000, sigma=0.5, seed=0, pretrain=20, settle=TIGHT)
+    before = model.feedback_angles()
+    grads = rule.update(model, x, y).grads
+    pretrained = [b.detach().clone() for b in model.feedback]
+    # 20 sleeps of 2e4 patterns: B within a few degrees of Wᵀ (the sleep estimate's definition)
+    assert min(before) > 60 and max(model.feedback_angles()) < 3, (before, model.feedback_angles())
+    wake = WeightMirror(samples=10, seed=1, settle=TIGHT).update(model, x, y).grads   # B as pre-trained
+    for name, g in wake.items():
+        if not name.startswith("feedback."):
+            torch.testing.assert_close(grads[name], g, rtol=1e-9, atol=1e-12)
+    rule.update(model, x, y)
+    assert all(torch.equal(a, b) for a, b in zip(pretrained, model.feedback))   # not pre-trained again
+    resumed = WeightMirror(pretrain=20)
+    resumed.load_state_dict(rule.state_dict())
+    assert resumed.pretrained
+
+
 def test_difference_correction_returns_the_free_state_when_the_output_target_is_the_output():
     model, x, y = problem("learned")
     c = model.prepare(Condition(x))

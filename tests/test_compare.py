@@ -163,7 +163,8 @@ def test_every_row_of_the_conv_table_trains_the_same_conv_net_on_images():
     digits' (1, 8, 8) images: 3×3 convolutions to 16 and 32 channels, each halving the map by 2×2 pooling
     (8 → 4 → 2), so the read-out sees 32·2·2 = 128 inputs; the EP rows are its three variants. The
     asymmetric-feedback rows train ConvAsymmetric, the same forward net with average pooling (max-pooling
-    does not settle with random feedback), B fixed (fa, vfep) or learned (kp, mirror); the others max-pool."""
+    does not settle with random feedback), B fixed (fa, vfep) or learned (kp, mirror); the others max-pool,
+    and so does the mirror, whose B is pre-trained to Wᵀ before W learns."""
     from pathlib import Path
     from hydra import compose, initialize_config_dir
     script = _script()
@@ -181,7 +182,7 @@ def test_every_row_of_the_conv_table_trains_the_same_conv_net_on_images():
         forward = [tuple(p.shape) for n, p in model.named_parameters() if not n.startswith("feedback.")]
         assert model.in_shape == data.sample_shape == (1, 8, 8), name
         assert forward == want, name
-        pools = ["avg", "avg"] if name in asymmetric else ["max", "max"]
+        pools = ["avg", "avg"] if name in asymmetric and name != "mirror" else ["max", "max"]
         assert [m.pool for m in model.modules() if isinstance(m, dynets.couplings.Conv)] == pools, name
         assert row.optimizer(list(model.parameters())).defaults["lr"] == cfg.rules[name].lr, name
         expected = (dynets.models.ConvPredictiveCoding if name in ("bp", "pc") else
@@ -189,6 +190,8 @@ def test_every_row_of_the_conv_table_trains_the_same_conv_net_on_images():
         assert type(model) is expected, name
         if name in asymmetric:
             assert model.feedback_mode == asymmetric[name], name
+        if getattr(model, "softmax", False):   # a softmax read-out is trained through the cross-entropy
+            assert isinstance(rule.cost, dynets.costs.CrossEntropy), name
         if isinstance(rule, EquilibriumPropagation):
             variants.add(rule.variant)
     assert variants == {"centered", "positive", "negative"}

@@ -193,22 +193,57 @@ class WeightMirror(_Nudged):
     written as B's gradient, so the optimizer drives B to mirror Wᵀ (the mean of ξ is
     zero, so the biases drop out).
 
+    With ``pretrain`` the mirror is trained before W learns (as Akrout et al. pre-train it): at
+    the first update B is set to the mean of ``pretrain`` sleeps' estimates, the fixed point
+    the sleep rule above reaches on those pretrain·samples patterns, so W's first wake step
+    already sends its error down through B ≈ Wᵀ. Whether it has happened is the rule's state
+    (:meth:`state_dict`): a resumed run does not pre-train again.
+
     Args:
+        beta: nudge strength β > 0 of the wake phases.
+        variant: ``centered`` (±β) or ``positive`` (0 and β).
         sigma: σ > 0 of the sleep noise (the estimate does not depend on it: it is scaled out).
         samples: noise patterns per sleep (the estimate's noise falls as 1/√samples).
         seed: seed of the rule's ``generator`` (checkpointed).
+        pretrain: sleeps averaged into B before the first wake update (0: none, B starts
+            where the model drew it).
+        settle: settle options of every phase.
+        cost: the cost the output is nudged by (default the squared error).
+        allow_unconverged: see :class:`~dynets.rules.base.Rule`.
     """
 
     needs_learned_feedback = True
 
     def __init__(self, beta: float = 0.5, variant: str = "centered", sigma: float = 1.0, samples: int = 1000,
-                 seed: int = 0, settle: SettleOptions | None = None, cost: Cost | None = None,
+                 seed: int = 0, pretrain: int = 0, settle: SettleOptions | None = None, cost: Cost | None = None,
                  allow_unconverged: bool = False) -> None:
         super().__init__(beta, variant, settle, cost, allow_unconverged)
-        if not sigma > 0 or int(samples) < 1:
-            raise ValueError(f"sigma must be > 0 and samples >= 1, got sigma={sigma}, samples={samples}")
-        self.sigma, self.samples = float(sigma), int(samples)
+        if not sigma > 0 or int(samples) < 1 or int(pretrain) < 0:
+            raise ValueError(f"sigma must be > 0, samples >= 1 and pretrain >= 0, got sigma={sigma}, "
+                             f"samples={samples}, pretrain={pretrain}")
+        self.sigma, self.samples, self.pretrain, self.pretrained = float(sigma), int(samples), int(pretrain), False
         self.generator = torch.Generator().manual_seed(int(seed))
+
+    def state_dict(self) -> dict:
+        """Whether B has been pre-trained (a resumed run must not pre-train it again)."""
+        return {"pretrained": self.pretrained}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""
+        self.pretrained = bool(state["pretrained"])
+
+    def update(self, model: Asymmetric, x: torch.Tensor, y: torch.Tensor | None = None) -> Update:
+        """Pre-train B (once, with ``pretrain``), then the wake update and one sleep."""
+        if self.pretrain and not self.pretrained:
+            self.mirror_pretrain(model)
+        return super().update(model, x, y)
+
+    def mirror_pretrain(self, model: Asymmetric) -> None:
+        """Set B to the mean of ``pretrain`` sleeps' estimates of Wᵀ (drawn by the rule's generator)."""
+        self.check_model(model)
+        sleeps = [model.mirror_sleep(self.sigma, self.samples, self.generator) for _ in range(self.pretrain)]
+        model.set_feedback([torch.stack(per_b).mean(0) for per_b in zip(*sleeps)])
+        self.pretrained = True
 
     def sleep_grads(self, model: Asymmetric) -> dict[str, torch.Tensor]:
         """One sleep: ``{"feedback.<l>": B_l − (the model's mirror estimate of what B_l stands
