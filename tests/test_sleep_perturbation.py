@@ -202,3 +202,14 @@ def test_the_configs_select_the_learners_in_wake_sleep_or_both():
     for overrides, (sleep, wake) in cases.items():
         rule = build(composed([*base, *overrides]))[2]
         assert type(rule.sleep_learner) is sleep and type(rule.wake_learner) is wake, overrides
+
+
+def test_sleep_and_wake_learners_from_one_config_draw_independent_noise():
+    """Perturbation in both phases from one config file (both learners seeded by ${seed}): the two
+    learners' noise streams differ, else the wake and the sleep estimates would share their probes."""
+    rule = build(composed(["rule=sleep", "model=helmholtz", "data=bars", "trainer.device=cpu",
+                           "rule/sleep_learner=node_perturbation",
+                           "rule/sleep_learner@rule.wake_learner=node_perturbation"]))[2]
+    sleep = torch.randn(64, generator=rule.sleep_learner.generator)
+    wake = torch.randn(64, generator=rule.wake_learner.generator)
+    assert torch.corrcoef(torch.stack([sleep, wake]))[0, 1].abs() < 0.5

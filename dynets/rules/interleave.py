@@ -60,6 +60,15 @@ def prior_code(model, n: int, noise: float, generator: torch.Generator) -> torch
     return mean.detach() + noise * xi.to(mean.device)
 
 
+def _independent_noise(sleep_learner, wake_learner) -> None:
+    """Reseed the wake learner's generator to its seed + 1 when it starts as the sleep learner's
+    (both built from one config file, seeded by ``${seed}``): shared probes would correlate the
+    wake and the sleep estimates."""
+    streams = [getattr(learner, "generator", None) for learner in (sleep_learner, wake_learner)]
+    if None not in streams and streams[0].initial_seed() == streams[1].initial_seed():
+        streams[1].manual_seed(streams[1].initial_seed() + 1)
+
+
 class SleepInterleaved(Rule):
     r"""A wake rule with sleep phases interleaved: after each wake step, ``ratio`` sleep steps on
     average (a fractional ratio carries over: 0.5 sleeps after every second wake step); the
@@ -96,7 +105,7 @@ class SleepInterleaved(Rule):
             ``sleep(model, dream) -> (grads, metrics)``; ``None``: the delta rule, as
             :class:`~dynets.rules.recognition.RecognitionDelta`).
         wake_learner: what learns R from the wake batch (``wake(model, x) -> (grads, metrics)``),
-            or ``None``.
+            or ``None``; if its generator has the sleep learner's seed, it is reseeded to seed + 1.
     """
 
     def __init__(self, wake: Rule, ratio: float = 1.0, start: str = "prior", noise: float = 1.0,
@@ -111,6 +120,7 @@ class SleepInterleaved(Rule):
         check_learner(wake_learner, "wake")
         self.sleep_learner, self.wake_learner, self.credit = sleep_learner, wake_learner, 0.0
         self.generator = torch.Generator().manual_seed(seed)
+        _independent_noise(sleep_learner, wake_learner)
         for prefix, owner in (("wake", wake), ("sleep_learner", sleep_learner), ("wake_learner", wake_learner)):
             for name, g in (generators(owner) if owner is not None else {}).items():   # checkpointed with ours
                 setattr(self, f"{prefix}_{name}", g)
