@@ -18,7 +18,41 @@ from .base import Rule, Update
 from .reference import ImplicitDifferentiation
 
 
-class _Perturbation(Rule):
+class Probes:
+    """Noise scale, probes, antithetic pairs and the generator of a perturbation estimate
+    (:class:`_Perturbation`'s rules and the recognition learners of :mod:`dynets.rules.recognition`).
+
+    Args:
+        sigma: noise scale σ > 0.
+        n_probes: K ≥ 1 independent draws per step.
+        antithetic: evaluate each draw at ±ξ (else against the cost without noise).
+        seed: seed of the ``generator`` (checkpointed with the rule that holds it).
+    """
+
+    def __init__(self, sigma: float, n_probes: int, antithetic: bool, seed: int) -> None:
+        if not sigma > 0:
+            raise ValueError(f"sigma must be > 0 (the noise scale), got {sigma}")
+        if int(n_probes) != n_probes or n_probes < 1:
+            raise ValueError(f"n_probes must be an integer >= 1, got {n_probes}")
+        self.sigma, self.n_probes, self.antithetic = float(sigma), int(n_probes), bool(antithetic)
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    @property
+    def signs(self) -> tuple[float, ...]:
+        """The signs each draw is evaluated at: (+1, −1) antithetic, else (+1,)."""
+        return (1.0, -1.0) if self.antithetic else (1.0,)
+
+    def noise(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """σ·z, z ~ N(0, I) from the (CPU) generator, on ``like``'s device and dtype."""
+        z = torch.randn(shape, generator=self.generator, dtype=like.dtype)
+        return z.to(like.device).mul_(self.sigma)
+
+    def delta(self, costs: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+        """δC from ``costs`` ``(signs, ...)`` and the cost without noise ``base``."""
+        return 0.5 * (costs[0] - costs[1]) if self.antithetic else costs[0] - base
+
+
+class _Perturbation(Rule, Probes):
     r"""What both perturbation rules share. With ξ = σ·z, z ~ N(0, I), and δC the change of
     the cost at equilibrium it causes, the estimate of a gradient g is
 
@@ -49,14 +83,9 @@ class _Perturbation(Rule):
     def __init__(self, sigma: float = 0.05, n_probes: int = 1, antithetic: bool = True, seed: int = 0,
                  exact_cosine: bool = False, settle: SettleOptions | None = None, cost: Cost | None = None,
                  allow_unconverged: bool = False) -> None:
-        super().__init__(settle, cost, allow_unconverged)
-        if not sigma > 0:
-            raise ValueError(f"sigma must be > 0 (the noise scale), got {sigma}")
-        if int(n_probes) != n_probes or n_probes < 1:
-            raise ValueError(f"n_probes must be an integer >= 1, got {n_probes}")
-        self.sigma, self.n_probes, self.antithetic = float(sigma), int(n_probes), bool(antithetic)
+        Rule.__init__(self, settle, cost, allow_unconverged)
+        Probes.__init__(self, sigma, n_probes, antithetic, seed)
         self.exact_cosine = bool(exact_cosine)
-        self.generator = torch.Generator().manual_seed(int(seed))
 
     @abstractmethod
     def estimate(self, model: DynamicalModel, condition: Condition, free: Equilibrium) -> tuple[dict[str, torch.Tensor], int]:
@@ -71,19 +100,6 @@ class _Perturbation(Rule):
         if self.exact_cosine:
             metrics["cosine_exact"] = _cosine(grads, exact) if exact is not None else float("nan")
         return Update(grads, metrics)
-
-    @property
-    def signs(self) -> tuple[float, ...]:
-        return (1.0, -1.0) if self.antithetic else (1.0,)
-
-    def noise(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-        """σ·z, z ~ N(0, I) from the rule's (CPU) generator, on ``like``'s device and dtype."""
-        z = torch.randn(shape, generator=self.generator, dtype=like.dtype)
-        return z.to(like.device).mul_(self.sigma)
-
-    def delta(self, costs: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
-        """δC from ``costs`` ``(signs, ...)`` and the free equilibrium's ``base``."""
-        return 0.5 * (costs[0] - costs[1]) if self.antithetic else costs[0] - base
 
 
 class NodePerturbation(_Perturbation):

@@ -30,6 +30,7 @@ from __future__ import annotations
 import torch
 
 from ..models.helmholtz import Helmholtz, bernoulli_log_prob
+from .perturbation import Probes
 from .wake_sleep import WakeSleep
 
 Weights = list[tuple[torch.Tensor, torch.Tensor]]
@@ -128,8 +129,9 @@ class RecognitionExact(RecognitionLearner):
         return _named(list(zip(flat[::2], flat[1::2]))), {}
 
 
-class _Perturbed(RecognitionLearner):
-    """Noise scale, probes, antithetic pairs and the generator of a perturbation learner.
+class _Perturbed(Probes, RecognitionLearner):
+    """A perturbation learner of R: :class:`~dynets.rules.perturbation.Probes`' noise, probes and
+    generator.
 
     Args:
         sigma: noise scale σ > 0.
@@ -139,21 +141,7 @@ class _Perturbed(RecognitionLearner):
     """
 
     def __init__(self, sigma: float = 0.05, n_probes: int = 4, antithetic: bool = True, seed: int = 0) -> None:
-        if not sigma > 0 or int(n_probes) != n_probes or n_probes < 1:
-            raise ValueError(f"need sigma > 0 and an integer n_probes >= 1; got sigma={sigma}, n_probes={n_probes}")
-        self.sigma, self.n_probes, self.antithetic = float(sigma), int(n_probes), bool(antithetic)
-        self.generator = torch.Generator().manual_seed(int(seed))
-
-    def draw(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-        """σ·z, z ~ N(0, I), from the learner's generator."""
-        return torch.randn(shape, generator=self.generator, dtype=like.dtype).to(like.device) * self.sigma
-
-    def signs(self) -> torch.Tensor:
-        return torch.tensor([1.0, -1.0] if self.antithetic else [1.0])
-
-    def delta(self, costs: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
-        """δC from ``costs`` ``(signs, ...)`` and the cost without noise."""
-        return 0.5 * (costs[0] - costs[1]) if self.antithetic else costs[0] - base
+        super().__init__(sigma, n_probes, antithetic, seed)
 
 
 class RecognitionNodePerturbation(_Perturbed):
@@ -171,8 +159,8 @@ class RecognitionNodePerturbation(_Perturbed):
     def grads(self, model: Helmholtz, phase: str, data) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         weights = recognition_weights(model)
         inputs, base = recognition_cost(model, phase, data, weights)
-        batch, signs = base.shape[-1], self.signs().to(base)
-        xi = [self.draw((self.n_probes, batch, W.shape[0]), W) for W, _ in weights]
+        batch, signs = base.shape[-1], torch.tensor(self.signs).to(base)
+        xi = [self.noise((self.n_probes, batch, W.shape[0]), W) for W, _ in weights]
         costs = recognition_cost(model, phase, data, weights, [signs.view(-1, 1, 1, 1) * v for v in xi])[1]
         delta = self.delta(costs, base)                                   # (K, B)
         ok = torch.isfinite(delta)
@@ -198,9 +186,9 @@ class RecognitionWeightPerturbation(_Perturbed):
         sums = [(torch.zeros_like(W), torch.zeros_like(b)) for W, b in weights]
         used = 0
         for _ in range(self.n_probes):
-            xi = [(self.draw(W.shape, W), self.draw(b.shape, b)) for W, b in weights]
+            xi = [(self.noise(W.shape, W), self.noise(b.shape, b)) for W, b in weights]
             costs = torch.stack([recognition_cost(model, phase, data, [(W + s * a, b + s * c) for (W, b), (a, c)
-                                                                       in zip(weights, xi)])[1] for s in self.signs()])
+                                                                       in zip(weights, xi)])[1] for s in self.signs])
             delta = self.delta(costs, base)
             ok = torch.isfinite(delta)
             if ok.any():
