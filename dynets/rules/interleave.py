@@ -12,6 +12,7 @@ from ..sampling import sample
 from ..settle import SettleOptions
 from ..phases import Condition
 from .base import Rule, Update, generators
+from .recognition import RecognitionDelta
 from .wake_sleep import WakeSleep
 
 STARTS = ("prior", "replay")
@@ -195,8 +196,7 @@ class SleepInterleaved(Rule):
         dream = sample(model, condition, model.prior_state(condition), method="gibbs", sweeps=1).state
         if self.sleep_learner is not None:
             return self.sleep_learner.sleep(model, dream)
-        layers = [h[None] for h in dream]
-        return WakeSleep.recognition_grads(model, layers, layers[0].new_ones(1, len(dream[0]))), {}
+        return RecognitionDelta().grads(model, "sleep", dream)
 
     def state_dict(self) -> dict[str, Any]:
         """The sleep credit carried over (the generators are checkpointed as attributes)."""
