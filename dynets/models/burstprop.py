@@ -135,14 +135,17 @@ class BurstNetwork(DynamicalModel):
         """Gauss–Seidel blocks down the cascade: e_1, ..., e_N, then p_N, ..., p_1 (one sweep at
         Δt = 1 reaches the steady state)."""
         self.check_condition(condition)
-        order = [2 * l for l in range(self.n)] + [2 * l + 1 for l in reversed(range(self.n))]
-        return [((i,), lambda s, i=i: self._targets(s, condition, (i,))) for i in order]
+        return [((i,), lambda s, i=i: self._targets(s, condition, (i,))) for i in self._cascade()]
+
+    def _cascade(self) -> list[int]:
+        """The state indices in the order one sweep reaches the steady state: events up, bursts down."""
+        return [2 * l for l in range(self.n)] + [2 * l + 1 for l in reversed(range(self.n))]
 
     def feedforward(self, condition: Condition) -> State:
         """The steady state of ``condition`` in closed form: the events up, then the bursts down."""
         self.check_condition(condition)
         state = list(self.init_state(condition))
-        for i in [2 * l for l in range(self.n)] + [2 * l + 1 for l in reversed(range(self.n))]:
+        for i in self._cascade():
             state[i] = self._targets(tuple(state), condition, (i,))[0]
         return tuple(state)
 
