@@ -154,7 +154,7 @@ def settle(model: Dynamical, condition: Condition, init: State | None = None, *,
     if isinstance(model, ChecksCondition):
         model.check_condition(condition)
     with torch.no_grad():
-        state = _initial(model, condition, init)
+        state = initial_state(model, condition, init)
         if opts.stability:
             rho = spectral_radius(phase_field(model, condition), state)
             opts = replace(opts, step_size=min(opts.step_size, opts.stability * 2 / rho))
@@ -197,9 +197,14 @@ def spectral_radius(f: VectorField, state: State, iterations: int = 20) -> float
     return max(norm(v).item(), 1e-12)
 
 
-def _initial(model: Dynamical, condition: Condition, init: State | None) -> State:
-    """``init`` (default: the rest state) with the clamped layers set to their values;
-    ``init`` must have the layers and shapes of the rest state."""
+def initial_state(model: Dynamical, condition: Condition, init: State | None) -> State:
+    """The state a run under ``condition`` starts from (a settle's, a trajectory's).
+
+    Args:
+        model: the network (its ``init_state`` is the rest state).
+        condition: the phase; its clamped layers are set to their values.
+        init: the start, with the layers and shapes of the rest state (``None``: the rest state).
+    """
     rest = model.init_state(condition)
     if init is not None:
         init = tuple(init)

@@ -16,7 +16,7 @@ from torchdiffeq import odeint
 
 from .capabilities import ChecksCondition, Dynamical
 from .phases import Condition, DivergedError, State
-from .settle import FIXED_GRID, _initial
+from .settle import FIXED_GRID, initial_state
 from .steppers import phase_field
 
 METHODS = ("fast_euler",) + FIXED_GRID
@@ -68,7 +68,7 @@ def run(model: Dynamical, condition: Condition, init: State | None = None, *, st
     if isinstance(model, ChecksCondition):
         model.check_condition(condition)
     with torch.no_grad():
-        state = _initial(model, condition, init)
+        state = initial_state(model, condition, init)
         f = phase_field(model, condition)
         t = torch.arange(steps + 1, dtype=state[0].dtype, device=state[0].device) * dt
         states = _euler(f, state, t, dt) if method == "fast_euler" else odeint(f, state, t, method=method)

@@ -11,7 +11,7 @@ from dynets.costs import CrossEntropy
 from dynets.models import Asymmetric, LayeredHopfield, PredictiveCoding
 from dynets.models.fused import LayeredSweeps, PredictiveCodingSweeps
 from dynets.rules import PredictiveCodingRule
-from dynets.settle import _fast_loop, _initial
+from dynets.settle import _fast_loop, initial_state
 from dynets.steppers import STEPPERS, GaussSeidel
 
 X, Y = torch.rand(16, 20, generator=torch.Generator().manual_seed(0)), torch.arange(16) % 5
@@ -22,7 +22,7 @@ def plain_and_fused(model, condition, init=None, step_size=1.0):
     options = SettleOptions(method="gauss_seidel", step_size=step_size, atol=1e-5, max_time=200)
     with torch.no_grad():
         stepper = GaussSeidel(model, condition, "off", torch.device("cpu"))
-        plain = _fast_loop(stepper, _initial(model, condition, init), options, False)
+        plain = _fast_loop(stepper, initial_state(model, condition, init), options, False)
     return plain, settle(model, condition, init, options=options)
 
 
