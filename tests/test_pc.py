@@ -39,7 +39,7 @@ def random_state(model, condition):
 
 
 @pytest.mark.parametrize("arrangement", ["discriminative", "generative"])
-@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "relu", "gelu"])
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "relu", "hard_sigmoid", "gelu"])
 def test_vector_field_is_minus_the_gradient_of_F(arrangement, activation):
     model, x, y = problem(arrangement, activation)
     for c in conditions(model, x, y):

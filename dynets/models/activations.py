@@ -85,6 +85,8 @@ PC_ACTIVATIONS = {
     "tanh": PredictionActivation(torch.tanh, lambda s, fs: 1 - fs * fs, 1.0),
     "sigmoid": PredictionActivation(torch.sigmoid, lambda s, fs: fs * (1 - fs), 0.25),
     "relu": PredictionActivation(torch.relu, lambda s, fs: (s > 0).to(s.dtype), 1.0),
+    # clip(s, 0, 1): the energy models' hard sigmoid, so that backprop can train the net EP trains.
+    "hard_sigmoid": PredictionActivation(lambda s: s.clamp(0.0, 1.0), lambda s, fs: ((s > 0) & (s < 1)).to(s.dtype), 1.0),
     # GELU, f(s) = s·Φ(s): relu-like but smooth, so the gradient flow does not chatter at a kink.
     # f' = Φ(s) + s·φ(s) peaks at s = √2: Φ(√2) + √2·φ(√2) = 1.1289.
     "gelu": PredictionActivation(torch.nn.functional.gelu,

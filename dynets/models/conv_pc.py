@@ -43,7 +43,7 @@ class CoupledPredictiveCoding(EnergyModel):
     Args:
         couplings: the maps between consecutive layers, input first (each one's
             ``out_shape`` the next one's ``in_shape``); the read-out is the last one's output.
-        activation: ``tanh``, ``sigmoid``, ``relu``, ``gelu`` or ``linear``.
+        activation: ``tanh``, ``sigmoid``, ``relu``, ``hard_sigmoid``, ``gelu`` or ``linear``.
 
     Parameters: ``layers.k.*``, the k-th coupling's (which predicts layer k+1 from layer k).
     """
@@ -286,7 +286,7 @@ class ConvPredictiveCoding(CoupledPredictiveCoding):
         paddings: each convolution's zero padding.
         pools: after each convolution, ``max``, ``avg`` or ``none``.
         fc: the sizes of the dense layers after the last convolution, the read-out last.
-        activation: ``tanh``, ``sigmoid``, ``relu``, ``gelu`` or ``linear``.
+        activation: ``tanh``, ``sigmoid``, ``relu``, ``hard_sigmoid``, ``gelu`` or ``linear``.
     """
 
     def __init__(self, in_size: int, channels: Sequence[int], kernels: Sequence[int], strides: Sequence[int],

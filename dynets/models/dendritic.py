@@ -48,7 +48,7 @@ class DendriticMicrocircuit(DynamicalModel):
 
     Args:
         sizes: ``[n_0 (input), n_1, ..., n_N (output)]``.
-        activation: φ, one of ``tanh``, ``sigmoid``, ``relu``, ``gelu``, ``linear``.
+        activation: φ, one of ``tanh``, ``sigmoid``, ``relu``, ``hard_sigmoid``, ``gelu``, ``linear``.
         g_l: leak conductance (>= 0).
         g_B: basal-to-soma conductance (> 0).
         g_A: apical-to-soma conductance (>= 0).

@@ -65,7 +65,7 @@ class PredictiveCoding(EnergyModel):
 
     Args:
         sizes: layer sizes, bottom (the input or the data) first.
-        activation: ``tanh``, ``sigmoid``, ``relu``, ``gelu`` or ``linear``.
+        activation: ``tanh``, ``sigmoid``, ``relu``, ``hard_sigmoid``, ``gelu`` or ``linear``.
         arrangement: ``discriminative`` or ``generative``.
 
     Parameters: ``layers.k`` (an ``nn.Linear``) makes the k-th prediction: of layer k+1
