@@ -21,22 +21,41 @@ self-supervised study's generative PC (784-1024 tanh, batch 64, after 50 unsuper
 inputs) settled by conjugate gradient against the Euler flow it used before, to the same atol 1e-3
 (dynets.studies.bench_genpc); backprop: the sigmoid autoencoder of the same sizes. dendritic: a taught settle of a
 self-predicting 784-500-10 microcircuit (relu, Gauss-Seidel) and its whole Urbanczik-Senn step against a backprop
-step of the same MLP (dynets.studies.dendritic.settle_cost). The last lines: one JSON object each.
+step of the same MLP (dynets.studies.dendritic.settle_cost). fashion_epochs (not in the default list: it trains
+for a minute and needs Fashion-MNIST): the main job's 3 epochs of centered EP on Fashion-MNIST (+experiment=fashion)
+and backprop through the same-size net with the same hard sigmoid, cost, batch and optimizer, one after the other,
+each epoch's time from the runs' metrics (dynets.studies.epoch_cost). The last lines: one JSON object each.
 """
 import argparse
 import json
+from pathlib import Path
 
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from dynets.studies.bench_families import FAMILIES, bench_family, label
 from dynets.studies.bench_genpc import bench_genpc
 from dynets.studies.bench_references import REFERENCES, bench_conv, bench_reference
 from dynets.studies.dendritic import settle_cost
+from dynets.studies.epoch_cost import epoch_cost
 from dynets.studies.speed_table import read_lines, speed_table
 
 CPU_CONFIGS = ["784,512,10:128", "784,1024,1024,10:128"]
 GPU_CONFIGS = ["784,512,10:128", "784,512,10:1024", "784,1024,1024,10:128", "784,1024,1024,10:1024"]
 ALL = [*REFERENCES, *FAMILIES, "conv", "genpc", "dendritic"]
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+FASHION = ["+experiment=fashion", "trainer.alignment=false", "logger=none"]
+# Backprop through the feed-forward net of the same sizes and hidden activation (PredictiveCoding's free phase).
+BACKPROP = ["model=pc", "model.activation=hard_sigmoid", "rule=backprop", "~rule.beta"]
+
+
+def fashion_configs(device: torch.device) -> dict[str, dict]:
+    """The composed configs of the main job's Fashion-MNIST run and of backprop on the same net."""
+    runs = {"ep": FASHION, "backprop": [*FASHION, *BACKPROP]}
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        return {name: OmegaConf.to_container(compose("train", overrides=[*o, f"trainer.device={device}"]),
+                                             resolve=True) for name, o in runs.items()}
 
 
 def bench(families: list[str], configs: list[str], device: torch.device, repeats: int, warmup: int) -> list[dict]:
@@ -53,7 +72,9 @@ def bench(families: list[str], configs: list[str], device: torch.device, repeats
                 results.append(bench_family(family, sizes, batch, device, repeats, warmup))
     results += bench_conv(128, device, repeats, warmup) if "conv" in families else []
     results += [settle_cost(device=device, repeats=repeats, warmup=warmup)] if "dendritic" in families else []
-    return results + ([bench_genpc([784, 1024], 64, device, repeats, warmup)] if "genpc" in families else [])
+    results += [bench_genpc([784, 1024], 64, device, repeats, warmup)] if "genpc" in families else []
+    return results + ([epoch_cost(fashion_configs(device), "fashion_epochs 784-512-10/b50")]
+                      if "fashion_epochs" in families else [])
 
 
 def main() -> None:
@@ -61,7 +82,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--configs", nargs="+", help="sizes:batch, e.g. 784,512,10:128 (default: 2 on CPU, 4 on GPU)")
     parser.add_argument("--repeats", type=int, default=20), parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--families", nargs="+", choices=ALL, default=ALL)
+    parser.add_argument("--families", nargs="+", choices=[*ALL, "fashion_epochs"], default=ALL)
     parser.add_argument("--out", help="also write the JSON lines to this file")
     parser.add_argument("--table", help="print the speed table of this file of JSON lines, and nothing else")
     args = parser.parse_args()

@@ -91,3 +91,15 @@ def test_the_readmes_speed_table_is_the_committed_bench_lines():
                       readme, re.S)
     assert found, "README.md has no generated speed table between its markers"
     assert found.group(2) == speed_table(read_lines(ROOT / found.group(1)))
+
+
+def test_the_epoch_benchs_backprop_run_is_the_main_jobs_but_for_the_rule_and_model_class():
+    """bench.py's fashion_epochs compares the main job's EP epoch with backprop on the same sizes,
+    hidden activation, data, batch, epochs, optimizer and seed: only the model class and rule differ."""
+    import sys
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench import fashion_configs
+    ep, bp = fashion_configs(CPU).values()
+    assert (bp["rule"]["_target_"], ep["rule"]["_target_"]) == ("dynets.rules.Backprop", "dynets.rules.EquilibriumPropagation")
+    assert bp["model"]["sizes"] == ep["model"]["sizes"] and bp["model"]["activation"] == ep["model"]["activation"]
+    assert {k: v for k, v in bp.items() if k not in ("model", "rule")} == {k: v for k, v in ep.items() if k not in ("model", "rule")}
