@@ -36,7 +36,8 @@ def sleep(cfg: DictConfig, model, inputs, held_out, target):
     slept, rule, tight = copy.deepcopy(model), instantiate(cfg.sleep.rule), instantiate(cfg.tight)
     optimizer = instantiate(cfg.sleep.optimizer)(slept.parameters())
     measure = lambda: {"cosine": study.apical_alignment(slept, held_out, target, cfg.beta, tight),
-                       "cosine_change": study.apical_alignment(slept, held_out, target, cfg.beta, tight, change=True)}
+                       "cosine_change": study.apical_alignment(slept, held_out, target, cfg.beta, tight, change=True),
+                       "distance": study.lateral_distance(slept, held_out)}
     curve = study.sleep_curve(slept, rule, optimizer, inputs, held_out, cfg.sleep.steps, cfg.sleep.batch,
                               cfg.sleep.every, tight, cfg.seed, measure, progress=log.info)
     return {"stopped": rule.stopped, "curve": curve}, slept

@@ -102,6 +102,31 @@ def apical_norm(model: DendriticMicrocircuit, x: torch.Tensor, options: SettleOp
     return torch.cat([v.flatten(1) for v in apical], 1).norm(dim=1).mean().item()
 
 
+def lateral_distance(model: DendriticMicrocircuit, x: torch.Tensor) -> list[dict[str, float]]:
+    """How far the lateral weights are from the analytic self-predicting ones (:meth:`~dynets.models.
+    DendriticMicrocircuit.self_predicting_`), per hidden layer k: ‖W_PI,k − W*_PI,k‖/‖W*_PI,k‖ and
+    ‖W_IP,k − W*_IP,k‖/‖W*_IP,k‖ over the live units only, those active on some input of ``x`` in
+    the feed-forward state (:meth:`~dynets.models.DendriticMicrocircuit.predicted_state`): the
+    columns of W_PI of live interneurons (the pyramids of layer k+1), the rows of W_IP of live
+    interneurons and its columns of live pyramids of layer k. A silent unit's weights never act.
+
+    Args:
+        model: the microcircuit.
+        x: inputs ``(batch, n_0)`` that decide which units live.
+
+    Returns:
+        ``[{"pi": d_PI, "ip": d_IP}, ...]``, bottom first.
+    """
+    ideal = copy.deepcopy(model).self_predicting_()
+    with torch.no_grad():
+        state = ideal.predicted_state(Condition(x))
+        live = [(state[2 * k] > 0).any(0) for k in range(model.n)]
+        rel = lambda w, w_star: ((w - w_star).norm() / w_star.norm()).item()
+        return [{"pi": rel(model.pi[k].weight[:, live[k + 1]], ideal.pi[k].weight[:, live[k + 1]]),
+                 "ip": rel(model.ip[k].weight[live[k + 1]][:, live[k]], ideal.ip[k].weight[live[k + 1]][:, live[k]])}
+                for k in range(model.n - 1)]
+
+
 def sleep_curve(model: DendriticMicrocircuit, rule: DendriticSleep, optimizer: torch.optim.Optimizer,
                 inputs: torch.Tensor, held_out: torch.Tensor, steps: int, batch: int, every: int,
                 options: SettleOptions, seed: int = 0, measure: Callable[[], dict] | None = None,
