@@ -130,7 +130,8 @@ def lateral_distance(model: DendriticMicrocircuit, x: torch.Tensor) -> list[dict
 def sleep_curve(model: DendriticMicrocircuit, rule: DendriticSleep, optimizer: torch.optim.Optimizer,
                 inputs: torch.Tensor, held_out: torch.Tensor, steps: int, batch: int, every: int,
                 options: SettleOptions, seed: int = 0, measure: Callable[[], dict] | None = None,
-                progress: Callable[[str], None] = print) -> list[dict]:
+                progress: Callable[[str], None] = print,
+                scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> list[dict]:
     """Sleep from the model's lateral weights: ``steps`` updates of ``rule`` on batches drawn from
     ``inputs`` (labels unused), each written by ``optimizer``; ‖v_A‖ on ``held_out`` every
     ``every`` steps and at the last. Stops early when the rule's stop rule does.
@@ -148,6 +149,7 @@ def sleep_curve(model: DendriticMicrocircuit, rule: DendriticSleep, optimizer: t
         seed: of the batches' draw.
         measure: called at each measurement; its dict joins the row (e.g. :func:`apical_alignment`'s cosines).
         progress: called with a line per measurement.
+        scheduler: of ``optimizer``'s learning rate, stepped after each update (``None``: constant).
 
     Returns:
         ``[{"step", "samples", "apical", "ratio", ...}, ...]``, ratio = ‖v_A‖ over its value at step 0.
@@ -164,6 +166,8 @@ def sleep_curve(model: DendriticMicrocircuit, rule: DendriticSleep, optimizer: t
         update = rule.update(model, inputs[torch.randint(len(inputs), (batch,), generator=gen)])
         write_grads(model, update.grads)
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
 
 
 def _path(model: DendriticMicrocircuit, condition: Condition, init: State | None, duration: float,
