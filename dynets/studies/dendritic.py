@@ -103,10 +103,11 @@ def apical_norm(model: DendriticMicrocircuit, x: torch.Tensor, options: SettleOp
 
 
 def lateral_distance(model: DendriticMicrocircuit, x: torch.Tensor) -> list[dict[str, float]]:
-    """How far the lateral weights are from the analytic self-predicting ones (:meth:`~dynets.models.
-    DendriticMicrocircuit.self_predicting_`), per hidden layer k: ‖W_PI,k − W*_PI,k‖/‖W*_PI,k‖ and
-    ‖W_IP,k − W*_IP,k‖/‖W*_IP,k‖ over the live units only, those active on some input of ``x`` in
-    the feed-forward state (:meth:`~dynets.models.DendriticMicrocircuit.predicted_state`): the
+    """How far the lateral weights are from the analytic self-predicting ones (W*, set by
+    :meth:`~dynets.models.DendriticMicrocircuit.self_predicting_`), per hidden layer k:
+    ‖W_PI,k − W*_PI,k‖/‖W*_PI,k‖ and ‖W_IP,k − W*_IP,k‖/‖W*_IP,k‖ over the live units only, those
+    with φ'(u) ≠ 0 (relu: u > 0) on some input of ``x`` in the feed-forward state
+    (:meth:`~dynets.models.DendriticMicrocircuit.predicted_state`): the
     columns of W_PI of live interneurons (the pyramids of layer k+1), the rows of W_IP of live
     interneurons and its columns of live pyramids of layer k. A silent unit's weights never act.
 
@@ -120,7 +121,7 @@ def lateral_distance(model: DendriticMicrocircuit, x: torch.Tensor) -> list[dict
     ideal = copy.deepcopy(model).self_predicting_()
     with torch.no_grad():
         state = ideal.predicted_state(Condition(x))
-        live = [(state[2 * k] > 0).any(0) for k in range(model.n)]
+        live = [(model.act.df(u, model.act.f(u)) != 0).any(0) for u in state[::2]]   # φ' > 0 somewhere
         rel = lambda w, w_star: ((w - w_star).norm() / w_star.norm()).item()
         return [{"pi": rel(model.pi[k].weight[:, live[k + 1]], ideal.pi[k].weight[:, live[k + 1]]),
                  "ip": rel(model.ip[k].weight[live[k + 1]][:, live[k]], ideal.ip[k].weight[live[k + 1]][:, live[k]])}
