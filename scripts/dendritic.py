@@ -35,11 +35,25 @@ def sleep(cfg: DictConfig, model, inputs, held_out, target):
     """Sleep from the model's random lateral weights; the curve (with the cosines) and the slept model."""
     slept, rule, tight = copy.deepcopy(model), instantiate(cfg.sleep.rule), instantiate(cfg.tight)
     optimizer = instantiate(cfg.sleep.optimizer)(slept.parameters())
-    measure = lambda: {"cosine": study.apical_alignment(slept, held_out, target, cfg.beta, tight),
-                       "cosine_change": study.apical_alignment(slept, held_out, target, cfg.beta, tight, change=True)}
+
+    def measure() -> dict:
+        out = {"distance": study.lateral_distance(slept, held_out)}
+        for beta in cfg.sleep.betas:
+            out[f"cosine_{beta}"] = study.apical_alignment(slept, held_out, target, beta, tight)
+            out[f"cosine_change_{beta}"] = study.apical_alignment(slept, held_out, target, beta, tight, change=True)
+        return out
+
     curve = study.sleep_curve(slept, rule, optimizer, inputs, held_out, cfg.sleep.steps, cfg.sleep.batch,
-                              cfg.sleep.every, tight, cfg.seed, measure, progress=log.info)
+                              cfg.sleep.every, tight, cfg.seed, measure, log.info, decay(cfg.sleep.decay, optimizer))
     return {"stopped": rule.stopped, "curve": curve}, slept
+
+
+def decay(cfg: DictConfig, optimizer):
+    """The learning rate constant for ``after`` updates, then times ``gamma`` every ``every`` (None: constant)."""
+    if cfg.after is None:
+        return None
+    after, every, gamma = int(cfg.after), int(cfg.every), float(cfg.gamma)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: gamma ** ((s - after) // every + 1) if s >= after else 1.0)
 
 
 def traces(cfg: DictConfig, model, x, target) -> dict:

@@ -15,6 +15,7 @@ from .activations import PC_ACTIVATIONS
 from .base import DynamicalModel
 
 Weights = dict[str, torch.Tensor]
+INTERNEURON_ERRORS = ("rate", "potential")
 
 
 class DendriticMicrocircuit(DynamicalModel):
@@ -60,11 +61,17 @@ class DendriticMicrocircuit(DynamicalModel):
         learn_down: whether the top-down weights W_down are trained.
         self_predicting: start in the self-predicting state (:meth:`self_predicting_`), as the
             paper's learning experiments do; ``False``: lateral weights drawn like the others (nn.Linear's init).
+        interneuron_error: the postsynaptic factor of W_IP's rule: ``rate``, φ(u_I) − φ(v̂_I) (the
+            paper's), or ``potential``, u_I − v̂_I, v̂_I = g_D/(g_l + g_D) v_I. Both vanish where
+            v̂_I = u_I, i.e. v_I = (g_l + g_D)/g_D · u_{k+1}, the analytic W_IP. With relu the rate
+            form has no gradient where soma and dendrite are both below threshold, so an interneuron
+            silent on every input stays silent while its pyramid fires (sleep from random lateral
+            weights leaves such units); the potential form, the same where both are above, revives it.
     """
 
     def __init__(self, sizes: list[int], activation: str = "relu", g_l: float = 0.1, g_B: float = 1.0,
                  g_A: float = 0.8, g_D: float = 1.0, g_som: float = 0.8, C: float = 2.0,
-                 learn_down: bool = False, self_predicting: bool = False) -> None:
+                 learn_down: bool = False, self_predicting: bool = False, interneuron_error: str = "rate") -> None:
         super().__init__()
         if len(sizes) < 2 or any(int(n) < 1 for n in sizes):
             raise ValueError(f"sizes must list >= 2 positive layer sizes, got {list(sizes)}")
@@ -72,7 +79,9 @@ class DendriticMicrocircuit(DynamicalModel):
             raise ValueError(f"unknown activation {activation!r}; valid: {', '.join(PC_ACTIVATIONS)}")
         self.g = _checked(g_l=g_l, g_B=g_B, g_A=g_A, g_D=g_D, g_som=g_som, C=C)
         self.sizes, self.activation, self.learn_down = [int(n) for n in sizes], activation, bool(learn_down)
-        self.act = PC_ACTIVATIONS[activation]
+        if interneuron_error not in INTERNEURON_ERRORS:
+            raise ValueError(f"unknown interneuron_error {interneuron_error!r}; valid: {', '.join(INTERNEURON_ERRORS)}")
+        self.act, self.interneuron_error = PC_ACTIVATIONS[activation], interneuron_error
         self.in_features, self.out_features, self.n = self.sizes[0], self.sizes[-1], len(self.sizes) - 1
         pairs = list(zip(self.sizes[1:-1], self.sizes[2:]))   # (n_k, n_{k+1}) of each hidden layer k
         self.up = nn.ModuleList(nn.Linear(a, b) for a, b in zip(self.sizes, self.sizes[1:]))
@@ -184,7 +193,8 @@ class DendriticMicrocircuit(DynamicalModel):
     @torch.no_grad()   # a local rule: no gradient flows through it
     def plasticity(self, state: State, condition: Condition, weights: Weights) -> Weights:
         """Urbanczik–Senn dW/dt, batch mean: (φ(u_k) − φ(ĝ_k v_B,k)) r_{k−1}ᵀ for W_up,
-        (φ(u_I) − φ(g_D/(g_l + g_D) v_I)) r_kᵀ for W_IP, −v_A φ(u_I)ᵀ for W_PI and, when learned,
+        (φ(u_I) − φ(g_D/(g_l + g_D) v_I)) r_kᵀ for W_IP (u_I − g_D/(g_l + g_D) v_I with
+        ``interneuron_error="potential"``), −v_A φ(u_I)ᵀ for W_PI and, when learned,
         (φ(u_k) − φ(W_down r_{k+1})) r_{k+1}ᵀ for W_down (which then learns to predict the layer
         below from the one above). Biases: the postsynaptic factor alone."""
         phi, b, g = self.act.f, state[0].shape[0], self.g
@@ -194,8 +204,8 @@ class DendriticMicrocircuit(DynamicalModel):
             out[f"up.{k}.weight"], out[f"up.{k}.bias"] = post.T @ rates[k] / b, post.mean(0)
         for k in range(self.n - 1):
             r_inter = phi(state[2 * k + 1])
-            v_i = linear(rates[k + 1], weights[f"ip.{k}.weight"], weights[f"ip.{k}.bias"])
-            post = r_inter - phi(g["g_D"] / (g["g_l"] + g["g_D"]) * v_i)
+            v_i = g["g_D"] / (g["g_l"] + g["g_D"]) * linear(rates[k + 1], weights[f"ip.{k}.weight"], weights[f"ip.{k}.bias"])
+            post = r_inter - phi(v_i) if self.interneuron_error == "rate" else state[2 * k + 1] - v_i
             out[f"ip.{k}.weight"], out[f"ip.{k}.bias"] = post.T @ rates[k + 1] / b, post.mean(0)
             out[f"pi.{k}.weight"] = -self._apical(k, state, weights).T @ r_inter / b
             if self.learn_down:

@@ -20,6 +20,7 @@ log = logging.getLogger("dynets")
 
 KINDS = ("up", "ip", "pi", "down")
 MODES = ("steady", "online")
+SLEEP_INPUTS = ("data", "noise")
 DEFAULT_RATES = {"up": 1.0, "ip": 1.0, "pi": 0.0, "down": 1.0}
 """As the published bars experiments: W_PI stays where the self-predicting state put it
 (−W_down, fixed), W_IP follows the changes of the next layer's W_up."""
@@ -102,11 +103,18 @@ class UrbanczikSenn(Rule):
 
 class DendriticSleep(Rule):
     r"""Sleep: no teacher, the inputs (labels ignored) plus Gaussian noise of std ``noise`` drawn
-    from the rule's generator; only the lateral weights learn, at the free steady state,
+    from the rule's generator (``inputs="data"``), or pure noise, the batch's mean value plus that
+    noise (``inputs="noise"``: inputs that span the input space, as the published code's random
+    inputs do); only the lateral weights learn, at the free steady state,
 
         dW_IP,k ∝ (φ(u_I,k) − φ(g_D/(g_l + g_D) v_I,k)) r_kᵀ,   dW_PI,k ∝ −v_A,k φ(u_I,k)ᵀ,
 
     which drives the network to its self-predicting state, v_A = 0 (Sacramento et al. 2018, Fig. 2).
+    Sleep cancels v_A only on the rates its inputs reach: on data, whose rates span few directions,
+    W_PI and W_IP stay away from −W_down and the analytic W_IP, and a teacher's nudge, which moves
+    the rates in other directions, is then not carried as the error. Noise inputs reach more of
+    them; with relu rates, interneurons silent on every input learn only with the model's
+    ``interneuron_error="potential"`` (measured in ``docs/results/dendritic.md``).
 
     The stop rule watches a = mean over the batch of ‖v_A‖ (all hidden layers together), measured
     before each update; its first value is a_0. It stops, and the updates are empty from then on
@@ -116,7 +124,8 @@ class DendriticSleep(Rule):
     ``apical_ratio`` (a/a_0), ``stopped``.
 
     Args:
-        noise: std of the noise added to the inputs.
+        noise: std of the noise added to the inputs (of the inputs themselves with ``inputs="noise"``).
+        inputs: ``data`` (the batch plus noise) or ``noise`` (the batch's mean plus noise).
         rates: per kind (``ip``, ``pi``), a factor on the learning rate (default 1 each).
         stop: the fraction of a_0 at which sleep is complete.
         patience: calls without a new best before stopping; ``None``: only ``stop`` stops.
@@ -130,12 +139,14 @@ class DendriticSleep(Rule):
 
     def __init__(self, noise: float = 0.0, rates: Mapping[str, float] | None = None, stop: float = 0.05,
                  patience: int | None = None, settle: SettleOptions | None = None, seed: int = 0,
-                 allow_unconverged: bool = False) -> None:
+                 allow_unconverged: bool = False, inputs: str = "data") -> None:
         super().__init__(settle, None, allow_unconverged)
+        if inputs not in SLEEP_INPUTS:
+            raise ValueError(f"unknown sleep inputs {inputs!r}; valid: {', '.join(SLEEP_INPUTS)}")
         if noise < 0 or not 0 <= stop < 1 or (patience is not None and patience < 1):
             raise ValueError(f"need noise >= 0, 0 <= stop < 1 and patience >= 1 (or None); "
                              f"got noise={noise}, stop={stop}, patience={patience}")
-        self.noise, self.stop, self.patience = float(noise), float(stop), patience
+        self.noise, self.stop, self.patience, self.inputs = float(noise), float(stop), patience, inputs
         self.rates = _rates(rates, {"up": 0.0, "ip": 1.0, "pi": 1.0, "down": 0.0})
         self.generator = torch.Generator().manual_seed(seed)
         self.first, self.best, self.stale, self.stopped = None, None, 0, None
@@ -143,7 +154,8 @@ class DendriticSleep(Rule):
     def update(self, model, x: torch.Tensor, y: torch.Tensor | None = None) -> Update:
         """Settle the noisy input free; return the lateral weights' update unless the stop rule says stop."""
         self.check_model(model)
-        noisy = x + self.noise * torch.randn(x.shape, generator=self.generator, dtype=x.dtype).to(x.device)
+        base = x if self.inputs == "data" else x.mean().expand_as(x)
+        noisy = base + self.noise * torch.randn(x.shape, generator=self.generator, dtype=x.dtype).to(x.device)
         condition = model.prepare(Condition(noisy))
         eq = self.settle(model, condition)
         apical = torch.cat([v.flatten(1) for v in model.apical(eq.state, condition)], 1).norm(dim=1).mean().item()

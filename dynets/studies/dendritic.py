@@ -102,10 +102,37 @@ def apical_norm(model: DendriticMicrocircuit, x: torch.Tensor, options: SettleOp
     return torch.cat([v.flatten(1) for v in apical], 1).norm(dim=1).mean().item()
 
 
+def lateral_distance(model: DendriticMicrocircuit, x: torch.Tensor) -> list[dict[str, float]]:
+    """How far the lateral weights are from the analytic self-predicting ones (W*, set by
+    :meth:`~dynets.models.DendriticMicrocircuit.self_predicting_`), per hidden layer k:
+    ‖W_PI,k − W*_PI,k‖/‖W*_PI,k‖ and ‖W_IP,k − W*_IP,k‖/‖W*_IP,k‖ over the live units only, those
+    with φ'(u) ≠ 0 (relu: u > 0) on some input of ``x`` in the feed-forward state
+    (:meth:`~dynets.models.DendriticMicrocircuit.predicted_state`): the
+    columns of W_PI of live interneurons (the pyramids of layer k+1), the rows of W_IP of live
+    interneurons and its columns of live pyramids of layer k. A silent unit's weights never act.
+
+    Args:
+        model: the microcircuit.
+        x: inputs ``(batch, n_0)`` that decide which units live.
+
+    Returns:
+        ``[{"pi": d_PI, "ip": d_IP}, ...]``, bottom first.
+    """
+    ideal = copy.deepcopy(model).self_predicting_()
+    with torch.no_grad():
+        state = ideal.predicted_state(Condition(x))
+        live = [(model.act.df(u, model.act.f(u)) != 0).any(0) for u in state[::2]]   # φ' > 0 somewhere
+        rel = lambda w, w_star: ((w - w_star).norm() / w_star.norm()).item()
+        return [{"pi": rel(model.pi[k].weight[:, live[k + 1]], ideal.pi[k].weight[:, live[k + 1]]),
+                 "ip": rel(model.ip[k].weight[live[k + 1]][:, live[k]], ideal.ip[k].weight[live[k + 1]][:, live[k]])}
+                for k in range(model.n - 1)]
+
+
 def sleep_curve(model: DendriticMicrocircuit, rule: DendriticSleep, optimizer: torch.optim.Optimizer,
                 inputs: torch.Tensor, held_out: torch.Tensor, steps: int, batch: int, every: int,
                 options: SettleOptions, seed: int = 0, measure: Callable[[], dict] | None = None,
-                progress: Callable[[str], None] = print) -> list[dict]:
+                progress: Callable[[str], None] = print,
+                scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> list[dict]:
     """Sleep from the model's lateral weights: ``steps`` updates of ``rule`` on batches drawn from
     ``inputs`` (labels unused), each written by ``optimizer``; ‖v_A‖ on ``held_out`` every
     ``every`` steps and at the last. Stops early when the rule's stop rule does.
@@ -123,6 +150,7 @@ def sleep_curve(model: DendriticMicrocircuit, rule: DendriticSleep, optimizer: t
         seed: of the batches' draw.
         measure: called at each measurement; its dict joins the row (e.g. :func:`apical_alignment`'s cosines).
         progress: called with a line per measurement.
+        scheduler: of ``optimizer``'s learning rate, stepped after each update (``None``: constant).
 
     Returns:
         ``[{"step", "samples", "apical", "ratio", ...}, ...]``, ratio = ‖v_A‖ over its value at step 0.
@@ -139,6 +167,8 @@ def sleep_curve(model: DendriticMicrocircuit, rule: DendriticSleep, optimizer: t
         update = rule.update(model, inputs[torch.randint(len(inputs), (batch,), generator=gen)])
         write_grads(model, update.grads)
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
 
 
 def _path(model: DendriticMicrocircuit, condition: Condition, init: State | None, duration: float,
