@@ -46,7 +46,7 @@ def transpose_down_(model: DendriticMicrocircuit) -> DendriticMicrocircuit:
 def backprop_errors(model: DendriticMicrocircuit, x: torch.Tensor, target: torch.Tensor) -> list[torch.Tensor]:
     """Backprop's errors ∂L/∂r_k of each hidden layer's rates, by autograd, through the network's
     steady-state forward map u_k = ĝ_k (W_up,k r_{k−1} + b_k), r_k = φ(u_k) (its free steady state
-    in the self-predicting state), for the squared error's output error φ'(u_N) ⊙ (u_N − target):
+    in the self-predicting state), for the squared error's output error φ_N'(u_N) ⊙ (u_N − target):
     the top-down pathway sees the output through its rate.
 
     Args:
@@ -61,7 +61,7 @@ def backprop_errors(model: DendriticMicrocircuit, x: torch.Tensor, target: torch
         rates, u = [x], None
         for k, up in enumerate(model.up):
             u = model.gain(k) * up(rates[-1])
-            rates.append(model.act.f(u))
+            rates.append(model.phis[k](u))
         slope = torch.autograd.grad(rates[-1].sum(), u, retain_graph=True)[0]
         return list(torch.autograd.grad(u, rates[1:-1], grad_outputs=(slope * (u - target)).detach()))
 
