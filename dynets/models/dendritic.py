@@ -25,7 +25,8 @@ class DendriticMicrocircuit(DynamicalModel):
         C du_N/dt   = −g_l u_N + g_B (v_B,N − u_N) − β g_som ∂C/∂u_N                  (output)
 
     with the dendritic potentials instantaneous functions of the somas (rates r_k = φ(u_k),
-    r_0 = x): basal v_B,k = W_up,k r_{k−1} + b_k, apical v_A,k = W_down,k r_{k+1} + W_PI,k φ(u_I,k),
+    r_0 = x; the output's φ_N, and that of the interneurons that mirror it, may differ:
+    ``output_activation``): basal v_B,k = W_up,k r_{k−1} + b_k, apical v_A,k = W_down,k r_{k+1} + W_PI,k φ(u_I,k),
     interneuron dendrite v_I,k = W_IP,k r_k + c_k. The teacher: a nudged phase (β, target of the
     condition's cost C) injects −β·g_som·∂C/∂u_N into the output soma; for the squared error this is
     a somatic conductance β·g_som with reversal potential at the target, the paper's teacher at β = 1.
@@ -43,7 +44,7 @@ class DendriticMicrocircuit(DynamicalModel):
     teacher, and the free steady state is feed-forward (:meth:`predicted_state`): u_k = ĝ_k v_B,k
     with ĝ_k = g_B/(g_l + g_B + g_A) (g_B/(g_l + g_B) at the output). A small nudge then makes
     v_A,k ≈ −κ_k ∂L/∂r_k, backprop's error of the rates of that feed-forward map for the output
-    error ε_N = φ'(u_N) ⊙ ∂C/∂u_N (the top-down pathway sees the output through its rate), with
+    error ε_N = φ_N'(u_N) ⊙ ∂C/∂u_N (the top-down pathway sees the output through its rate), with
     κ_{N−1} = β g_som (g_l + g_D)/(g_B (g_l + g_D + g_som)) and κ_{k−1} = κ_k g_A (g_l + g_D)/(g_B (g_l + g_D + g_som)).
 
     Args:
