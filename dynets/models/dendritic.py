@@ -61,7 +61,10 @@ class DendriticMicrocircuit(DynamicalModel):
         g_som: somatic nudging conductance, of the interneurons by the next layer and of the output by the teacher (>= 0).
         C: membrane capacitance (> 0); it sets the time unit. At the default 2 every τ is >= 1.05,
             so a Gauss–Seidel sweep at Δt = 1 steps each compartment by at most 0.95 of its τ (with
-            the teacher at β = 1), and Euler at Δt = 0.5 by at most half.
+            the teacher at β = 1), and Euler at Δt = 0.5 by at most half. Sweeps at Δt = 1 do not
+            keep u_N and the interneurons together, though: once training has grown the loop
+            gain W_up,N W_down (feedback alignment), some samples' free phases settle slowly or
+            not at all, where the flow itself is stable; ``settle.step_size=0.5`` then settles them.
         learn_down: whether the top-down weights W_down are trained.
         self_predicting: start in the self-predicting state (:meth:`self_predicting_`), as the
             paper's learning experiments do; ``False``: lateral weights drawn like the others (nn.Linear's init).
