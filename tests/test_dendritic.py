@@ -35,20 +35,22 @@ def batch(seed: int = 1, n: int = 4):
     return torch.rand(n, SIZES[0], generator=g, dtype=torch.float64), torch.rand(n, SIZES[-1], generator=g, dtype=torch.float64)
 
 
-def by_hand(model: DendriticMicrocircuit, state, x, target, beta):
+def by_hand(model: DendriticMicrocircuit, state, x, target, beta, phi_out=None):
     """C du/dt of every compartment, as the issue writes the equations (squared-error teacher:
-    a conductance β·g_som toward the target)."""
+    a conductance β·g_som toward the target); ``phi_out``: the output layer's rate, and that of the
+    interneurons which mirror it (default φ)."""
     phi, (g_l, g_B, g_A, g_D, g_som, C) = model.act.f, G.values()
     n, out = model.n, []
+    rate = [phi] * (n - 1) + [phi_out or phi]   # of each layer k
     u = [state[2 * k] for k in range(n)]
     for k in range(n):
-        v_b = (x if k == 0 else phi(u[k - 1])) @ model.up[k].weight.T + model.up[k].bias
+        v_b = (x if k == 0 else rate[k - 1](u[k - 1])) @ model.up[k].weight.T + model.up[k].bias
         if k == n - 1:
             out.append((-g_l * u[k] + g_B * (v_b - u[k]) + beta * g_som * (target - u[k])) / C)
             break
         u_i = state[2 * k + 1]
-        v_a = phi(u[k + 1]) @ model.down[k].weight.T + phi(u_i) @ model.pi[k].weight.T
-        v_i = phi(u[k]) @ model.ip[k].weight.T + model.ip[k].bias
+        v_a = rate[k + 1](u[k + 1]) @ model.down[k].weight.T + rate[k + 1](u_i) @ model.pi[k].weight.T
+        v_i = rate[k](u[k]) @ model.ip[k].weight.T + model.ip[k].bias
         out.append((-g_l * u[k] + g_B * (v_b - u[k]) + g_A * (v_a - u[k])) / C)
         out.append((-g_l * u_i + g_D * (v_i - u_i) + g_som * (u[k + 1] - u_i)) / C)
     return out
@@ -62,6 +64,18 @@ def test_the_flow_is_the_papers_equations(beta):
     ds = model.dynamics(Condition(x, target, beta=beta))(torch.zeros(()), state)
     for got, want in zip(ds, by_hand(model, state, x, target, beta)):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_the_output_layer_may_have_its_own_rate_function():
+    """output_activation=linear: the output soma's rate is its potential, in its own layer's
+    read-out by W_down and in the interneurons that mirror it; the hidden layers keep φ."""
+    model, (x, target) = microcircuit(output_activation="linear"), batch()
+    g = torch.Generator().manual_seed(3)
+    state = tuple(torch.randn(s.shape, generator=g, dtype=torch.float64) for s in model.init_state(Condition(x)))
+    ds = model.dynamics(Condition(x, target, beta=0.7))(torch.zeros(()), state)
+    for got, want in zip(ds, by_hand(model, state, x, target, 0.7, phi_out=lambda u: u)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert model.potentials(state, Condition(x))["apical.2"].ne(microcircuit().potentials(state, Condition(x))["apical.2"]).all()
 
 
 def test_a_capacitance_slows_every_compartment_alike():
@@ -143,11 +157,12 @@ def test_self_predicting_weights_are_the_analytic_ones():
     torch.testing.assert_close(model.ip[1].bias, model.up[2].bias * output * (g_l + g_D) / g_D)
 
 
-@pytest.mark.parametrize("activation", ["sigmoid", "tanh"])
-def test_a_small_nudge_makes_the_apical_potentials_backprops_errors(activation):
+@pytest.mark.parametrize("activation,output", [("sigmoid", None), ("tanh", None), ("sigmoid", "linear")])
+def test_a_small_nudge_makes_the_apical_potentials_backprops_errors(activation, output):
     """Self-predicting, W_down = W_upᵀ, β small: v_A,k = −κ_k ∂L/∂r_k to O(β), with
-    κ_{N−1} = β g_som (g_l + g_D)/(g_B (g_l + g_D + g_som)), κ_{k−1} = κ_k g_A (g_l + g_D)/(g_B (g_l + g_D + g_som))."""
-    model, (x, target) = microcircuit(activation=activation, transposed=True), batch()
+    κ_{N−1} = β g_som (g_l + g_D)/(g_B (g_l + g_D + g_som)), κ_{k−1} = κ_k g_A (g_l + g_D)/(g_B (g_l + g_D + g_som));
+    with a linear output the output error is the squared error's u_N − target itself."""
+    model, (x, target) = microcircuit(activation=activation, transposed=True, output_activation=output), batch()
     model.self_predicting_()
     g_l, g_B, g_A, g_D, g_som = G["g_l"], G["g_B"], G["g_A"], G["g_D"], G["g_som"]
     errors = backprop_errors(model, x, target)
@@ -186,6 +201,8 @@ def test_it_refuses_what_it_cannot_honour():
         settle(model, Condition(x, target[:, :2], beta=0.1))
     with pytest.raises(ValueError, match="unknown activation 'softmax'; valid"):
         DendriticMicrocircuit(SIZES, activation="softmax")
+    with pytest.raises(ValueError, match="unknown output_activation 'soft'; valid"):
+        DendriticMicrocircuit(SIZES, output_activation="soft")
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.5])

@@ -26,7 +26,8 @@ class DendriticMicrocircuit(DynamicalModel):
         C du_N/dt   = −g_l u_N + g_B (v_B,N − u_N) − β g_som ∂C/∂u_N                  (output)
 
     with the dendritic potentials instantaneous functions of the somas (rates r_k = φ(u_k),
-    r_0 = x): basal v_B,k = W_up,k r_{k−1} + b_k, apical v_A,k = W_down,k r_{k+1} + W_PI,k φ(u_I,k),
+    r_0 = x; the output's φ_N, and that of the interneurons that mirror it, may differ:
+    ``output_activation``): basal v_B,k = W_up,k r_{k−1} + b_k, apical v_A,k = W_down,k r_{k+1} + W_PI,k φ(u_I,k),
     interneuron dendrite v_I,k = W_IP,k r_k + c_k. The teacher: a nudged phase (β, target of the
     condition's cost C) injects −β·g_som·∂C/∂u_N into the output soma; for the squared error this is
     a somatic conductance β·g_som with reversal potential at the target, the paper's teacher at β = 1.
@@ -44,12 +45,16 @@ class DendriticMicrocircuit(DynamicalModel):
     teacher, and the free steady state is feed-forward (:meth:`predicted_state`): u_k = ĝ_k v_B,k
     with ĝ_k = g_B/(g_l + g_B + g_A) (g_B/(g_l + g_B) at the output). A small nudge then makes
     v_A,k ≈ −κ_k ∂L/∂r_k, backprop's error of the rates of that feed-forward map for the output
-    error ε_N = φ'(u_N) ⊙ ∂C/∂u_N (the top-down pathway sees the output through its rate), with
+    error ε_N = φ_N'(u_N) ⊙ ∂C/∂u_N (the top-down pathway sees the output through its rate), with
     κ_{N−1} = β g_som (g_l + g_D)/(g_B (g_l + g_D + g_som)) and κ_{k−1} = κ_k g_A (g_l + g_D)/(g_B (g_l + g_D + g_som)).
 
     Args:
         sizes: ``[n_0 (input), n_1, ..., n_N (output)]``.
         activation: φ, one of ``tanh``, ``sigmoid``, ``relu``, ``hard_sigmoid``, ``gelu``, ``linear``.
+        output_activation: φ_N of the output layer (and of the interneurons that mirror it), one of
+            the same; ``None``: ``activation``. ``linear`` reads the output's rate as its potential, as
+            backprop's linear read-out: with relu, an output soma below 0 has rate 0, so neither its
+            Urbanczik–Senn error nor its top-down signal exists and its potential drifts unbounded.
         g_l: leak conductance (>= 0).
         g_B: basal-to-soma conductance (> 0).
         g_A: apical-to-soma conductance (>= 0).
@@ -57,7 +62,10 @@ class DendriticMicrocircuit(DynamicalModel):
         g_som: somatic nudging conductance, of the interneurons by the next layer and of the output by the teacher (>= 0).
         C: membrane capacitance (> 0); it sets the time unit. At the default 2 every τ is >= 1.05,
             so a Gauss–Seidel sweep at Δt = 1 steps each compartment by at most 0.95 of its τ (with
-            the teacher at β = 1), and Euler at Δt = 0.5 by at most half.
+            the teacher at β = 1), and Euler at Δt = 0.5 by at most half. Sweeps at Δt = 1 do not
+            keep u_N and the interneurons together, though: once training has grown the loop
+            gain W_up,N W_down (feedback alignment), some samples' free phases settle slowly or
+            not at all, where the flow itself is stable; ``settle.step_size=0.5`` then settles them.
         learn_down: whether the top-down weights W_down are trained.
         self_predicting: start in the self-predicting state (:meth:`self_predicting_`), as the
             paper's learning experiments do; ``False``: lateral weights drawn like the others (nn.Linear's init).
@@ -71,18 +79,24 @@ class DendriticMicrocircuit(DynamicalModel):
 
     def __init__(self, sizes: list[int], activation: str = "relu", g_l: float = 0.1, g_B: float = 1.0,
                  g_A: float = 0.8, g_D: float = 1.0, g_som: float = 0.8, C: float = 2.0,
-                 learn_down: bool = False, self_predicting: bool = False, interneuron_error: str = "rate") -> None:
+                 learn_down: bool = False, self_predicting: bool = False, interneuron_error: str = "rate",
+                 output_activation: str | None = None) -> None:
         super().__init__()
         if len(sizes) < 2 or any(int(n) < 1 for n in sizes):
             raise ValueError(f"sizes must list >= 2 positive layer sizes, got {list(sizes)}")
-        if activation not in PC_ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; valid: {', '.join(PC_ACTIVATIONS)}")
+        output_activation = activation if output_activation is None else output_activation
+        for name, value in (("activation", activation), ("output_activation", output_activation)):
+            if value not in PC_ACTIVATIONS:
+                raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(PC_ACTIVATIONS)}")
         self.g = _checked(g_l=g_l, g_B=g_B, g_A=g_A, g_D=g_D, g_som=g_som, C=C)
         self.sizes, self.activation, self.learn_down = [int(n) for n in sizes], activation, bool(learn_down)
         if interneuron_error not in INTERNEURON_ERRORS:
             raise ValueError(f"unknown interneuron_error {interneuron_error!r}; valid: {', '.join(INTERNEURON_ERRORS)}")
         self.act, self.interneuron_error = PC_ACTIVATIONS[activation], interneuron_error
+        self.output_activation = output_activation
         self.in_features, self.out_features, self.n = self.sizes[0], self.sizes[-1], len(self.sizes) - 1
+        # φ_k of layer k (0-based): the hidden layers' φ, the output's own
+        self.phis = [self.act.f] * (self.n - 1) + [PC_ACTIVATIONS[output_activation].f]
         pairs = list(zip(self.sizes[1:-1], self.sizes[2:]))   # (n_k, n_{k+1}) of each hidden layer k
         self.up = nn.ModuleList(nn.Linear(a, b) for a, b in zip(self.sizes, self.sizes[1:]))
         self.down = nn.ModuleList(nn.Linear(b, a, bias=False).requires_grad_(self.learn_down) for a, b in pairs)
@@ -166,7 +180,7 @@ class DendriticMicrocircuit(DynamicalModel):
             if k < self.n - 1:
                 out[f"apical.{k + 1}"] = self._apical(k, state, w)
                 out[f"interneuron.{k + 1}"] = state[2 * k + 1]
-                out[f"dendrite.{k + 1}"] = linear(self.act.f(state[2 * k]), w[f"ip.{k}.weight"], w[f"ip.{k}.bias"])
+                out[f"dendrite.{k + 1}"] = linear(self.phis[k](state[2 * k]), w[f"ip.{k}.weight"], w[f"ip.{k}.bias"])
         return out
 
     @torch.no_grad()
@@ -187,7 +201,7 @@ class DendriticMicrocircuit(DynamicalModel):
         r, somas = condition.x, []
         for k, up in enumerate(self.up):
             somas.append(self.gain(k) * up(r))
-            r = self.act.f(somas[-1])
+            r = self.phis[k](somas[-1])
         return tuple(s for k, u in enumerate(somas) for s in ((u, somas[k + 1]) if k < self.n - 1 else (u,)))
 
     @torch.no_grad()   # a local rule: no gradient flows through it
@@ -197,19 +211,19 @@ class DendriticMicrocircuit(DynamicalModel):
         ``interneuron_error="potential"``), −v_A φ(u_I)ᵀ for W_PI and, when learned,
         (φ(u_k) − φ(W_down r_{k+1})) r_{k+1}ᵀ for W_down (which then learns to predict the layer
         below from the one above). Biases: the postsynaptic factor alone."""
-        phi, b, g = self.act.f, state[0].shape[0], self.g
-        rates, out = [condition.x] + [phi(state[2 * k]) for k in range(self.n)], {}
+        phi, b, g = self.phis, state[0].shape[0], self.g
+        rates, out = [condition.x] + [phi[k](state[2 * k]) for k in range(self.n)], {}
         for k in range(self.n):
-            post = rates[k + 1] - phi(self.gain(k) * self._basal(k, state, condition, weights))
+            post = rates[k + 1] - phi[k](self.gain(k) * self._basal(k, state, condition, weights))
             out[f"up.{k}.weight"], out[f"up.{k}.bias"] = post.T @ rates[k] / b, post.mean(0)
         for k in range(self.n - 1):
-            r_inter = phi(state[2 * k + 1])
+            r_inter = phi[k + 1](state[2 * k + 1])   # the interneurons mirror layer k+1, its φ too
             v_i = g["g_D"] / (g["g_l"] + g["g_D"]) * linear(rates[k + 1], weights[f"ip.{k}.weight"], weights[f"ip.{k}.bias"])
-            post = r_inter - phi(v_i) if self.interneuron_error == "rate" else state[2 * k + 1] - v_i
+            post = r_inter - phi[k + 1](v_i) if self.interneuron_error == "rate" else state[2 * k + 1] - v_i
             out[f"ip.{k}.weight"], out[f"ip.{k}.bias"] = post.T @ rates[k + 1] / b, post.mean(0)
             out[f"pi.{k}.weight"] = -self._apical(k, state, weights).T @ r_inter / b
             if self.learn_down:
-                post = rates[k + 1] - phi(linear(rates[k + 2], weights[f"down.{k}.weight"]))
+                post = rates[k + 1] - phi[k](linear(rates[k + 2], weights[f"down.{k}.weight"]))
                 out[f"down.{k}.weight"] = post.T @ rates[k + 2] / b
         return out
 
@@ -220,11 +234,11 @@ class DendriticMicrocircuit(DynamicalModel):
         if k == 0 and condition.constants is not None and w["up.0.weight"] is self.up[0].weight \
                 and w["up.0.bias"] is self.up[0].bias and not torch.is_grad_enabled():
             return condition.constants   # the prepared W_up,1 x + b_1; weights moving online recompute it
-        below = condition.x if k == 0 else self.act.f(state[2 * k - 2])
+        below = condition.x if k == 0 else self.phis[k - 1](state[2 * k - 2])
         return linear(below, w[f"up.{k}.weight"], w[f"up.{k}.bias"])
 
     def _apical(self, k: int, state: State, w: Weights) -> torch.Tensor:
-        above, inter = self.act.f(state[2 * k + 2]), self.act.f(state[2 * k + 1])
+        above, inter = self.phis[k + 1](state[2 * k + 2]), self.phis[k + 1](state[2 * k + 1])
         return linear(above, w[f"down.{k}.weight"]) + linear(inter, w[f"pi.{k}.weight"])
 
     def _targets(self, state: State, condition: Condition, w: Weights, layers) -> list[torch.Tensor]:
@@ -234,7 +248,7 @@ class DendriticMicrocircuit(DynamicalModel):
         for l in layers:
             k = l // 2
             if l % 2:   # interneuron of hidden layer k: its dendrite and the next layer's soma
-                v_i = linear(self.act.f(state[l - 1]), w[f"ip.{k}.weight"], w[f"ip.{k}.bias"])
+                v_i = linear(self.phis[k](state[l - 1]), w[f"ip.{k}.weight"], w[f"ip.{k}.bias"])
                 total, drive = g["g_l"] + g["g_D"] + g["g_som"], g["g_D"] * v_i + g["g_som"] * state[l + 1]
             elif k < self.n - 1:   # hidden soma: basal and apical dendrites
                 total = g["g_l"] + g["g_B"] + g["g_A"]

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..models import DendriticMicrocircuit
+from ..models.activations import PC_ACTIVATIONS
 from ..phases import Condition, State
 from ..rules import DendriticSleep, UrbanczikSenn, write_grads
 from ..settle import SettleOptions, settle
@@ -46,7 +47,7 @@ def transpose_down_(model: DendriticMicrocircuit) -> DendriticMicrocircuit:
 def backprop_errors(model: DendriticMicrocircuit, x: torch.Tensor, target: torch.Tensor) -> list[torch.Tensor]:
     """Backprop's errors ∂L/∂r_k of each hidden layer's rates, by autograd, through the network's
     steady-state forward map u_k = ĝ_k (W_up,k r_{k−1} + b_k), r_k = φ(u_k) (its free steady state
-    in the self-predicting state), for the squared error's output error φ'(u_N) ⊙ (u_N − target):
+    in the self-predicting state), for the squared error's output error φ_N'(u_N) ⊙ (u_N − target):
     the top-down pathway sees the output through its rate.
 
     Args:
@@ -61,7 +62,7 @@ def backprop_errors(model: DendriticMicrocircuit, x: torch.Tensor, target: torch
         rates, u = [x], None
         for k, up in enumerate(model.up):
             u = model.gain(k) * up(rates[-1])
-            rates.append(model.act.f(u))
+            rates.append(model.phis[k](u))
         slope = torch.autograd.grad(rates[-1].sum(), u, retain_graph=True)[0]
         return list(torch.autograd.grad(u, rates[1:-1], grad_outputs=(slope * (u - target)).detach()))
 
@@ -121,7 +122,8 @@ def lateral_distance(model: DendriticMicrocircuit, x: torch.Tensor) -> list[dict
     ideal = copy.deepcopy(model).self_predicting_()
     with torch.no_grad():
         state = ideal.predicted_state(Condition(x))
-        live = [(model.act.df(u, model.act.f(u)) != 0).any(0) for u in state[::2]]   # φ' > 0 somewhere
+        acts = [model.act] * (model.n - 1) + [PC_ACTIVATIONS[model.output_activation]]   # the output's own φ
+        live = [(a.df(u, a.f(u)) != 0).any(0) for a, u in zip(acts, state[::2])]   # φ' > 0 somewhere
         rel = lambda w, w_star: ((w - w_star).norm() / w_star.norm()).item()
         return [{"pi": rel(model.pi[k].weight[:, live[k + 1]], ideal.pi[k].weight[:, live[k + 1]]),
                  "ip": rel(model.ip[k].weight[live[k + 1]][:, live[k]], ideal.ip[k].weight[live[k + 1]][:, live[k]])}
