@@ -237,3 +237,18 @@ def test_the_fashion_conv_table_trains_the_published_mnist_cnn():
         assert model.in_shape == (1, 28, 28), name
         assert [tuple(p.shape) for n, p in model.named_parameters() if not n.startswith("feedback.")] == want, name
         assert cfg.rules[name].lr == digits.rules[name].lr, name
+
+
+def test_probe_zero_trains_without_the_alignment_probe():
+    """``probe=0``: no exact gradient is solved for (its adjoint can outlast an epoch on a 28×28 conv net),
+    the row has no cosine columns, and the run is the one a probed run trains (bp's probes draw nothing)."""
+    from dynets.studies.compare import run_entry
+    entry = Entry(lambda seed: PredictiveCoding([64, 16, 10]), lambda seed: Backprop(),
+                  lambda ps: torch.optim.Adam(ps, 1e-2))
+    settle = SettleOptions(method="fast_euler", step_size=0.2, atol=1e-6, max_time=400)
+    run = lambda probe: run_entry("bp", entry, dynets.data.digits(), epochs=1, batch_size=64, seed=0, probe=probe,
+                                  reference_settle=settle)
+    bare, probed = run(0), run(16)
+    assert not any(k.startswith("cos_") for k in bare)
+    assert probed["cos_end_all"] == pytest.approx(1.0, abs=1e-4)
+    assert bare["test_accuracy"] == probed["test_accuracy"]

@@ -109,14 +109,15 @@ def run_entry(name: str, entry: Entry, data: Dataset, *, epochs: int, batch_size
               metric: Metric = Metric(), progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train one rule with one seed; its measurements as a flat dict. The exact gradient
     is implicit differentiation at the free equilibrium of the rule's own cost (supervised
-    models only: a generative model has no labelled loss to differentiate). ``progress``, if
-    given, is told of every epoch's validation metrics, time and settle steps."""
+    models only: a generative model has no labelled loss to differentiate), on ``probe`` validation
+    samples (0: no probe, no cosine columns: on a large net its adjoint solve can take longer than an
+    epoch). ``progress``, if given, is told of every epoch's validation metrics, time and settle steps."""
     torch.manual_seed(seed)
     model, rule = entry.model(seed), entry.rule(seed)
     data = data.shaped(model.in_shape)   # an MLP reads images flattened, a conv net as they are
     optimizer = entry.optimizer(list(model.parameters()))
     reference = ImplicitDifferentiation(reference_settle, adjoint_max_steps=adjoint_max_steps,
-                                       cost=rule.cost) if model.supervised else None
+                                       cost=rule.cost) if model.supervised and probe > 0 else None
     x, y = data.val.x[:probe], data.val.y[:probe]
     at_init = probe_cosines(model, rule, reference, x, y)
     collect = _Collect(progress, f"{name} seed {seed}")
