@@ -195,3 +195,60 @@ def test_every_row_of_the_conv_table_trains_the_same_conv_net_on_images():
         if isinstance(rule, EquilibriumPropagation):
             variants.add(rule.variant)
     assert variants == {"centered", "positive", "negative"}
+
+
+def test_progress_tells_every_epoch_of_every_run_with_its_validation_metric():
+    """``progress`` hears each epoch of each (rule, seed) as it ends, before the row is written (a conv
+    EP run on Fashion-MNIST takes an hour): the best epoch's reported validation accuracy is the row's."""
+    import re
+    data = dynets.data.digits()
+    entries = {"bp": Entry(lambda seed: PredictiveCoding([64, 16, 10]), lambda seed: Backprop(),
+                           lambda ps: torch.optim.Adam(ps, 1e-2))}
+    heard = []
+    rows = compare(entries, data, epochs=3, batch_size=64, seeds=[0, 1], probe=8, progress=heard.append)
+    epochs = [line for line in heard if " epoch " in line]
+    assert [line.split(":")[0] for line in epochs] == [f"bp seed {s} epoch {e}" for s in (0, 1) for e in (1, 2, 3)]
+    for row in rows:
+        line = epochs[3 * row["seed"] + row["best_epoch"] - 1]
+        assert float(re.search(r"val_accuracy ([0-9.]+)", line).group(1)) == pytest.approx(row["val_accuracy"], abs=1e-4)
+
+
+def test_the_fashion_conv_table_trains_the_published_mnist_cnn():
+    """compare_conv_fashion.yaml: every row of compare_conv on Fashion-MNIST's (1, 28, 28) images, each
+    model the published MNIST CNN as the bench builds it (bench_references.CONV_NET: 5×5 convolutions to
+    32 and 64 channels, no padding, 2×2 pooling, 28 → 24 → 12 → 8 → 4, read-out 64·4·4 = 1024 → 10)."""
+    from pathlib import Path
+    from hydra import compose, initialize_config_dir
+    from dynets.studies.bench_references import CONV_NET
+    script = _script()
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "configs"), version_base=None):
+        cfg = compose("compare_conv_fashion")
+        digits = compose("compare_conv")
+    assert cfg.data._target_ == "dynets.data.fashion_mnist"
+    from types import SimpleNamespace
+    sizes = SimpleNamespace(n_features=784, n_classes=10, sample_shape=(1, 28, 28))   # what the rows read
+    rows = script.entries(cfg, sizes)
+    assert set(rows) == set(digits.rules)
+    want = [tuple(p.shape) for p in dynets.models.ConvHopfield(**CONV_NET).parameters()]
+    assert want == [(32, 1, 5, 5), (32,), (64, 32, 5, 5), (64,), (10, 1024), (10,)]
+    for name, row in rows.items():
+        model = row.model(0)
+        row.rule(0).check_model(model)
+        assert model.in_shape == (1, 28, 28), name
+        assert [tuple(p.shape) for n, p in model.named_parameters() if not n.startswith("feedback.")] == want, name
+        assert cfg.rules[name].lr == (1e-3 if name in ("bp", "pc") else digits.rules[name].lr), name
+
+
+def test_probe_zero_trains_without_the_alignment_probe():
+    """``probe=0``: no exact gradient is solved for (its adjoint can outlast an epoch on a 28×28 conv net),
+    the row has no cosine columns, and the run is the one a probed run trains (bp's probes draw nothing)."""
+    from dynets.studies.compare import run_entry
+    entry = Entry(lambda seed: PredictiveCoding([64, 16, 10]), lambda seed: Backprop(),
+                  lambda ps: torch.optim.Adam(ps, 1e-2))
+    settle = SettleOptions(method="fast_euler", step_size=0.2, atol=1e-6, max_time=400)
+    run = lambda probe: run_entry("bp", entry, dynets.data.digits(), epochs=1, batch_size=64, seed=0, probe=probe,
+                                  reference_settle=settle)
+    bare, probed = run(0), run(16)
+    assert not any(k.startswith("cos_") for k in bare)
+    assert probed["cos_end_all"] == pytest.approx(1.0, abs=1e-4)
+    assert bare["test_accuracy"] == probed["test_accuracy"]

@@ -41,16 +41,22 @@ class Entry:
 
 
 class _Collect:
-    """A logger keeping every epoch's metrics in memory."""
+    """A logger keeping every epoch's metrics in memory, and telling ``progress`` (if given) of each
+    epoch under ``label``: a run of hours shows how it goes before its row is written."""
 
-    def __init__(self) -> None:
+    def __init__(self, progress: Callable[[str], None] | None = None, label: str = "") -> None:
         self.epochs: list[dict[str, float]] = []
+        self.progress, self.label = progress, label
 
     def start(self, config: dict[str, Any], run_dir: Path) -> None:
         pass
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         self.epochs.append(dict(metrics))
+        if self.progress is not None:
+            shown = {k: v for k, v in metrics.items() if k.startswith("val_") or k in ("epoch_time_s", "train_loss")
+                     or k[len("train_"):] in log_fields}
+            self.progress(f"{self.label} epoch {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
 
     def finish(self, summary: dict[str, Any]) -> None:
         pass
@@ -100,19 +106,21 @@ class Metric:
 
 def run_entry(name: str, entry: Entry, data: Dataset, *, epochs: int, batch_size: int, seed: int,
               probe: int, reference_settle: SettleOptions, adjoint_max_steps: int = 5000,
-              metric: Metric = Metric()) -> dict[str, Any]:
+              metric: Metric = Metric(), progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train one rule with one seed; its measurements as a flat dict. The exact gradient
     is implicit differentiation at the free equilibrium of the rule's own cost (supervised
-    models only: a generative model has no labelled loss to differentiate)."""
+    models only: a generative model has no labelled loss to differentiate), on ``probe`` validation
+    samples (0: no probe, no cosine columns: on a large net its adjoint solve can take longer than an
+    epoch). ``progress``, if given, is told of every epoch's validation metrics, time and settle steps."""
     torch.manual_seed(seed)
     model, rule = entry.model(seed), entry.rule(seed)
     data = data.shaped(model.in_shape)   # an MLP reads images flattened, a conv net as they are
     optimizer = entry.optimizer(list(model.parameters()))
     reference = ImplicitDifferentiation(reference_settle, adjoint_max_steps=adjoint_max_steps,
-                                       cost=rule.cost) if model.supervised else None
+                                       cost=rule.cost) if model.supervised and probe > 0 else None
     x, y = data.val.x[:probe], data.val.y[:probe]
     at_init = probe_cosines(model, rule, reference, x, y)
-    collect = _Collect()
+    collect = _Collect(progress, f"{name} seed {seed}")
     own = metric.name in getattr(metric.evaluate, "model_metrics", ())   # the model's alone (KL): no split
     summary = fit(model, rule, data, optimizer, epochs=epochs, batch_size=batch_size, seed=seed, loggers=[collect],
                   evaluate=metric.evaluate, select=metric.name if own else f"val_{metric.name}", goal=metric.goal)
@@ -145,7 +153,7 @@ def compare(entries: dict[str, Entry], data: Dataset, *, epochs: int, batch_size
             t0 = time.perf_counter()
             rows.append(run_entry(name, entry, data, epochs=epochs, batch_size=batch_size, seed=seed,
                                   probe=probe, reference_settle=reference_settle,
-                                  adjoint_max_steps=adjoint_max_steps, metric=metric))
+                                  adjoint_max_steps=adjoint_max_steps, metric=metric, progress=progress))
             progress(f"{name} seed {seed}: test {metric.name} {rows[-1][f'test_{metric.name}']:.4f} "
                      f"({time.perf_counter() - t0:.1f} s)")
     return rows
