@@ -1,5 +1,6 @@
 """The comparison table: its bp reference against an independent MLP, its statistics, its files."""
 import csv
+import functools
 import inspect
 import math
 
@@ -97,6 +98,30 @@ def test_compare_trains_every_entry_on_the_same_split():
     assert all(r["cos_end_all"] == pytest.approx(1.0, abs=1e-4) for r in rows[:2])
     assert all(0.3 < r["cos_end_all"] < 0.999 for r in rows[2:])
     assert all(r["test_accuracy"] > 0.5 for r in rows), [r["test_accuracy"] for r in rows]
+
+
+def test_a_row_with_epochs_of_its_own_trains_that_many_and_the_table_says_so():
+    """An entry's ``epochs`` overrides the table's: its optimizer takes one step per batch of every
+    epoch (digits: 1,258 training rows, batch 256, 5 batches an epoch: 15 steps in 3 epochs, not the
+    table's 5), its row records 3 and the Markdown table has an epochs column; a row without one
+    trains the table's epochs."""
+    from dynets.studies.compare import run_entry
+    steps = []
+
+    def adam(ps):
+        optimizer = torch.optim.Adam(ps, 1e-2)
+        optimizer.register_step_post_hook(lambda *_: steps.append(1))
+        return optimizer
+    data = dynets.data.digits()
+    run = functools.partial(run_entry, data=data, epochs=1, batch_size=256, seed=0, probe=8,
+                            reference_settle=SettleOptions(method="fast_euler", step_size=0.2, atol=1e-6, max_time=400))
+    rows = [run("own", Entry(lambda seed: PredictiveCoding([64, 32, 10]), lambda seed: Backprop(), adam, epochs=3))]
+    assert len(steps) == 3 * math.ceil(len(data.train.y) / 256) and rows[0]["epochs"] == 3
+    rows.append(run("table", Entry(lambda seed: PredictiveCoding([64, 32, 10]), lambda seed: Backprop(), adam)))
+    assert len(steps) == 4 * math.ceil(len(data.train.y) / 256) and rows[1]["epochs"] == 1
+    head, _, own, table = markdown(summarise(rows)).splitlines()
+    column = head.split(" | ").index("epochs")
+    assert own.split(" | ")[column] == "3" and table.split(" | ")[column] == "1"
 
 
 def test_a_probe_that_cannot_settle_leaves_the_trained_run_in_the_table():
