@@ -186,10 +186,11 @@ def test_every_row_of_every_table_builds_a_model_its_rule_can_train(table):
 def test_every_row_of_the_conv_table_trains_the_same_conv_net_on_images():
     """compare_conv.yaml: each row's rule accepts its model, and every model is the same P_CNN on the
     digits' (1, 8, 8) images: 3×3 convolutions to 16 and 32 channels, each halving the map by 2×2 pooling
-    (8 → 4 → 2), so the read-out sees 32·2·2 = 128 inputs; the EP rows are its three variants. The
-    asymmetric-feedback rows train ConvAsymmetric, the same forward net with average pooling (max-pooling
-    does not settle with random feedback), B fixed (fa, vfep) or learned (kp, mirror); the others max-pool,
-    and so does the mirror, whose B is pre-trained to Wᵀ before W learns."""
+    or at stride 2 (8 → 4 → 2), so the read-out sees 32·2·2 = 128 inputs; the EP rows are its three variants. The
+    asymmetric-feedback rows train ConvAsymmetric, the same forward tensors, B fixed (fa, vfep) or learned
+    (kp, mirror): with random feedback max-pooling does not settle, so fa and vfep halve the maps by
+    convolutions at stride 2 instead of pooling, and kp average-pools; the others max-pool, and so does the
+    mirror, whose B is pre-trained to Wᵀ before W learns."""
     from pathlib import Path
     from hydra import compose, initialize_config_dir
     script = _script()
@@ -198,6 +199,7 @@ def test_every_row_of_the_conv_table_trains_the_same_conv_net_on_images():
     data = dynets.data.digits()
     rows = script.entries(cfg, data)
     asymmetric = {"fa": "random", "vfep": "random", "kp": "learned", "mirror": "learned"}
+    pooling = {"fa": ["none", "none"], "vfep": ["none", "none"], "kp": ["avg", "avg"]}   # the others max-pool
     assert {"bp", "pc", "ep", "chl", "implicit", "bptt", "np", "wp", *asymmetric} <= set(rows)
     want = [(16, 1, 3, 3), (16,), (32, 16, 3, 3), (32,), (10, 128), (10,)]
     variants = set()
@@ -207,8 +209,11 @@ def test_every_row_of_the_conv_table_trains_the_same_conv_net_on_images():
         forward = [tuple(p.shape) for n, p in model.named_parameters() if not n.startswith("feedback.")]
         assert model.in_shape == data.sample_shape == (1, 8, 8), name
         assert forward == want, name
-        pools = ["avg", "avg"] if name in asymmetric and name != "mirror" else ["max", "max"]
-        assert [m.pool for m in model.modules() if isinstance(m, dynets.couplings.Conv)] == pools, name
+        convs = [m for m in model.modules() if isinstance(m, dynets.couplings.Conv)]
+        pools = pooling.get(name, ["max", "max"])
+        assert [m.pool for m in convs] == pools, name
+        assert [m.conv.stride for m in convs] == [(2, 2) if pools == ["none", "none"] else (1, 1)] * 2, name
+        assert [m.out_shape for m in convs] == [(16, 4, 4), (32, 2, 2)], name
         assert row.optimizer(list(model.parameters())).defaults["lr"] == cfg.rules[name].lr, name
         expected = (dynets.models.ConvPredictiveCoding if name in ("bp", "pc") else
                     dynets.models.ConvAsymmetric if name in asymmetric else dynets.models.ConvHopfield)
