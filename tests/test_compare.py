@@ -124,6 +124,27 @@ def test_a_row_with_epochs_of_its_own_trains_that_many_and_the_table_says_so():
     assert own.split(" | ")[column] == "3" and table.split(" | ")[column] == "1"
 
 
+def test_a_row_with_a_schedule_trains_at_its_rates():
+    """An entry's ``scheduler`` is built on its optimizer and stepped after every epoch: halving
+    the rate each epoch (StepLR, γ = ½), 3 epochs leave 1e-2 · ½³; every step of epoch k ran at
+    1e-2 · ½^(k−1)."""
+    from dynets.studies.compare import run_entry
+    rates, built = [], []
+
+    def adam(ps):
+        optimizer = torch.optim.Adam(ps, 1e-2)
+        optimizer.register_step_post_hook(lambda opt, *_: rates.append(opt.param_groups[0]["lr"]))
+        built.append(optimizer)
+        return optimizer
+    halve = functools.partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5)
+    entry = Entry(lambda seed: PredictiveCoding([64, 32, 10]), lambda seed: Backprop(), adam, scheduler=halve)
+    run_entry("halved", entry, dynets.data.digits(), epochs=3, batch_size=256, seed=0, probe=8,
+              reference_settle=SettleOptions(method="fast_euler", step_size=0.2, atol=1e-6, max_time=400))
+    per_epoch = len(rates) // 3
+    assert rates == [1e-2 * 0.5 ** k for k in range(3) for _ in range(per_epoch)]
+    assert built[0].param_groups[0]["lr"] == pytest.approx(1e-2 * 0.5 ** 3)
+
+
 def test_a_probe_that_cannot_settle_leaves_the_trained_run_in_the_table():
     """The alignment probe's exact gradient settles to its own tolerance; where it cannot (here: two
     Euler steps to atol 1e-12) the row keeps its trained accuracy, without cosine columns, and says so

@@ -35,13 +35,15 @@ log_fields = ("steps_free", "steps_nudged_+", "steps_nudged_-", "steps_clamped")
 class Entry:
     """One row of the table: how to build the model and its rule for a seed (after
     ``torch.manual_seed(seed)``; one with a generator of its own takes the seed), its optimizer,
-    and its own number of epochs (``None``: the table's; a rule that learns more slowly than
-    the others may be given more, and the table says so)."""
+    its own number of epochs (``None``: the table's; a rule that learns more slowly than the
+    others may be given more, and the table says so) and its learning-rate schedule, built on
+    the optimizer (``None``: a constant rate; stepped after every epoch by :func:`~dynets.app.fit.fit`)."""
 
     model: Callable[[int], DynamicalModel]
     rule: Callable[[int], Rule]
     optimizer: Callable[[list], torch.optim.Optimizer]
     epochs: int | None = None
+    scheduler: Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler] | None = None
 
 
 class _Collect:
@@ -120,8 +122,9 @@ def run_entry(name: str, entry: Entry, data: Dataset, *, epochs: int, batch_size
     at_init = probe_cosines(model, rule, reference, x, y)
     collect = _Collect()
     own = metric.name in getattr(metric.evaluate, "model_metrics", ())   # the model's alone (KL): no split
+    scheduler = entry.scheduler(optimizer) if entry.scheduler else None
     summary = fit(model, rule, data, optimizer, epochs=epochs, batch_size=batch_size, seed=seed, loggers=[collect],
-                  evaluate=metric.evaluate, select=metric.name if own else f"val_{metric.name}", goal=metric.goal)
+                  scheduler=scheduler, evaluate=metric.evaluate, select=metric.name if own else f"val_{metric.name}", goal=metric.goal)
     at_end = probe_cosines(model, rule, reference, x, y)
     test, val = (summary[metric.name],) * 2 if own else (summary[f"test_{metric.name}"], summary[f"val_{metric.name}"])
     row: dict[str, Any] = {"rule": name, "seed": seed, f"test_{metric.name}": test,
