@@ -210,7 +210,7 @@ def test_every_row_of_the_conv_table_trains_the_same_conv_net_on_images():
     or at stride 2 (8 → 4 → 2), so the read-out sees 32·2·2 = 128 inputs; the EP rows are its three variants. The
     asymmetric-feedback rows train ConvAsymmetric, the same forward tensors, B fixed (fa, vfep) or learned
     (kp, mirror): with random feedback max-pooling does not settle, so fa and vfep halve the maps by
-    convolutions at stride 2 instead of pooling, and kp average-pools; the others max-pool, and so does the
+    convolutions at stride 2 instead of pooling and kp average-pools; the others max-pool, and so does the
     mirror, whose B is pre-trained to Wᵀ before W learns."""
     from pathlib import Path
     from hydra import compose, initialize_config_dir
@@ -241,6 +241,8 @@ def test_every_row_of_the_conv_table_trains_the_same_conv_net_on_images():
         assert type(model) is expected, name
         if name in asymmetric:
             assert model.feedback_mode == asymmetric[name], name
+        if row.scheduler is not None:   # a row's cosine decay ends at its own last epoch
+            assert row.scheduler(row.optimizer(list(model.parameters()))).T_max == row.epochs, name
         if getattr(model, "softmax", False):   # a softmax read-out is trained through the cross-entropy
             assert isinstance(rule.cost, dynets.costs.CrossEntropy), name
         if isinstance(rule, EquilibriumPropagation):
