@@ -209,9 +209,9 @@ def test_every_row_of_the_conv_table_trains_the_same_conv_net_on_images():
     digits' (1, 8, 8) images: 3×3 convolutions to 16 and 32 channels, each halving the map by 2×2 pooling
     or at stride 2 (8 → 4 → 2), so the read-out sees 32·2·2 = 128 inputs; the EP rows are its three variants. The
     asymmetric-feedback rows train ConvAsymmetric, the same forward tensors, B fixed (fa, vfep) or learned
-    (kp, mirror): with random feedback max-pooling does not settle, so fa and vfep halve the maps by
-    convolutions at stride 2 instead of pooling and kp average-pools; the others max-pool, and so does the
-    mirror, whose B is pre-trained to Wᵀ before W learns."""
+    (kp, mirror): with random feedback max-pooling does not settle, so fa, vfep and kp halve the maps by
+    convolutions at stride 2 instead of pooling; the others max-pool, and so does the mirror, whose B is
+    pre-trained to Wᵀ before W learns."""
     from pathlib import Path
     from hydra import compose, initialize_config_dir
     script = _script()
@@ -220,7 +220,7 @@ def test_every_row_of_the_conv_table_trains_the_same_conv_net_on_images():
     data = dynets.data.digits()
     rows = script.entries(cfg, data)
     asymmetric = {"fa": "random", "vfep": "random", "kp": "learned", "mirror": "learned"}
-    pooling = {"fa": ["none", "none"], "vfep": ["none", "none"], "kp": ["avg", "avg"]}   # the others max-pool
+    pooling = {"fa": ["none", "none"], "vfep": ["none", "none"], "kp": ["none", "none"]}   # the others max-pool
     assert {"bp", "pc", "ep", "chl", "implicit", "bptt", "np", "wp", *asymmetric} <= set(rows)
     want = [(16, 1, 3, 3), (16,), (32, 16, 3, 3), (32,), (10, 128), (10,)]
     variants = set()
