@@ -32,10 +32,13 @@ def entries(cfg: DictConfig, data) -> dict[str, Entry]:
 
 def entry(cfg: DictConfig, node: DictConfig) -> Entry:
     """Builders of one row's model, rule and optimizer (Adam unless the row names one), each
-    instantiated from its composed node with ``cfg.seed`` the seed of the run; ``lr``: the row's rate."""
+    instantiated from its composed node with ``cfg.seed`` the seed of the run; ``lr``: the row's rate;
+    ``epochs``, where the row names it: its own (the table's otherwise); ``scheduler``, where it names
+    one: a partial learning-rate schedule (``_partial_: true``) the optimizer is passed to."""
     make = instantiate(node.optimizer) if "optimizer" in node else torch.optim.Adam
     return Entry(model=lambda seed: seeded(cfg, node.model, seed), rule=lambda seed: seeded(cfg, node.rule, seed),
-                 optimizer=lambda params: make(params, lr=node.lr))
+                 optimizer=lambda params: make(params, lr=node.lr), epochs=node.get("epochs"),
+                 scheduler=instantiate(node.scheduler) if node.get("scheduler") else None)
 
 
 def seeded(cfg: DictConfig, node: DictConfig, seed: int):

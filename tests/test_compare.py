@@ -1,5 +1,6 @@
 """The comparison table: its bp reference against an independent MLP, its statistics, its files."""
 import csv
+import functools
 import inspect
 import math
 
@@ -99,6 +100,51 @@ def test_compare_trains_every_entry_on_the_same_split():
     assert all(r["test_accuracy"] > 0.5 for r in rows), [r["test_accuracy"] for r in rows]
 
 
+def test_a_row_with_epochs_of_its_own_trains_that_many_and_the_table_says_so():
+    """An entry's ``epochs`` overrides the table's: its optimizer takes one step per batch of every
+    epoch (digits: 1,258 training rows, batch 256, 5 batches an epoch: 15 steps in 3 epochs, not the
+    table's 5), its row records 3 and the Markdown table has an epochs column; a row without one
+    trains the table's epochs."""
+    from dynets.studies.compare import run_entry
+    steps = []
+
+    def adam(ps):
+        optimizer = torch.optim.Adam(ps, 1e-2)
+        optimizer.register_step_post_hook(lambda *_: steps.append(1))
+        return optimizer
+    data = dynets.data.digits()
+    run = functools.partial(run_entry, data=data, epochs=1, batch_size=256, seed=0, probe=8,
+                            reference_settle=SettleOptions(method="fast_euler", step_size=0.2, atol=1e-6, max_time=400))
+    rows = [run("own", Entry(lambda seed: PredictiveCoding([64, 32, 10]), lambda seed: Backprop(), adam, epochs=3))]
+    assert len(steps) == 3 * math.ceil(len(data.train.y) / 256) and rows[0]["epochs"] == 3
+    rows.append(run("table", Entry(lambda seed: PredictiveCoding([64, 32, 10]), lambda seed: Backprop(), adam)))
+    assert len(steps) == 4 * math.ceil(len(data.train.y) / 256) and rows[1]["epochs"] == 1
+    head, _, own, table = markdown(summarise(rows)).splitlines()
+    column = head.split(" | ").index("epochs")
+    assert own.split(" | ")[column] == "3" and table.split(" | ")[column] == "1"
+
+
+def test_a_row_with_a_schedule_trains_at_its_rates():
+    """An entry's ``scheduler`` is built on its optimizer and stepped after every epoch: halving
+    the rate each epoch (StepLR, γ = ½), 3 epochs leave 1e-2 · ½³; every step of epoch k ran at
+    1e-2 · ½^(k−1)."""
+    from dynets.studies.compare import run_entry
+    rates, built = [], []
+
+    def adam(ps):
+        optimizer = torch.optim.Adam(ps, 1e-2)
+        optimizer.register_step_post_hook(lambda opt, *_: rates.append(opt.param_groups[0]["lr"]))
+        built.append(optimizer)
+        return optimizer
+    halve = functools.partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5)
+    entry = Entry(lambda seed: PredictiveCoding([64, 32, 10]), lambda seed: Backprop(), adam, scheduler=halve)
+    run_entry("halved", entry, dynets.data.digits(), epochs=3, batch_size=256, seed=0, probe=8,
+              reference_settle=SettleOptions(method="fast_euler", step_size=0.2, atol=1e-6, max_time=400))
+    per_epoch = len(rates) // 3
+    assert rates == [1e-2 * 0.5 ** k for k in range(3) for _ in range(per_epoch)]
+    assert built[0].param_groups[0]["lr"] == pytest.approx(1e-2 * 0.5 ** 3)
+
+
 def test_a_probe_that_cannot_settle_leaves_the_trained_run_in_the_table():
     """The alignment probe's exact gradient settles to its own tolerance; where it cannot (here: two
     Euler steps to atol 1e-12) the row keeps its trained accuracy, without cosine columns, and says so
@@ -161,10 +207,11 @@ def test_every_row_of_every_table_builds_a_model_its_rule_can_train(table):
 def test_every_row_of_the_conv_table_trains_the_same_conv_net_on_images():
     """compare_conv.yaml: each row's rule accepts its model, and every model is the same P_CNN on the
     digits' (1, 8, 8) images: 3×3 convolutions to 16 and 32 channels, each halving the map by 2×2 pooling
-    (8 → 4 → 2), so the read-out sees 32·2·2 = 128 inputs; the EP rows are its three variants. The
-    asymmetric-feedback rows train ConvAsymmetric, the same forward net with average pooling (max-pooling
-    does not settle with random feedback), B fixed (fa, vfep) or learned (kp, mirror); the others max-pool,
-    and so does the mirror, whose B is pre-trained to Wᵀ before W learns."""
+    or at stride 2 (8 → 4 → 2), so the read-out sees 32·2·2 = 128 inputs; the EP rows are its three variants. The
+    asymmetric-feedback rows train ConvAsymmetric, the same forward tensors, B fixed (fa, vfep) or learned
+    (kp, mirror): with random feedback max-pooling does not settle, so fa, vfep and kp halve the maps by
+    convolutions at stride 2 instead of pooling; the others max-pool, and so does the mirror, whose B is
+    pre-trained to Wᵀ before W learns."""
     from pathlib import Path
     from hydra import compose, initialize_config_dir
     script = _script()
@@ -173,6 +220,7 @@ def test_every_row_of_the_conv_table_trains_the_same_conv_net_on_images():
     data = dynets.data.digits()
     rows = script.entries(cfg, data)
     asymmetric = {"fa": "random", "vfep": "random", "kp": "learned", "mirror": "learned"}
+    pooling = {"fa": ["none", "none"], "vfep": ["none", "none"], "kp": ["none", "none"]}   # the others max-pool
     assert {"bp", "pc", "ep", "chl", "implicit", "bptt", "np", "wp", *asymmetric} <= set(rows)
     want = [(16, 1, 3, 3), (16,), (32, 16, 3, 3), (32,), (10, 128), (10,)]
     variants = set()
@@ -182,14 +230,19 @@ def test_every_row_of_the_conv_table_trains_the_same_conv_net_on_images():
         forward = [tuple(p.shape) for n, p in model.named_parameters() if not n.startswith("feedback.")]
         assert model.in_shape == data.sample_shape == (1, 8, 8), name
         assert forward == want, name
-        pools = ["avg", "avg"] if name in asymmetric and name != "mirror" else ["max", "max"]
-        assert [m.pool for m in model.modules() if isinstance(m, dynets.couplings.Conv)] == pools, name
+        convs = [m for m in model.modules() if isinstance(m, dynets.couplings.Conv)]
+        pools = pooling.get(name, ["max", "max"])
+        assert [m.pool for m in convs] == pools, name
+        assert [m.conv.stride for m in convs] == [(2, 2) if pools == ["none", "none"] else (1, 1)] * 2, name
+        assert [m.out_shape for m in convs] == [(16, 4, 4), (32, 2, 2)], name
         assert row.optimizer(list(model.parameters())).defaults["lr"] == cfg.rules[name].lr, name
         expected = (dynets.models.ConvPredictiveCoding if name in ("bp", "pc") else
                     dynets.models.ConvAsymmetric if name in asymmetric else dynets.models.ConvHopfield)
         assert type(model) is expected, name
         if name in asymmetric:
             assert model.feedback_mode == asymmetric[name], name
+        if row.scheduler is not None:   # a row's cosine decay ends at its own last epoch
+            assert row.scheduler(row.optimizer(list(model.parameters()))).T_max == row.epochs, name
         if getattr(model, "softmax", False):   # a softmax read-out is trained through the cross-entropy
             assert isinstance(rule.cost, dynets.costs.CrossEntropy), name
         if isinstance(rule, EquilibriumPropagation):
