@@ -105,10 +105,10 @@ def apical_norm(model: DendriticMicrocircuit, x: torch.Tensor, options: SettleOp
 
 def lateral_distance(model: DendriticMicrocircuit, x: torch.Tensor) -> list[dict[str, float]]:
     """How far the lateral weights are from the analytic self-predicting ones (W*, set by
-    :meth:`~dynets.models.DendriticMicrocircuit.self_predicting_`), per hidden layer k:
+    :meth:`~dynets.models.dendritic.DendriticMicrocircuit.self_predicting_`), per hidden layer k:
     ‖W_PI,k − W*_PI,k‖/‖W*_PI,k‖ and ‖W_IP,k − W*_IP,k‖/‖W*_IP,k‖ over the live units only, those
     with φ'(u) ≠ 0 (relu: u > 0) on some input of ``x`` in the feed-forward state
-    (:meth:`~dynets.models.DendriticMicrocircuit.predicted_state`): the
+    (:meth:`~dynets.models.dendritic.DendriticMicrocircuit.predicted_state`): the
     columns of W_PI of live interneurons (the pyramids of layer k+1), the rows of W_IP of live
     interneurons and its columns of live pyramids of layer k. A silent unit's weights never act.
 
