@@ -9,7 +9,6 @@ epoch also does: batching, the per-epoch validation, the optimizer's bookkeeping
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Mapping
@@ -19,22 +18,15 @@ from typing import Any
 import torch
 
 from ..app.builder import resolve_device
+from ..app.plots import read_metrics
 from ..app.run import train
-
-
-def epoch_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The per-epoch objects of a run's ``metrics.jsonl``.
-
-    Args:
-        run_dir: the run directory.
-    """
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
 def epoch_cost(configs: Mapping[str, Mapping[str, Any]], label: str, root: str | os.PathLike | None = None) -> dict:
     """Train each of ``configs`` (composed ``configs/train.yaml`` as plain data, ``backprop`` among
     them) in a run directory of its own under ``root`` (a temporary one if ``None``); the JSON line:
-    per run, the epochs' wall times (``s_epoch_<name>``), settle and optimizer sections, the test
+    per run, the epochs' wall times (``epoch_time_<name>``), settle and optimizer sections
+    (``settle_time_<name>``, ``optimizer_time_<name>``), the test
     accuracy at the best validation epoch, and each run's total epoch time over backprop's
     (``ratio_vs_backprop_<name>``).
 
@@ -43,13 +35,13 @@ def epoch_cost(configs: Mapping[str, Mapping[str, Any]], label: str, root: str |
         label: the line's ``config``, e.g. ``fashion_epochs 784-512-10/b50``.
         root: where the run directories go.
     """
-    line = {"device": "cpu", "threads": torch.get_num_threads(), "config": label}
+    device = resolve_device(next(iter(configs.values()))["trainer"]["device"]).type
+    line = {"device": device, "threads": torch.get_num_threads(), "config": label}
     with tempfile.TemporaryDirectory() as tmp:
         for name, config in configs.items():
             run_dir = Path(root or tmp) / name
             summary = train(config, run_dir)
-            rows = epoch_metrics(run_dir)
-            line["device"] = resolve_device(config["trainer"]["device"]).type
+            rows = read_metrics(run_dir / "metrics.jsonl")
             for key in ("epoch_time_s", "settle_time_s", "optimizer_time_s"):
                 line[f"{key[:-2]}_{name}"] = [round(row[key], 3) for row in rows]
             line[f"test_accuracy_{name}"] = summary["test_accuracy"]
