@@ -93,10 +93,10 @@ class DendriticMicrocircuit(DynamicalModel):
         if interneuron_error not in INTERNEURON_ERRORS:
             raise ValueError(f"unknown interneuron_error {interneuron_error!r}; valid: {', '.join(INTERNEURON_ERRORS)}")
         self.act, self.interneuron_error = PC_ACTIVATIONS[activation], interneuron_error
-        self.output_activation = output_activation
         self.in_features, self.out_features, self.n = self.sizes[0], self.sizes[-1], len(self.sizes) - 1
-        # φ_k of layer k (0-based): the hidden layers' φ, the output's own
-        self.phis = [self.act.f] * (self.n - 1) + [PC_ACTIVATIONS[output_activation].f]
+        # layer k's (0-based) activation: the hidden layers' φ, the output's own; phis: their f
+        self.acts = [self.act] * (self.n - 1) + [PC_ACTIVATIONS[output_activation]]
+        self.phis = [a.f for a in self.acts]
         pairs = list(zip(self.sizes[1:-1], self.sizes[2:]))   # (n_k, n_{k+1}) of each hidden layer k
         self.up = nn.ModuleList(nn.Linear(a, b) for a, b in zip(self.sizes, self.sizes[1:]))
         self.down = nn.ModuleList(nn.Linear(b, a, bias=False).requires_grad_(self.learn_down) for a, b in pairs)

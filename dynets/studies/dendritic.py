@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from ..models import DendriticMicrocircuit
-from ..models.activations import PC_ACTIVATIONS
 from ..phases import Condition, State
 from ..rules import DendriticSleep, UrbanczikSenn, write_grads
 from ..settle import SettleOptions, settle
@@ -122,8 +121,7 @@ def lateral_distance(model: DendriticMicrocircuit, x: torch.Tensor) -> list[dict
     ideal = copy.deepcopy(model).self_predicting_()
     with torch.no_grad():
         state = ideal.predicted_state(Condition(x))
-        acts = [model.act] * (model.n - 1) + [PC_ACTIVATIONS[model.output_activation]]   # the output's own φ
-        live = [(a.df(u, a.f(u)) != 0).any(0) for a, u in zip(acts, state[::2])]   # φ' > 0 somewhere
+        live = [(a.df(u, a.f(u)) != 0).any(0) for a, u in zip(model.acts, state[::2])]   # φ' > 0 somewhere
         rel = lambda w, w_star: ((w - w_star).norm() / w_star.norm()).item()
         return [{"pi": rel(model.pi[k].weight[:, live[k + 1]], ideal.pi[k].weight[:, live[k + 1]]),
                  "ip": rel(model.ip[k].weight[live[k + 1]][:, live[k]], ideal.ip[k].weight[live[k + 1]][:, live[k]])}
