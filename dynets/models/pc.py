@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from ..phases import Block, Condition, State, VectorField, by_layer
-from ._linear import linear
 from .activations import PC_ACTIVATIONS
 from .base import EnergyModel
 from .fused import PredictiveCodingSweeps
@@ -131,9 +130,9 @@ class PredictiveCoding(EnergyModel):
             to, frm, nonlinear = self.edges[k]
             if k == 0 and shared is not None:
                 return shared
-            layer = self.layers[k]
-            z = v[frm] if not nonlinear else fv(frm) if fv is not None else f(v[frm])
-            return linear(z, layer.weight, layer.bias)
+            if not nonlinear:
+                return self.layers[k](v[frm])
+            return self.layers[k](fv(frm) if fv is not None else f(v[frm]))
 
         return mu
 
