@@ -24,7 +24,11 @@ self-predicting 784-500-10 microcircuit (relu, Gauss-Seidel) and its whole Urban
 step of the same MLP (dynets.studies.dendritic.settle_cost). fashion_epochs (not in the default list: it trains
 for a minute and needs Fashion-MNIST): the main job's 3 epochs of centered EP on Fashion-MNIST (+experiment=fashion)
 and backprop through the same-size net with the same hard sigmoid, cost, batch and optimizer, one after the other,
-each epoch's time from the runs' metrics (dynets.studies.epoch_cost). The last lines: one JSON object each.
+each epoch's time from the runs' metrics (dynets.studies.epoch_cost). The families', EP's, PC's and conv's lines
+also count one more step of each method after the timed ones (dynets.studies.counts; load-independent):
+``macs_<method>`` (multiply-adds of its products and convolutions), ``ops_<method>`` (ATen operations dispatched),
+``syncs_<method>`` (host reads of a value), ``sweeps_<method>`` (the rule's settle sweeps per phase) and
+``macs_ratio_vs_backprop``, ``ops_ratio_vs_backprop``. The last lines: one JSON object each.
 """
 import argparse
 import json
