@@ -8,11 +8,13 @@ from collections import Counter
 from typing import Callable
 
 import torch
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry, shape_wrapper
 
 aten = torch.ops.aten
-SYNC = aten._local_scalar_dense   # .item(), float(t), bool(t): the host waits for the device
+# Where the host reads a tensor's value, and so waits for the device (a sync on a GPU).
+READS = {"item", "tolist", "numpy", "__float__", "__int__", "__bool__", "__index__"}
 
 
 def _mv(a, b, *args, out_shape=None, **kwargs) -> int:
@@ -61,6 +63,20 @@ class OpCounter(TorchDispatchMode):
         return out
 
 
+class HostReads(TorchFunctionMode):
+    """Counts the host's reads of tensor values under it (:data:`READS`: ``.item()``, ``.tolist()``,
+    ``.numpy()``, ``float(t)``, ``bool(t)``, ...): each is a sync on a GPU. Seen at the Python level,
+    as ``.tolist()`` and ``.numpy()`` dispatch no ATen operation on CPU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.reads += getattr(func, "__name__", None) in READS
+        return func(*args, **(kwargs or {}))
+
+
 def sweeps(metrics) -> dict[str, float]:
     """The settle sweeps (or steps) per phase among a rule's metrics: its ``steps_<phase>`` and
     ``<phase>_steps`` entries (none for a step that returns no metrics dict).
@@ -75,18 +91,17 @@ def sweeps(metrics) -> dict[str, float]:
 
 def step_counts(step: Callable[[], object]) -> dict:
     """Runs ``step`` once under the counters: ``macs`` (multiply–adds: FLOPs of products and
-    convolutions over 2), ``ops`` (ATen operations dispatched), ``syncs`` (reads of a tensor's value
-    by the host) and ``sweeps`` (:func:`sweeps` of what the step returned first, as the steps of
+    convolutions over 2), ``ops`` (ATen operations dispatched), ``syncs`` (the host's reads of tensor
+    values, :class:`HostReads`) and ``sweeps`` (:func:`sweeps` of what the step returned first, as the steps of
     :func:`~dynets.studies.timing.with_adam` return the rule's metrics).
 
     Args:
         step: a step callable of the bench; it runs once, with its side effects (an optimizer step).
     """
-    with OpCounter() as ops:
+    with OpCounter() as ops, HostReads() as host:
         out = step()
     first = out[0] if isinstance(out, tuple) and out else out
-    return {"macs": ops.flops // 2, "ops": ops.calls.total(), "syncs": ops.calls[str(SYNC)],
-            "sweeps": sweeps(first)}
+    return {"macs": ops.flops // 2, "ops": ops.calls.total(), "syncs": host.reads, "sweeps": sweeps(first)}
 
 
 def counts(steps: dict[str, Callable[[], object]], base: str) -> dict:
