@@ -1,5 +1,7 @@
 """The README's speed table, made from ``scripts/bench.py``'s JSON lines (one per measurement):
-``python scripts/bench.py --table docs/results/bench_cpu.jsonl`` prints it."""
+``python scripts/bench.py --table docs/results/bench_cpu.jsonl`` prints it; with ``--counts
+docs/results/counts_cpu.jsonl``, the table of docs/results/speed.md that sets those times beside
+each step's counts."""
 from __future__ import annotations
 
 import json
