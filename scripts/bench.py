@@ -3,6 +3,8 @@
     python scripts/bench.py [--device cpu] [--configs 784,512,10:128 ...] [--repeats 20] [--warmup 3]
                             [--families ep pc chl ...] [--out FILE.jsonl]
     python scripts/bench.py --table docs/results/bench_cpu.jsonl     # the README's speed table from a run's lines
+    python scripts/bench.py --table docs/results/bench_cpu.jsonl --counts docs/results/counts_cpu.jsonl
+                                                                     # its times beside another run's counts
 
 ep (centered, β 0.5, hard sigmoid; 30 Euler steps of Δt 0.5 from rest, ±β phases of 10) and pc (nudged, β 0.1,
 tanh, linear read-out; 20 steps from the feedforward pass): ``dynets`` at the steps of ``autograd_reference``
@@ -24,7 +26,11 @@ self-predicting 784-500-10 microcircuit (relu, Gauss-Seidel) and its whole Urban
 step of the same MLP (dynets.studies.dendritic.settle_cost). fashion_epochs (not in the default list: it trains
 for a minute and needs Fashion-MNIST): the main job's 3 epochs of centered EP on Fashion-MNIST (+experiment=fashion)
 and backprop through the same-size net with the same hard sigmoid, cost, batch and optimizer, one after the other,
-each epoch's time from the runs' metrics (dynets.studies.epoch_cost). The last lines: one JSON object each.
+each epoch's time from the runs' metrics (dynets.studies.epoch_cost). The families', EP's, PC's and conv's lines
+also count one more step of each method after the timed ones (dynets.studies.counts; load-independent):
+``macs_<method>`` (multiply-adds of its products and convolutions), ``ops_<method>`` (ATen operations dispatched),
+``syncs_<method>`` (host reads of a value), ``sweeps_<method>`` (the rule's settle sweeps per phase) and
+``macs_ratio_vs_backprop``, ``ops_ratio_vs_backprop``. The last lines: one JSON object each.
 """
 import argparse
 import json
@@ -39,7 +45,7 @@ from dynets.studies.bench_genpc import bench_genpc
 from dynets.studies.bench_references import REFERENCES, bench_conv, bench_reference
 from dynets.studies.dendritic import settle_cost
 from dynets.studies.epoch_cost import epoch_cost
-from dynets.studies.speed_table import read_lines, speed_table
+from dynets.studies.speed_table import counts_table, read_lines, speed_table
 
 CPU_CONFIGS = ["784,512,10:128", "784,1024,1024,10:128"]
 GPU_CONFIGS = ["784,512,10:128", "784,512,10:1024", "784,1024,1024,10:128", "784,1024,1024,10:1024"]
@@ -85,9 +91,11 @@ def main() -> None:
     parser.add_argument("--families", nargs="+", choices=[*ALL, "fashion_epochs"], default=ALL)
     parser.add_argument("--out", help="also write the JSON lines to this file")
     parser.add_argument("--table", help="print the speed table of this file of JSON lines, and nothing else")
+    parser.add_argument("--counts", help="with --table: print the table of this file's counts beside its times")
     args = parser.parse_args()
     if args.table:
-        return print(speed_table(read_lines(args.table)))
+        timed = read_lines(args.table)
+        return print(counts_table(read_lines(args.counts), timed) if args.counts else speed_table(timed))
     device = torch.device(args.device)
     results = bench(args.families, args.configs or (GPU_CONFIGS if device.type == "cuda" else CPU_CONFIGS),
                     device, args.repeats, args.warmup)

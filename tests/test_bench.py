@@ -10,7 +10,7 @@ import torch
 
 from dynets.studies.bench_families import FAMILIES, PROBES, build, grads_step
 from dynets.studies.bench_references import REFERENCES, stopped_rules
-from dynets.studies.speed_table import read_lines, speed_table
+from dynets.studies.speed_table import counts_table, read_lines, speed_table
 from dynets.studies.timing import random_batch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,6 +85,28 @@ def test_the_speed_table_of_sample_lines():
         "Measured on cpu, 2 threads; cuda, 16 threads.")
 
 
+COUNTED = [
+    {"config": "ep 784-512-10/b128", "method": "dynets", "macs_dynets": 300, "macs_dynets_gauss_seidel": 150,
+     "macs_backprop": 100, "ops_dynets_gauss_seidel": 220, "syncs_dynets_gauss_seidel": 4,
+     "sweeps_dynets_gauss_seidel": {"steps_free": 6, "steps_nudged_-": 3, "steps_nudged_+": 2}},
+    {"config": "wake_sleep 784-512-10/b128", "method": "wake_sleep", "macs_wake_sleep": 400, "macs_backprop": 100,
+     "ops_wake_sleep": 232, "syncs_wake_sleep": 4},
+    {"config": "node_perturbation 784-512-10/b128", "method": "node_perturbation", "macs_node_perturbation": 1900,
+     "macs_backprop": 100, "ops_node_perturbation": 306, "syncs_node_perturbation": 5,
+     "sweeps_node_perturbation": {"steps_free": 4, "steps_perturbed": 9.0}},
+]
+
+
+def test_the_counts_table_of_sample_lines():
+    """Times from the timed lines (ep: of its fastest method), counts from the counted ones; a
+    config with no timed line is left out."""
+    assert counts_table(COUNTED, LINES) == (
+        "| step | net / batch | × backprop, time | × backprop, multiply–adds | ops per step | host syncs | sweeps |\n"
+        "|---|---|---|---|---|---|---|\n"
+        "| ep | 784-512-10/b128 | 2.00 | 1.50 | 220 | 4 | free 6, nudged_- 3, nudged_+ 2 |\n"
+        "| node_perturbation | 784-512-10/b128 | 12.00 | 19.00 | 306 | 5 | free 4, perturbed 9 |")
+
+
 def test_the_readmes_speed_table_is_the_committed_bench_lines():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     found = re.search(r"<!-- speed table: python scripts/bench.py --table (\S+) -->\n(.*?)\n<!-- end speed table -->",
@@ -103,3 +125,11 @@ def test_the_epoch_benchs_backprop_run_is_the_main_jobs_but_for_the_rule_and_mod
     assert (bp["rule"]["_target_"], ep["rule"]["_target_"]) == ("dynets.rules.Backprop", "dynets.rules.EquilibriumPropagation")
     assert bp["model"]["sizes"] == ep["model"]["sizes"] and bp["model"]["activation"] == ep["model"]["activation"]
     assert {k: v for k, v in bp.items() if k not in ("model", "rule")} == {k: v for k, v in ep.items() if k not in ("model", "rule")}
+
+
+def test_the_speed_pages_counts_table_is_the_committed_lines():
+    page = (ROOT / "docs" / "results" / "speed.md").read_text(encoding="utf-8")
+    found = re.search(r"<!-- counts table: python scripts/bench.py --table (\S+) --counts (\S+) -->\n(.*?)\n"
+                      r"<!-- end counts table -->", page, re.S)
+    assert found, "docs/results/speed.md has no generated counts table between its markers"
+    assert found.group(3) == counts_table(read_lines(ROOT / found.group(2)), read_lines(ROOT / found.group(1)))

@@ -252,3 +252,27 @@ def test_the_study_measures_the_one_over_sqrt_p_law_on_digits():
     assert [r["p"] for r in drives] == [18, 74]
     for r in drives:
         assert r["cos_mean"] == pytest.approx(r["cos_theory"], rel=0.25), r
+
+
+class Recorded:
+    """The rule's settle, recording the steps of every settle it runs (the free one first)."""
+
+    def __init__(self, options):
+        self.options, self.steps = options, []
+
+    def __call__(self, model, condition, init=None):
+        eq = self.options(model, condition, init=init)
+        self.steps.append(eq.steps)
+        return eq
+
+
+@pytest.mark.parametrize("cls,settles", [(NodePerturbation, 1), (WeightPerturbation, 2 * 3)])
+def test_steps_perturbed_are_the_perturbed_settles_steps(cls, settles):
+    """Node perturbation settles its probes in one batch, weight perturbation each probe and sign
+    in turn: ``steps_perturbed`` sums the steps of every settle after the free one."""
+    model, x, y = problem()
+    rule = cls(0.05, 3, settle=QUICK)
+    rule.settle = recorded = Recorded(QUICK)
+    metrics = rule.update(model, x, y).metrics
+    assert len(recorded.steps) == 1 + settles and metrics["steps_free"] == recorded.steps[0]
+    assert metrics["steps_perturbed"] == sum(recorded.steps[1:]) > 0

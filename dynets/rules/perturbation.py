@@ -62,7 +62,9 @@ class _Perturbation(Rule, Probes):
     the deterministic error for given directions is O(σ²) instead of O(σ). A perturbed
     settle that does not converge is a probe that failed: it is left out of the estimate
     (which averages each sample's usable probes) and counted (``perturbed_unconverged``,
-    settles in the batch). The free phase, at which the update is computed, goes through
+    settles in the batch). ``steps_perturbed`` is the sweeps (steps) of the perturbed settles,
+    summed over them (node perturbation: one settle of all probes; weight perturbation: one per
+    probe and sign). The free phase, at which the update is computed, goes through
     :meth:`~dynets.rules.base.Rule.check_converged`: an error if a sample did not converge,
     or with ``allow_unconverged`` that sample is left out too.
 
@@ -88,15 +90,16 @@ class _Perturbation(Rule, Probes):
         self.exact_cosine = bool(exact_cosine)
 
     @abstractmethod
-    def estimate(self, model: DynamicalModel, condition: Condition, free: Equilibrium) -> tuple[dict[str, torch.Tensor], int]:
-        """``({name: estimate of ∂L/∂θ}, number of perturbed settles that did not converge)``."""
+    def estimate(self, model: DynamicalModel, condition: Condition, free: Equilibrium) -> tuple[dict[str, torch.Tensor], dict]:
+        """``({name: estimate of ∂L/∂θ}, metrics)``: the metrics ``perturbed_unconverged`` (perturbed
+        settles of a sample that did not converge) and ``steps_perturbed`` (their steps, summed)."""
 
     def update(self, model: DynamicalModel, x: torch.Tensor, y: torch.Tensor | None = None) -> Update:
         exact = _exact_gradient(model, self, x, y) if self.exact_cosine else None
         condition, free, metrics = self.free_phase(model, x, y)
         self.check_converged(metrics, {"free": free})
-        grads, unconverged = self.estimate(model, condition, free)
-        metrics["perturbed_unconverged"] = unconverged
+        grads, perturbed = self.estimate(model, condition, free)
+        metrics.update(perturbed)
         if self.exact_cosine:
             metrics["cosine_exact"] = _cosine(grads, exact) if exact is not None else float("nan")
         return Update(grads, metrics)
@@ -122,7 +125,7 @@ class NodePerturbation(_Perturbation):
     p perturbed units (Werfel, Xie & Seung 2005).
     """
 
-    def estimate(self, model: DynamicalModel, condition: Condition, free: Equilibrium) -> tuple[dict[str, torch.Tensor], int]:
+    def estimate(self, model: DynamicalModel, condition: Condition, free: Equilibrium) -> tuple[dict[str, torch.Tensor], dict]:
         signs, K, B = self.signs, self.n_probes, condition.batch
         rows = len(signs) * K
         xi = [self.noise((K, *s.shape), s) for s in free.state]   # one ξ per unit, layers of any shape
@@ -137,7 +140,8 @@ class NodePerturbation(_Perturbation):
         weight = torch.where(ok, self.delta(costs, model.cost(free.state, condition)), 0.0)
         weight = weight / ok.sum(0).clamp(min=1) / self.sigma ** 2
         g = tuple((weight.view(*weight.shape, *(1,) * (v.dim() - 2)) * v).sum(0) for v in xi)
-        return drive_to_params(model, condition, free, g), int((~settled).sum())
+        metrics = {"perturbed_unconverged": int((~settled).sum()), "steps_perturbed": eq.steps}
+        return drive_to_params(model, condition, free, g), metrics
 
 
 def _tile(t: torch.Tensor, rows: int) -> torch.Tensor:
@@ -158,25 +162,26 @@ class WeightPerturbation(_Perturbation):
     1/√N for N weights (Werfel, Xie & Seung 2005).
     """
 
-    def estimate(self, model: DynamicalModel, condition: Condition, free: Equilibrium) -> tuple[dict[str, torch.Tensor], int]:
+    def estimate(self, model: DynamicalModel, condition: Condition, free: Equilibrium) -> tuple[dict[str, torch.Tensor], dict]:
         named = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
         net, base = _Settled(model, self.settle), model.cost(free.state, condition)
         free_ok = free.residual <= free.tolerance
-        sums, used, unconverged = {n: torch.zeros_like(p) for n, p in named.items()}, 0, 0
+        sums, used, unconverged, steps = {n: torch.zeros_like(p) for n, p in named.items()}, 0, 0, 0
         for _ in range(self.n_probes):
             xi = {n: self.noise(p.shape, p) for n, p in named.items()}
             results = [torch.func.functional_call(net, {f"net.{n}": p + sign * xi[n] for n, p in named.items()},
                                                   (condition, free.state)) for sign in self.signs]
-            settled = torch.stack([ok for _, ok in results])
-            unconverged += int((~settled).sum())
+            settled = torch.stack([ok for _, ok, _ in results])
+            unconverged, steps = unconverged + int((~settled).sum()), steps + sum(n for *_, n in results)
             ok = settled.all(0) & free_ok
             if not ok.any():
                 continue
-            delta = self.delta(torch.stack([c for c, _ in results]), base)[ok].mean()
+            delta = self.delta(torch.stack([c for c, *_ in results]), base)[ok].mean()
             for n in sums:
                 sums[n].add_(xi[n], alpha=delta.item() / self.sigma ** 2)
             used += 1
-        return {n: s / max(used, 1) for n, s in sums.items()}, unconverged
+        return {n: s / max(used, 1) for n, s in sums.items()}, {"perturbed_unconverged": unconverged,
+                                                                  "steps_perturbed": steps}
 
 
 class _Settled(nn.Module):
@@ -187,10 +192,11 @@ class _Settled(nn.Module):
         super().__init__()
         self.net, self.options = model, options
 
-    def forward(self, condition: Condition, init: State) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, condition: Condition, init: State) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The cost per sample at the equilibrium, which samples converged, and the settle's steps."""
         fresh = self.net.prepare(Condition(condition.x, condition.target, cost=condition.cost))
         eq = self.options(self.net, fresh, init=init)
-        return self.net.cost(eq.state, fresh), eq.residual <= eq.tolerance
+        return self.net.cost(eq.state, fresh), eq.residual <= eq.tolerance, eq.steps
 
 
 def drive_to_params(model: DynamicalModel, condition: Condition, free: Equilibrium,

@@ -16,6 +16,7 @@ from ..rules import (BoltzmannLearning, ContrastiveHebbian, DifferenceTargetProp
 from ..rules.base import Rule
 from ..rules.memory import hebbian
 from ..settle import SettleOptions
+from .counts import counts
 from .timing import backprop, random_batch, timed, train_step, with_adam
 
 SEED, PROBES = 0, 16
@@ -126,7 +127,8 @@ def grads_step(name: str, model: nn.Module, rule: Rule, x: torch.Tensor, labels:
 def bench_family(name: str, sizes: list[int], batch: int, device: torch.device, repeats: int, warmup: int) -> dict:
     """One step of family ``name``'s rule on its standard net against backprop of the same-size
     sigmoid MLP; the JSON line (with probes: also a one-probe step and ``ms_per_probe``, the
-    marginal cost of a probe).
+    marginal cost of a probe), with each step's :func:`~dynets.studies.counts.counts` from one more
+    step after the timed ones.
 
     Args:
         name: a key of :data:`FAMILIES`.
@@ -146,6 +148,7 @@ def bench_family(name: str, sizes: list[int], batch: int, device: torch.device, 
     xb, lb = random_batch(own[:1], own[-1], rows, device, SEED)
     steps["backprop"] = backprop(own, nn.Sigmoid(), xb, nn.functional.one_hot(lb, own[-1]).to(xb.dtype))
     result, ms = timed(label(name, sizes, batch), steps, device, repeats, warmup, name)
+    result.update(counts(steps, name))
     if family.probes:
         result["ms_per_probe"] = (ms[name] - ms["one_probe"]) / (family.probes - 1)
     return result

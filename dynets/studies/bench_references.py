@@ -12,6 +12,7 @@ from ..models import ConvHopfield, ConvPredictiveCoding, LayeredHopfield, Predic
 from ..rules import PredictiveCodingRule, write_grads
 from ..settle import SettleOptions
 from ..testing import ReferenceConvEP, ReferenceEP, ReferencePC, check_same_grads
+from .counts import counts
 from .timing import backprop, backprop_step, random_batch, timed, train_step, with_adam
 
 PHASES, SEED, TOL = ("steps_free", "steps_nudged_+", "steps_nudged_-"), 0, 1e-3   # TOL: of the gradient check
@@ -38,7 +39,8 @@ def bench_reference(family: str, sizes: list[int], batch: int, device: torch.dev
                     warmup: int) -> dict:
     """EP or PC at the reference's steps and stopped at its residual, against the reference and
     backprop of the same-size MLP; the JSON line (the steps each stopped method took in
-    ``steps_same_residual``, the fastest dynets method in ``dynets_best``).
+    ``steps_same_residual``, the fastest dynets method in ``dynets_best``, each method's
+    :func:`~dynets.studies.counts.counts` from one more step after the timed ones).
 
     Args:
         family: ``ep`` or ``pc``.
@@ -66,16 +68,19 @@ def bench_reference(family: str, sizes: list[int], batch: int, device: torch.dev
     result, ms = timed(f"{family} {'-'.join(map(str, sizes))}/b{batch}", steps, device, repeats, warmup)
     used = {n: "+".join(str(m[k]) for k in PHASES if k in m) for n, rule in stopped.items()
             for m in [train_step(rule, copy.deepcopy(model), x, labels)]}
+    result.update(counts(steps, "dynets"))   # after: the steps above start from the timed steps' weights
     print(f"reference leaves residual {r}; steps (free+nudged) to reach it, after the timed steps: {used}")
     best = min((n for n in ms if n.startswith("dynets")), key=ms.get)
     return {**result, "speedup_vs_autograd": ms["autograd_reference"] / ms["dynets"], "steps_same_residual": used,
             "dynets_best": best, "ratio_best_vs_backprop": ms[best] / ms["backprop"], "speedup_best_vs_autograd":
-            ms["autograd_reference"] / ms[best], **{f"reference_residual_{k}": v for k, v in r.items()}}
+            ms["autograd_reference"] / ms[best], "macs_ratio_best_vs_backprop": result[f"macs_{best}"] /
+            result["macs_backprop"], **{f"reference_residual_{k}": v for k, v in r.items()}}
 
 
 def bench_conv(batch: int, device: torch.device, repeats: int, warmup: int) -> list[dict]:
     """Conv EP (Gauss-Seidel) and conv PC stopped at the residual the textbook conv EP leaves (checked
-    first to give dynets' gradients at its steps), against it and backprop through the same couplings.
+    first to give dynets' gradients at its steps), against it and backprop through the same couplings;
+    each step's :func:`~dynets.studies.counts.counts` from one more step after the timed ones.
 
     Args:
         batch: rows of the batch.
@@ -107,6 +112,7 @@ def bench_conv(batch: int, device: torch.device, repeats: int, warmup: int) -> l
         print("at 1e-2:", train_step(tight, copy.deepcopy(pc2), x, labels)) if family == "pc" else None
         used = "+".join(str(v) for k, v in train_step(rule, copy.deepcopy(model), x, labels).items() if "steps_" in k)
         print(f"{family}: steps (free+nudged) to the reference's residual {r}, after the timed steps: {used}")
+        result.update(counts(steps, "dynets"))
         results.append({**result, "steps_same_residual": used, **{f"reference_residual_{k}": v for k, v in r.items()},
                         **({"speedup_vs_autograd": ms["autograd_reference"] / ms["dynets"]} if family == "ep" else {})})
     return results
