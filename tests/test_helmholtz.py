@@ -131,6 +131,26 @@ def test_wake_writes_only_the_generative_pathway_and_sleep_only_the_recognition_
         torch.testing.assert_close(grads[name], expected[name], rtol=0, atol=0)
 
 
+def test_the_update_shares_each_pathways_pass_between_its_metric_and_its_delta_rule():
+    """Plain wake-sleep computes G h and R h once for the likelihood metrics and the delta rules:
+    the update is, bit for bit, the delta rules with each pass recomputed on the rule's own draws,
+    and the metrics are −log₂ p(x, h) and −log₂ q(dreamt causes | dream) from the model's methods."""
+    model, x = machine((4, 3, 2)), (torch.rand(6, 4, generator=torch.Generator().manual_seed(2)) < 0.5).double()
+    update = WakeSleep(seed=5).update(model, x)
+    g, ones = torch.Generator().manual_seed(5), torch.ones(1, 6, dtype=torch.float64)
+    hidden, log_q = model.proposal(x, 1, g)   # the rule's draws, in its order: wake, then the dream
+    dream = [h[None] for h in Sleep(start="prior", run=SampleOptions("gibbs", sweeps=1)).dream(
+        model, Condition(batch_size=6, generator=g)).state]
+    expected = WakeSleep.generative_grads(model, [x[None], *hidden], ones) | WakeSleep.recognition_grads(model, dream, ones)
+    assert update.grads.keys() == expected.keys()
+    for name, want in expected.items():
+        assert torch.equal(update.grads[name], want), name
+    dream_q = sum(-torch.nn.functional.binary_cross_entropy_with_logits(r(dream[l]), dream[l + 1], reduction="none").sum(-1)
+                  for l, r in enumerate(model.recognition))
+    assert update.metrics["loss"] == pytest.approx(-(model.log_joint(x, hidden) - log_q).mean().item() / math.log(2), rel=1e-12)
+    assert update.metrics["sleep_loss"] == pytest.approx(-dream_q.mean().item() / math.log(2), rel=1e-12)
+
+
 def test_interleaved_sleep_trains_r_by_the_delta_rule_expected_over_the_model_s_dreams():
     """SleepInterleaved's sleep on a 3-2 machine: R's gradient, the mean over n dreams, against
     its expectation −Σ_{x,h} p(h) p(x | h) (h − σ(Rx + r)) xᵀ enumerated over all 32 joint

@@ -134,14 +134,20 @@ class Helmholtz(DynamicalModel):
 
     # ---- likelihoods ---------------------------------------------------------------------------
 
-    def log_joint(self, x: torch.Tensor, hidden: list[torch.Tensor]) -> torch.Tensor:
+    def log_joint(self, x: torch.Tensor, hidden: list[torch.Tensor],
+                  logits: list[torch.Tensor] | None = None) -> torch.Tensor:
         """log p(x, h_1, ..., h_L) ``(*lead,)`` for x ``(batch, visible)`` and each h_l
-        ``(*lead, units)`` (lead: e.g. ``(k, batch)``)."""
+        ``(*lead, units)`` (lead: e.g. ``(k, batch)``); ``logits``: the
+        :meth:`generative_logits` of ``hidden`` where the caller has them."""
         layers = [x, *hidden]
         total = bernoulli_log_prob(layers[-1], self.prior)
-        for l, g in enumerate(self.generative):
-            total = total + bernoulli_log_prob(layers[l], g(layers[l + 1]))
+        for l, z in enumerate(logits if logits is not None else self.generative_logits(hidden)):
+            total = total + bernoulli_log_prob(layers[l], z)
         return total
+
+    def generative_logits(self, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
+        """G_l h_{l+1} + g_l for each l: the top-down prediction of layer l from ``hidden`` = [h_1, ..., h_L]."""
+        return [g(h) for g, h in zip(self.generative, hidden)]
 
     def proposal(self, x: torch.Tensor, k: int, generator: torch.Generator) -> tuple[list[torch.Tensor], torch.Tensor]:
         """k recognition samples of the hidden layers given x ``(batch, visible)``: each layer

@@ -18,14 +18,15 @@ WAKES = ("sample", "settle")
 
 
 def delta_rule(linear: torch.nn.Linear, target: torch.Tensor, source: torch.Tensor,
-               weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+               weights: torch.Tensor, logits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The descent direction −Δ of the weighted delta rule for ``target`` predicted from ``source``:
 
         ΔW = (1/B) Σ_{k,b} w_{kb} (t_{kb} − σ(W s_{kb} + c)) s_{kbᵀ},   Δc = (1/B) Σ_{k,b} w_{kb} (t_{kb} − σ(W s_{kb} + c)),
 
-    i.e. the weighted gradient of log Bernoulli(t; σ(W s + c)); t, s ``(k, B, units)``, w ``(k, B)``.
+    i.e. the weighted gradient of log Bernoulli(t; σ(W s + c)); t, s ``(k, B, units)``, w ``(k, B)``;
+    ``logits``: W s + c where the caller has it (it computed them for a likelihood).
     """
-    error = weights[..., None] * (target - torch.sigmoid(linear(source)))
+    error = weights[..., None] * (target - torch.sigmoid(linear(source) if logits is None else logits))
     batch = weights.shape[-1]
     return -error.flatten(0, -2).T @ source.flatten(0, -2) / batch, -error.flatten(0, -2).sum(0) / batch
 
@@ -105,15 +106,16 @@ class WakeSleep(Rule):
         metrics = {}
         if self.wake_mode == "settle":
             eq = self.settle(model, Condition(x))
-            hidden, weights = [m[None] for m in eq.state], x.new_ones(1, x.shape[0])
+            hidden, weights, logits = [m[None] for m in eq.state], x.new_ones(1, x.shape[0]), None
             metrics.update(steps_free=eq.steps, converged=eq.converged_fraction)
             self.check_converged(metrics, {"wake": eq})
         else:
             hidden, log_q = model.proposal(x, self.k, self.generator)
-            log_w = model.log_joint(x, hidden) - log_q
+            logits = model.generative_logits(hidden)   # the likelihood's and the wake delta rules'
+            log_w = model.log_joint(x, hidden, logits) - log_q
             weights = torch.softmax(log_w, 0)
             metrics["loss"] = -(torch.logsumexp(log_w, 0) - math.log(self.k)).mean().item() / math.log(2)
-        grads = self.generative_grads(model, [x.expand(len(weights), *x.shape), *hidden], weights)
+        grads = self.generative_grads(model, [x.expand(len(weights), *x.shape), *hidden], weights, logits)
         if self.q_update in ("wake", "both"):
             grads.update(self.recognition_grads(model, [x.expand(len(weights), *x.shape), *hidden], weights))
         return grads, metrics
@@ -122,22 +124,29 @@ class WakeSleep(Rule):
         """The sleep phase: ``n`` dreams, R's gradients and −log₂ q(dreamt causes | dream) per dream."""
         dream = self.sleep_phase.dream(model, Condition(batch_size=n, generator=self.generator)).state
         layers = [h[None] for h in dream]
-        log_q = sum(bernoulli_log_prob(layers[l + 1], r(layers[l])) for l, r in enumerate(model.recognition))
-        return self.recognition_grads(model, layers, layers[0].new_ones(1, n)), -log_q.mean().item() / math.log(2)
+        logits = [r(h) for r, h in zip(model.recognition, layers)]   # the metric's and the delta rules'
+        log_q = sum(bernoulli_log_prob(layers[l + 1], z) for l, z in enumerate(logits))
+        return self.recognition_grads(model, layers, layers[0].new_ones(1, n), logits), -log_q.mean().item() / math.log(2)
 
     @staticmethod
-    def generative_grads(model: Helmholtz, layers: list[torch.Tensor], weights: torch.Tensor) -> dict[str, torch.Tensor]:
+    def generative_grads(model: Helmholtz, layers: list[torch.Tensor], weights: torch.Tensor,
+                         logits: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """G_l's and the prior's delta rules for the states ``layers`` = [h_0, ..., h_L], each
-        ``(k, B, units)``, weighted by ``weights`` ``(k, B)``."""
+        ``(k, B, units)``, weighted by ``weights`` ``(k, B)`` (``logits``: the model's
+        ``generative_logits`` of these states, where computed)."""
         grads = {"prior": -(weights[..., None] * (layers[-1] - torch.sigmoid(model.prior))).sum((0, 1)) / weights.shape[-1]}
         for l, g in enumerate(model.generative):
-            grads[f"generative.{l}.weight"], grads[f"generative.{l}.bias"] = delta_rule(g, layers[l], layers[l + 1], weights)
+            z = logits[l] if logits is not None else None
+            grads[f"generative.{l}.weight"], grads[f"generative.{l}.bias"] = delta_rule(g, layers[l], layers[l + 1], weights, z)
         return grads
 
     @staticmethod
-    def recognition_grads(model: Helmholtz, layers: list[torch.Tensor], weights: torch.Tensor) -> dict[str, torch.Tensor]:
-        """R_l's delta rules for the states ``layers`` = [h_0, ..., h_L] (as :meth:`generative_grads`)."""
+    def recognition_grads(model: Helmholtz, layers: list[torch.Tensor], weights: torch.Tensor,
+                          logits: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """R_l's delta rules for the states ``layers`` = [h_0, ..., h_L] (as :meth:`generative_grads`;
+        ``logits``: R_l h_l + r_l, where computed)."""
         grads = {}
         for l, r in enumerate(model.recognition):
-            grads[f"recognition.{l}.weight"], grads[f"recognition.{l}.bias"] = delta_rule(r, layers[l + 1], layers[l], weights)
+            z = logits[l] if logits is not None else None
+            grads[f"recognition.{l}.weight"], grads[f"recognition.{l}.bias"] = delta_rule(r, layers[l + 1], layers[l], weights, z)
         return grads
