@@ -276,3 +276,21 @@ def test_steps_perturbed_are_the_perturbed_settles_steps(cls, settles):
     metrics = rule.update(model, x, y).metrics
     assert len(recorded.steps) == 1 + settles and metrics["steps_free"] == recorded.steps[0]
     assert metrics["steps_perturbed"] == sum(recorded.steps[1:]) > 0
+
+
+def test_node_perturbation_tiles_the_free_phase_input_drive(monkeypatch):
+    """The probes' stacked settle reuses the free phase's input drive W₀x, tiled once per probe
+    row: the same update and steps as preparing the stacked batch anew (float64)."""
+    import dynets.rules.perturbation as perturbation
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.rand(6, 9, generator=g, dtype=torch.float64), torch.randint(3, (6,), generator=g)
+    model = LayeredHopfield([9, 7, 3], "hard_sigmoid").double()
+    opts = SettleOptions(method="gauss_seidel", step_size=1.0, atol=1e-9, max_time=400)
+    run = lambda: NodePerturbation(n_probes=5, seed=2, settle=opts).update(model, x, y)
+    tiled = run()
+    monkeypatch.setattr(perturbation, "_stacked", lambda m, c, rows, noise: m.prepare(
+        Condition(perturbation._tile(c.x, rows), perturbation._tile(c.target, rows), cost=c.cost, noise=noise)))
+    anew = run()
+    assert tiled.metrics["steps_perturbed"] == anew.metrics["steps_perturbed"]
+    for name, want in anew.grads.items():
+        torch.testing.assert_close(tiled.grads[name], want, rtol=1e-12, atol=1e-14)
