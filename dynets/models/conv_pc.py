@@ -293,7 +293,8 @@ def block_curvature(coupling: Coupling, v: torch.Tensor, act, iterations: int = 
     g = torch.Generator().manual_seed(0)
     u = torch.randn(v.shape, generator=g, dtype=v.dtype).to(v.device)
     for _ in range(iterations):
-        u = u / torch.linalg.vector_norm(u.flatten(1), dim=1).view(shape)
+        # clamped: a sample with every unit's f' zero (relu off) has H u = 0, curvature 0
+        u = u / torch.linalg.vector_norm(u.flatten(1), dim=1).clamp(min=torch.finfo(u.dtype).tiny).view(shape)
         hu = d * vjp(jvp(d * u))
         u, hu = hu, u
     return (u * hu).flatten(1).sum(1).view(shape)   # uᵀHu at the last unit u (hu holds it)
