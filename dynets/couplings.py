@@ -53,6 +53,11 @@ class Coupling(nn.Module, ABC):
         """``(g(s), e ↦ (∂g/∂s at s)ᵀe)``; a leaf overrides it to share work between the two."""
         return self(s), lambda e: self.adjoint(s, e)
 
+    def tangent(self, s: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``u ↦ (∂g/∂s at s)·u``, the Jacobian–vector product at s (without bias), for
+        curvature estimates; by forward-mode autograd unless a leaf gives it in closed form."""
+        return lambda u: torch.func.jvp(self, (s,), (u,))[1]
+
     def param_vjp(self, s: torch.Tensor, e: torch.Tensor) -> list[torch.Tensor]:
         """∂⟨g(s), e⟩/∂θ summed over the batch, one tensor per parameter in ``parameters()``
         order (a Hebbian term: for a dense layer e·sᵀ and Σe). By autograd unless a leaf
@@ -106,6 +111,9 @@ class Dense(Coupling):
 
     def adjoint(self, s: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         return (e @ self.linear.weight).view(e.shape[0], *self.in_shape)
+
+    def tangent(self, s: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda u: u.flatten(1) @ self.linear.weight.T
 
     def param_vjp(self, s: torch.Tensor, e: torch.Tensor) -> list[torch.Tensor]:
         return [e.T @ s.flatten(1), e.sum(0)]
@@ -179,6 +187,15 @@ class Conv(Coupling):
             return self(s), lambda e: self.adjoint(s, e)
         out, where = F.max_pool2d(self.conv(s), 2, return_indices=True)
         return out, lambda e: self._transpose(self._unpool_max(e, where))
+
+    def tangent(self, s: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """u ↦ pool'(W ⋆ u): max-pooling picks each window's arg-max of W ⋆ s + b at this s."""
+        c = self.conv
+        linear = lambda u: F.conv2d(u, c.weight, None, c.stride, c.padding)
+        if self.pool != "max":
+            return lambda u: self._pool(linear(u))
+        out, where = F.max_pool2d(c(s), 2, return_indices=True)
+        return lambda u: linear(u).flatten(2).gather(2, where.flatten(2)).view_as(out)
 
     def _unpool_max(self, e: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
         return F.max_unpool2d(e, where, 2, output_size=self.map_size)

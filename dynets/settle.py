@@ -1,7 +1,8 @@
 """``settle``: integrate ds/dt = f(s) until every sample of the batch is at steady state.
 
-The stop test is on the derivative, per sample: ``‖f(s_b)‖ ≤ atol + rtol·‖s_b‖`` for
-all b (diffrax's steady-state test, applied batch-wide). Integration runs in chunks of
+The stop test is on the derivative, per sample: ``‖f(s_b)‖ ≤ atol + rtol·‖s_b‖ + start_rtol·‖f(s_b(0))‖``
+for all b (diffrax's steady-state test, applied batch-wide, with a term relative to the sample's
+residual at the start: for a nudged phase warm-started at the free equilibrium that is β·‖∂C/∂s‖). Integration runs in chunks of
 at most ``check_every`` steps with one residual check (one host sync) per chunk, because
 torchdiffeq's events fire on the first sample that crosses and its adaptive solvers
 stall above a residual floor (``shared/notes/settling.md``).
@@ -58,6 +59,13 @@ class SettleOptions:
         step_size: Δt of fixed-grid methods; for adaptive ones, the chunk length unit.
         atol: absolute part of the steady-state tolerance ‖f(s_b)‖ ≤ atol + rtol·‖s_b‖.
         rtol: relative part of the same tolerance.
+        start_rtol: a part relative to each sample's residual at the settle's start, in [0, 1):
+            stop once ‖f(s_b)‖ has fallen by this factor (plus atol and rtol's parts). A phase
+            nudged by β from the free equilibrium starts at ‖f‖ = |β|·‖∂C/∂s‖ (the free residual
+            aside), so its displacement and the update's error both scale with β and with the
+            sample's error, and an absolute atol is loose at small β or error (it can stop a
+            nudged phase before its first step: a zero update) and tight at large ones. Meant
+            for warm-started phases: from rest, the start's residual is the drive's size.
         max_time: stop here, ``converged=False``, if not at steady state.
         check_every: the most steps between residual checks (each check is one host
             sync); checks are placed where the residual's decay rate predicts convergence.
@@ -84,6 +92,7 @@ class SettleOptions:
     step_size: float = 0.5
     atol: float = 1e-4
     rtol: float = 0.0
+    start_rtol: float = 0.0
     max_time: float = 50.0
     check_every: int = 10
     solver_rtol: float = 1e-6
@@ -104,6 +113,9 @@ class SettleOptions:
             raise ValueError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
         if self.atol < 0 or self.rtol < 0:
             raise ValueError(f"settle tolerances must be >= 0, got atol={self.atol} rtol={self.rtol}")
+        if not 0 <= self.start_rtol < 1:
+            raise ValueError(f"settle start_rtol must be in [0, 1) (the fraction of each sample's starting residual "
+                             f"to reach), got {self.start_rtol}")
         if not 0 <= self.stability < 1:
             raise ValueError(f"settle stability must be in [0, 1) (a fraction of Euler's limit 2/ρ), got {self.stability}")
         if self.stability and self.method not in STABLE_STEP:
@@ -244,7 +256,7 @@ class _Monitor:
     """
 
     def __init__(self, opts: SettleOptions, record: bool) -> None:
-        self.opts, self.prev, self.since, self.tolerance = opts, None, 0, None
+        self.opts, self.prev, self.since, self.tolerance, self.floor = opts, None, 0, None, None
         self.trajectory = [] if record else None
 
     def check(self, state: State, ds: State, t: float) -> tuple[torch.Tensor, bool, int]:
@@ -253,7 +265,9 @@ class _Monitor:
         rows = [residual] + ([self.prev] if self.prev is not None else []) + ([residual_norm(state)] if opts.rtol else [])
         host = torch.stack(rows).cpu().double().numpy()   # the one sync (no float64 on MPS)
         r, prev = host[0], (host[1] if self.prev is not None else None)
-        self.tolerance = opts.atol + opts.rtol * host[-1] if opts.rtol else np.full_like(r, opts.atol)
+        if self.floor is None:   # the first check is at the start: the parts that stay fixed
+            self.floor = opts.atol + opts.start_rtol * r
+        self.tolerance = self.floor + opts.rtol * host[-1] if opts.rtol else self.floor
         worst = (r - self.tolerance).max()
         if not np.isfinite(worst):
             _raise_diverged(state, ds, t)

@@ -239,3 +239,90 @@ def test_the_config_builds_the_published_net_on_digits():
              for p in (m.weight, m.bias)]
     assert kinds == [("Conv2d", (16, 1, 3, 3)), ("Conv2d", (16,)), ("Linear", (10, 256)), ("Linear", (10,))]
     assert [tuple(p.shape) for p in model.parameters()] == [s for _, s in kinds]
+
+
+def block_hessian_tops(model, c, s, l):
+    """λ_max(∂²F/∂v_l²) of each sample at state s, by autograd (the test above's Hessian)."""
+    tops = []
+    for b in range(c.batch):
+        row = model.prepare(Condition(c.x[b:b + 1], c.target[b:b + 1], c.beta, cost=c.cost))
+
+        def total(v):
+            state = [t[b:b + 1] for t in s]
+            state[l] = v.unsqueeze(0)
+            return model.total_energy(tuple(state), row).sum()
+        n = s[l][b].numel()
+        tops.append(torch.linalg.eigvalsh(torch.autograd.functional.hessian(total, s[l][b]).reshape(n, n)).max().item())
+    return tops
+
+
+@pytest.mark.parametrize("pools", POOLS)
+def test_measured_steps_are_each_samples_curvature(pools):
+    """sweep_steps=measured: each sample's step α_l = 2/(μ + 1 + 1.25·λ), λ its block curvature at
+    the free equilibrium by autograd's Hessian (there the errors are zero, so ∂²F/∂v_l² =
+    I + D JᵀJ D exactly): α = 2/(2 + 1.25·(λ_max(∂²F/∂v_l²) − 1)) for a sample under the bound,
+    up to 2 % over it (the power iteration approaches λ from below), never a smaller step than
+    the bound's."""
+    model, x, y = problem(pools, batch=3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)
+    c = model.prepare(Condition(x, model.target(y), 0.5, cost=SquaredError()))
+    s, bound = model.init_state(c), model.curvature_steps(c)
+    model.sweep_steps = "measured"
+    measured = model.curvature_steps(model.prepare(c))
+    for l, (a, b) in enumerate(zip(measured, bound)):
+        steps = a.flatten().expand(c.batch)
+        assert (steps >= b - 1e-12).all(), (l, steps, b)
+        for step, top in zip(steps.tolist(), block_hessian_tops(model, c, s, l)):
+            assert step * top < 2.0, (l, step, top)
+            exact = 2 / (2 + 1.25 * (top - 1))
+            assert exact * (1 - 1e-9) <= step <= 1.02 * exact or step == pytest.approx(b.item()), (l, step, exact)
+
+
+def test_measured_steps_reach_the_same_update_in_fewer_sweeps():
+    """The measured steps change the path, not the fixed point: the centered update at a tight
+    tolerance equals the bound steps' (and backprop's gradient within the O(β²) of the rate test)."""
+    model, x, y = problem(("avg", "none"), batch=4)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)
+    gs = SettleOptions(method="gauss_seidel", step_size=1.0, atol=1e-12, max_time=5000, check_every=5)
+    rule = PredictiveCodingRule(0.01, "centered", gs)
+    bound = rule.update(model, x, y)
+    model.sweep_steps = "measured"
+    measured = rule.update(model, x, y)
+    for name, g in bound.grads.items():
+        torch.testing.assert_close(measured.grads[name], g, rtol=1e-8, atol=1e-10)
+    assert measured.metrics["steps_nudged_+"] < bound.metrics["steps_nudged_+"]
+
+
+def test_a_bad_sweep_steps_is_named():
+    with pytest.raises(ValueError, match="sweep_steps 'exact'.*bound, measured"):
+        ConvPredictiveCoding(6, [1, 2], [3], [1], [0], ["max"], [3], sweep_steps="exact")
+
+
+def test_start_relative_tolerance_gives_a_small_nudges_update():
+    """A centered PC update at β 10⁻⁴ (its nudged phases start at residual ~10⁻⁴‖∂C‖): an atol of
+    10⁻³ stops them before their first sweep (a zero update); start_rtol 10⁻³ gives backprop's
+    gradient (autograd through the feedforward net) at β 10⁻⁴ as at 10⁻²."""
+    model, x, y = tiny()
+    bp = backprop(model, x, y)
+    absolute = SettleOptions(method="gauss_seidel", step_size=1.0, atol=1e-3, max_time=2000, check_every=5)
+    assert flat_update(model, PredictiveCodingRule(1e-4, "centered", absolute), x, y).abs().max() == 0
+    relative = SettleOptions(method="gauss_seidel", step_size=1.0, atol=1e-14, start_rtol=1e-3, max_time=2000,
+                             check_every=5)
+    for beta in (1e-4, 1e-2):
+        update = flat_update(model, PredictiveCodingRule(beta, "centered", relative), x, y)
+        assert torch.nn.functional.cosine_similarity(update, bp, dim=0) > 0.999, beta
+
+
+def test_measured_curvature_of_a_silent_layer_is_zero():
+    """A relu layer whose units are all off has D = f'(v) = 0, so D JᵀJ D = 0: its measured curvature is
+    0 (the power iteration's vector falls to zero: it divided by that norm, giving NaN steps)."""
+    from dynets.models.conv_pc import block_curvature
+    model, x, y = problem(("max", "max"), activation="relu", batch=3)
+    v = -torch.rand(3, *model.layers[0].out_shape, dtype=torch.float64)
+    v[0] = torch.rand_like(v[0])   # one sample with units on: its curvature stays positive
+    lam = block_curvature(model.layers[1], v, model.act).flatten()
+    assert lam[1:].eq(0).all() and lam[0] > 0, lam

@@ -41,6 +41,21 @@ def test_adjoint_is_autograds_vjp(make):
 
 
 @pytest.mark.parametrize("make", COUPLINGS)
+def test_tangent_is_autograds_jvp(make):
+    """(∂g/∂s at s)·u against the Jacobian–vector product of the forward map by double backward
+    (reverse mode twice: independent of the leaves' closed forms and of torch.func.jvp)."""
+    torch.manual_seed(0)
+    coupling = make().double()
+    s = torch.randn(3, *coupling.in_shape, dtype=torch.float64, requires_grad=True)
+    u = torch.randn(3, *coupling.in_shape, dtype=torch.float64)
+    e = torch.zeros(3, *coupling.out_shape, dtype=torch.float64, requires_grad=True)
+    vjp = torch.autograd.grad(coupling(s), s, e, create_graph=True)[0]
+    expected = torch.autograd.grad(vjp, e, u)[0]
+    with torch.no_grad():
+        assert torch.allclose(coupling.tangent(s.detach())(u), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("make", COUPLINGS)
 def test_param_vjp_is_autograds(make):
     """∂⟨g(s), e⟩/∂θ in closed form (Dense, Conv) against autograd, parameter by parameter."""
     torch.manual_seed(0)

@@ -79,6 +79,29 @@ def test_relative_tolerance_scales_with_each_samples_state(method):
     torch.testing.assert_close(eq.tolerance, atol + rtol * eq.state[0].abs()[:, 0], rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("method", ["fast_euler", "euler"])
+def test_start_relative_tolerance_stops_at_a_fraction_of_each_samples_first_residual(method):
+    """ds/dt = −k_b (s − c_b) from 0: the residual starts at r_b = k_b c_b and is r_b q_bⁿ after n
+    Euler steps (q_b = 1 − k_b Δt). With start_rtol ρ the stop rule r_b q_bⁿ ≤ atol + ρ·r_b holds
+    from n_b = log(atol/r_b + ρ)/log q_b, for samples whose starts are 10⁴ apart (as nudges of
+    β 10⁻⁴ and 1): the settle stops at the largest n_b, where atol alone waits far longer for
+    the large start or stops the small one before its first step."""
+    k = torch.tensor([[0.5], [0.5], [1.0]], dtype=torch.float64)
+    c = torch.tensor([[1e-4], [1.0], [0.1]], dtype=torch.float64)
+    model = Linear([], [])
+    model.init_state = lambda condition: (torch.zeros(3, 1, dtype=torch.float64),)
+    model.dynamics = lambda condition: (lambda t, s: (-k * (s[0] - c),))
+    dt, atol, rho = 0.25, 1e-9, 1e-2
+    q, r = 1 - k[:, 0] * dt, k[:, 0] * c[:, 0]
+    steps = [math.ceil(n) for n in (torch.log(atol / r + rho) / torch.log(q)).tolist()]
+    eq = settle(model, Condition(torch.zeros(3, 1)), method=method, step_size=dt, atol=atol, start_rtol=rho,
+                max_time=1000, check_every=1)
+    assert eq.converged and eq.steps == max(steps)
+    torch.testing.assert_close(eq.tolerance, atol + rho * r, rtol=1e-12, atol=0)
+    # the nudged phase's residual at each sample's own scale: ≤ 2ρ of where it started
+    assert (eq.residual <= 2 * rho * r).all()
+
+
 def test_fast_path_matches_torchdiffeq():
     A, b = stable_matrix(5, 2), torch.randn(3, 5, dtype=torch.float64)
     model, c = Linear([A], [b]), Condition(torch.zeros(3, 1))
@@ -128,6 +151,9 @@ def test_bad_options_are_errors():
         SettleOptions(step_size=0)
     with pytest.raises(ValueError, match="0 < ω < 2"):
         SettleOptions(method="gauss_seidel", step_size=2.0)
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match=r"start_rtol must be in \[0, 1\)"):
+            SettleOptions(start_rtol=bad)
     with pytest.raises(TypeError):
         settle(None, None, options=SettleOptions(), atol=1.0)
     assert "fast_euler" in dynets.METHODS
