@@ -159,29 +159,26 @@ def test_gauss_seidel_reaches_the_fixed_point_of_euler(phase, net):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
+def stiff_problem(pools, batch):
+    """``problem``'s net with its weights ×3, where the curvature bound matters."""
+    model, x, y = problem(pools, batch=batch)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)
+    return model, x, y
+
+
 @pytest.mark.parametrize("pools", POOLS)
 def test_gauss_seidel_steps_stay_below_two_over_each_layers_curvature(pools):
     """α_l·λ_max(∂²F/∂v_l²) < 2 at the free equilibrium (errors zero: the bound's curvature),
     the Hessian by autograd per sample, with the weights ×3; and α_l·λ_max > 0.3 for the
     stiffest sample (the bound is not needlessly loose)."""
-    model, x, y = problem(pools, batch=3)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(3.0)
+    model, x, y = stiff_problem(pools, batch=3)
     c = model.prepare(Condition(x, model.target(y), 0.5, cost=SquaredError()))
     s, steps = model.init_state(c), model.curvature_steps(c)
     for l, step in enumerate(steps):
         stiffest = 0.0
-        for b in range(len(y)):
-            row = model.prepare(Condition(x[b:b + 1], c.target[b:b + 1], 0.5))
-
-            def total(v):
-                state = [t[b:b + 1] for t in s]
-                state[l] = v.unsqueeze(0)
-                return model.total_energy(tuple(state), row).sum()
-            n = s[l][b].numel()
-            hessian = torch.autograd.functional.hessian(total, s[l][b]).reshape(n, n)
-            top = torch.linalg.eigvalsh(hessian).max().item()
+        for b, top in enumerate(block_hessian_tops(model, c, s, l)):
             assert step.item() * top < 2.0, (l, b, step.item(), top)
             stiffest = max(stiffest, step.item() * top)
         assert stiffest > 0.3, (l, stiffest)
@@ -242,7 +239,7 @@ def test_the_config_builds_the_published_net_on_digits():
 
 
 def block_hessian_tops(model, c, s, l):
-    """λ_max(∂²F/∂v_l²) of each sample at state s, by autograd (the test above's Hessian)."""
+    """λ_max(∂²F/∂v_l²) of each sample at state s, by autograd's Hessian."""
     tops = []
     for b in range(c.batch):
         row = model.prepare(Condition(c.x[b:b + 1], c.target[b:b + 1], c.beta, cost=c.cost))
@@ -263,10 +260,7 @@ def test_measured_steps_are_each_samples_curvature(pools):
     I + D JᵀJ D exactly): α = 2/(2 + 1.25·(λ_max(∂²F/∂v_l²) − 1)) for a sample under the bound,
     up to 2 % over it (the power iteration approaches λ from below), never a smaller step than
     the bound's."""
-    model, x, y = problem(pools, batch=3)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(3.0)
+    model, x, y = stiff_problem(pools, batch=3)
     c = model.prepare(Condition(x, model.target(y), 0.5, cost=SquaredError()))
     s, bound = model.init_state(c), model.curvature_steps(c)
     model.sweep_steps = "measured"
@@ -283,10 +277,7 @@ def test_measured_steps_are_each_samples_curvature(pools):
 def test_measured_steps_reach_the_same_update_in_fewer_sweeps():
     """The measured steps change the path, not the fixed point: the centered update at a tight
     tolerance equals the bound steps' (and backprop's gradient within the O(β²) of the rate test)."""
-    model, x, y = problem(("avg", "none"), batch=4)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(3.0)
+    model, x, y = stiff_problem(("avg", "none"), batch=4)
     gs = SettleOptions(method="gauss_seidel", step_size=1.0, atol=1e-12, max_time=5000, check_every=5)
     rule = PredictiveCodingRule(0.01, "centered", gs)
     bound = rule.update(model, x, y)
