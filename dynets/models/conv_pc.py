@@ -220,13 +220,12 @@ class CoupledPredictiveCoding(EnergyModel):
             raise ValueError(f"settle=gauss_seidel sizes its steps by the cost's curvature, and "
                              f"{type(condition.cost).__name__} declares none (Cost.curvature): declare it, "
                              f"or use settle=fast_euler")
-        steps = []
+        steps, measured = [], self._measured(condition) if self.sweep_steps == "measured" else None
         for l in range(n):
             low = high = 1.0
             if l + 1 < n:
                 bound = self.act.slope ** 2 * self._squared_norm(l + 1, condition)
-                high = high + (torch.minimum(self._measured(l, condition), bound)
-                               if self.sweep_steps == "measured" else bound)
+                high = high + (torch.minimum(measured[l], bound) if measured is not None else bound)
             if l == n - 1 and beta != 0.0:
                 a, b = (beta * c for c in condition.cost.curvature)
                 low, high = low + min(a, b), high + max(a, b)
@@ -244,15 +243,16 @@ class CoupledPredictiveCoding(EnergyModel):
             norms[k] = coupling_squared_norm(self.layers[k])
         return norms[k]
 
-    def _measured(self, l: int, condition: Condition) -> torch.Tensor:
+    def _measured(self, condition: Condition) -> list[torch.Tensor]:
         """1.25·λ_max(D J_{l+1}ᵀ J_{l+1} D) per sample at the free equilibrium (the feedforward
-        pass), ``(batch, 1, ...)``: once per batch when ``condition`` is prepared, else afresh."""
+        pass, run once for every layer), ``(batch, 1, ...)`` for each layer l below the top: once
+        per batch when ``condition`` is prepared, else afresh."""
         norms = condition.constants.squared_norms if isinstance(condition.constants, InputDrive) else {}
-        if ("measured", l) not in norms:
+        if "measured" not in norms:
             with torch.no_grad():
-                v = self.init_state(condition)[l]
-                norms[("measured", l)] = 1.25 * block_curvature(self.layers[l + 1], v, self.act)
-        return norms[("measured", l)]
+                free = self.init_state(condition)
+                norms["measured"] = [1.25 * block_curvature(c, v, self.act) for c, v in zip(self.layers[1:], free)]
+        return norms["measured"]
 
     def param_grads(self, state: State, condition: Condition) -> dict[str, torch.Tensor]:
         """∂F/∂θ, batch mean, local to each coupling: ∂F/∂θ_k = −⟨(∂g_k/∂θ_k)ᵀ ε_{k+1}⟩ at the
