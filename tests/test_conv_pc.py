@@ -311,7 +311,7 @@ def test_start_relative_tolerance_gives_a_small_nudges_update():
 def test_measured_curvature_of_a_silent_layer_is_zero():
     """A relu layer whose units are all off has D = f'(v) = 0, so D JᵀJ D = 0: its measured curvature is
     0 (the power iteration's vector falls to zero: it divided by that norm, giving NaN steps)."""
-    from dynets.models.conv_pc import block_curvature
+    from dynets.models.step_bounds import block_curvature
     model, x, y = problem(("max", "max"), activation="relu", batch=3)
     v = -torch.rand(3, *model.layers[0].out_shape, dtype=torch.float64)
     v[0] = torch.rand_like(v[0])   # one sample with units on: its curvature stays positive
