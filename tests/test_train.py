@@ -76,6 +76,20 @@ def test_progress_bars_show_only_on_a_terminal(digits, monkeypatch, stream, show
     assert ("epochs" in text and "2/2" in text and "batches" in text) == shown
 
 
+@pytest.mark.parametrize("stream,every,every_batch", [(io.StringIO, 0.0, True), (io.StringIO, 60.0, False),
+                                                     (Terminal, 0.0, False)])
+def test_off_a_terminal_long_epochs_log_their_progress(digits, monkeypatch, caplog, stream, every, every_batch):
+    monkeypatch.setattr(sys, "stderr", stream())
+    monkeypatch.setattr(sys.modules["dynets.app.fit"], "PROGRESS_EVERY_S", every)   # dynets.app.fit is the function
+    small = dynets.data.from_arrays(digits.train.x[:60], digits.train.y[:60])
+    model, n = LayeredHopfield([64, 8, 10]), -(-len(small.train) // 16)   # batches per epoch
+    with caplog.at_level(logging.INFO, logger="dynets"):
+        fit(model, Silent(FAST), small, torch.optim.SGD(model.parameters(), lr=0.1), epochs=2, batch_size=16)
+    progress = [m for m in caplog.messages if m.startswith("batch ")]
+    assert [m.split(",")[0] for m in progress] == ([f"batch {i}/{n}" for i in range(1, n + 1)] * 2 if every_batch else [])
+    assert all(m.endswith(" s left in the epoch") for m in progress)
+
+
 class Recorder:
     """A logger that keeps every epoch's metrics."""
 

@@ -34,6 +34,7 @@ from .loggers import Logger
 from .stopwatch import Stopwatch, for_model
 
 log = logging.getLogger("dynets")
+PROGRESS_EVERY_S = 60.0   # off a terminal, the most seconds between two progress lines of an epoch
 
 
 def layer_param_groups(model: torch.nn.Module, lr: float, layer_lrs: Sequence[float] | None = None) -> list[dict]:
@@ -57,6 +58,27 @@ def _quiet() -> bool:
 def _bar(iterable: Iterable, **kwargs) -> Iterable:
     """A tqdm progress bar on stderr, unless :func:`_quiet`."""
     return tqdm(iterable, disable=_quiet(), dynamic_ncols=True, **kwargs)
+
+
+def _batches_bar(iterable: Iterable, total: int) -> Iterable:
+    """The batches' progress bar on a terminal; off one (a log file, a cluster job) a log line at most
+    every :data:`PROGRESS_EVERY_S` seconds of an epoch, so that a long epoch shows it is alive and how
+    long it has left (a conv EP epoch on a CPU takes tens of minutes)."""
+    if not _quiet():
+        return _bar(iterable, total=total, desc="batches", leave=False)
+    return _logged(iterable, total) if is_main() else iterable
+
+
+def _logged(iterable: Iterable, total: int) -> Iterable:
+    """``iterable``, logging the batches done and the time left at most every PROGRESS_EVERY_S seconds."""
+    start = last = time.perf_counter()
+    for done, item in enumerate(iterable):
+        yield item   # the caller trains on it before the loop resumes: `done + 1` batches are done
+        now = time.perf_counter()
+        if now - last >= PROGRESS_EVERY_S:
+            log.info("batch %d/%d, %.0f s, about %.0f s left in the epoch", done + 1, total, now - start,
+                     (now - start) / (done + 1) * (total - done - 1))
+            last = now
 
 
 Evaluation = Callable[[DynamicalModel, Split], dict[str, float]]
@@ -142,7 +164,7 @@ def _train_epoch(model, rule, optimizer, split: Split, batch_size: int, generato
     totals: dict[str, float] = {}
     first_loss, start_norm = None, weight_norm(model)
     batches = split.batches(batch_size, shuffle=True, generator=generator)
-    for x, y in _bar(batches, total=math.ceil(len(split) / batch_size), desc="batches", leave=False):
+    for x, y in _batches_bar(batches, math.ceil(len(split) / batch_size)):
         try:
             metrics, n = train_step(model, rule, optimizer, x, y if labelled else None, watch)
         except UnconvergedError as error:
@@ -211,7 +233,8 @@ def fit(model: DynamicalModel, rule: Rule, data: Dataset, optimizer: torch.optim
     A :class:`TrainingWarning` (rank 0) tells of a run that diverged (a training loss not
     finite or :data:`BLOWUP` times its first batch's, or weights not finite) and of one whose
     accuracy stays at chance (:func:`chance_accuracy`) for :data:`AT_CHANCE_EPOCHS` epochs.
-    A progress bar over epochs and batches shows when stderr is a terminal. The summary
+    A progress bar over epochs and batches shows when stderr is a terminal; off one, a log line
+    tells the batches done and the time left at most every :data:`PROGRESS_EVERY_S` seconds. The summary
     holds ``train/val/test_<name>`` (the selected metric, of the selected epoch, ``train`` on
     ``summary_train_rows`` rows; when that is a
     metric of the model alone, every other metric of the evaluation), the model's own metrics
