@@ -9,7 +9,6 @@ stall above a residual floor (``shared/notes/settling.md``).
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from dataclasses import dataclass, replace
@@ -22,13 +21,13 @@ from .capabilities import ChecksCondition, Compartments, Dynamical
 from .conjugate import ConjugateGradient
 from .steppers import STEPPERS, phase_field
 from .phases import Condition, DivergedError, Equilibrium, State, VectorField, by_layer
+from .precision import PRECISIONS, matmul_precision
 
 FIXED_GRID = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams")
 STABLE_STEP = ("fast_euler", "euler")   # the methods whose step ``stability`` caps
 ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 SOLVERS = {**STEPPERS, "conjugate_gradient": ConjugateGradient}   # dynets' own loops
 METHODS = FIXED_GRID + ADAPTIVE + tuple(SOLVERS)
-PRECISIONS = ("fp32", "tf32", "bf16")
 COMPILE = ("auto", "on", "off")
 
 
@@ -171,7 +170,7 @@ def settle(model: Dynamical, condition: Condition, init: State | None = None, *,
             rho = spectral_radius(phase_field(model, condition), state)
             opts = replace(opts, step_size=min(opts.step_size, opts.stability * 2 / rho))
         device = state[0].device
-        with _precision(opts.precision, device):
+        with matmul_precision(opts.precision, device):
             if opts.method in SOLVERS:
                 if opts.method in STEPPERS:   # the fixed-step loops: Δt against each time constant
                     _check_time_constants(model, condition, opts)
@@ -226,21 +225,6 @@ def initial_state(model: Dynamical, condition: Condition, init: State | None) ->
         rest = init
     clamp = by_layer(condition.clamp, rest, "clamp")
     return tuple(clamp[l].to(s.dtype) if l in clamp else s for l, s in enumerate(rest))
-
-
-@contextlib.contextmanager
-def _precision(precision: str, device: torch.device):
-    """Matmul precision for the duration of one settle; global settings are restored."""
-    if precision == "bf16":
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            yield
-        return
-    before = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("high" if precision == "tf32" else "highest")
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(before)
 
 
 class _Monitor:
