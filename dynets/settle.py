@@ -21,7 +21,7 @@ from .capabilities import ChecksCondition, Compartments, Dynamical
 from .conjugate import ConjugateGradient
 from .steppers import STEPPERS, phase_field
 from .phases import Condition, DivergedError, Equilibrium, State, VectorField, by_layer
-from .precision import PRECISIONS, matmul_precision
+from .precision import PRECISIONS, device_precision, matmul_precision
 
 FIXED_GRID = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams")
 STABLE_STEP = ("fast_euler", "euler")   # the methods whose step ``stability`` caps
@@ -70,11 +70,13 @@ class SettleOptions:
             sync); checks are placed where the residual's decay rate predicts convergence.
         solver_rtol: relative local error tolerance of adaptive solvers.
         solver_atol: absolute local error tolerance of adaptive solvers.
-        precision: matmul precision inside the settle: ``fp32``; ``tf32`` (TensorFloat-32
-            matmuls on NVIDIA GPUs since Ampere; no effect on CPU); ``bf16`` (autocast:
-            matmuls in bfloat16, the state stays fp32). bf16 settles chatter at a residual
-            floor ≈ 2⁻⁸‖s‖: give them an ``rtol`` above it, or a fixed budget (``atol=0``; a
-            budget never converges, so a rule needs ``allow_unconverged`` to learn from it).
+        precision: matmul precision inside the settle (:mod:`dynets.precision`): ``fp32``;
+            ``tf32`` (TensorFloat-32 matmuls on NVIDIA GPUs since Ampere; on any other device
+            the settle runs in fp32 and the log says so once); ``bf16`` (autocast: matmuls in
+            bfloat16, the state stays fp32; on a CUDA device without bfloat16 an error). bf16
+            settles chatter at a residual floor ≈ 2⁻⁸‖s‖: give them an ``rtol`` above it, or a
+            fixed budget (``atol=0``; a budget never converges, so a rule needs
+            ``allow_unconverged`` to learn from it).
         stability: 0 (off), or a fraction in (0, 1): ``fast_euler`` and ``euler`` then step by
             min(``step_size``, stability·2/ρ), where ρ is the largest |eigenvalue| of the flow's
             Jacobian at the start state (:func:`spectral_radius`, 20 Jacobian-vector products).
@@ -170,7 +172,7 @@ def settle(model: Dynamical, condition: Condition, init: State | None = None, *,
             rho = spectral_radius(phase_field(model, condition), state)
             opts = replace(opts, step_size=min(opts.step_size, opts.stability * 2 / rho))
         device = state[0].device
-        with matmul_precision(opts.precision, device):
+        with matmul_precision(device_precision(opts.precision, device), device):
             if opts.method in SOLVERS:
                 if opts.method in STEPPERS:   # the fixed-step loops: Δt against each time constant
                     _check_time_constants(model, condition, opts)
