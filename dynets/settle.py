@@ -74,9 +74,13 @@ class SettleOptions:
             ``tf32`` (TensorFloat-32 matmuls on NVIDIA GPUs since Ampere; on any other device
             the settle runs in fp32 and the log says so once); ``bf16`` (autocast: matmuls in
             bfloat16, the state stays fp32; on a CUDA device without bfloat16 an error). bf16
-            settles chatter at a residual floor ≈ 2⁻⁸‖s‖: give them an ``rtol`` above it, or a
-            fixed budget (``atol=0``; a budget never converges, so a rule needs
-            ``allow_unconverged`` to learn from it).
+            rounds the state to 8 bits where it enters a matmul, so below ≈ 2⁻⁸‖s‖ the residual
+            stops falling smoothly: ``gauss_seidel`` on a layered Hopfield net still reaches an
+            exact fixed point of the rounded map, in more sweeps; ``fast_euler`` chatters
+            (784-512-10 after 300 Fashion-MNIST steps: ‖f‖ up to 4.3e-3 ≈ 4.5e-4‖s‖, above
+            ``atol=1e-3``). Give bf16 ``rtol=5e-3``, above 2⁻⁸, or a fixed budget (``atol=0``; a
+            budget never converges, so a rule needs ``allow_unconverged`` to learn from it). Its
+            accuracy cost, measured against fp32: docs/results/speed.md, "Mixed precision".
         stability: 0 (off), or a fraction in (0, 1): ``fast_euler`` and ``euler`` then step by
             min(``step_size``, stability·2/ρ), where ρ is the largest |eigenvalue| of the flow's
             Jacobian at the start state (:func:`spectral_radius`, 20 Jacobian-vector products).
