@@ -42,8 +42,9 @@ def device_precision(precision: str, device: torch.device) -> str:
         raise ValueError(f"precision='bf16' needs bfloat16 matmuls, which {device} does not have "
                          f"(torch.cuda.is_bf16_supported() is False); use precision='fp32' (settle.precision=fp32)")
     if precision == "tf32" and not (cuda and torch.cuda.is_tf32_supported()):
-        log.warning("precision='tf32' has no effect on %s: TensorFloat-32 matmuls exist on NVIDIA GPUs from Ampere on (and AMD MI300) "
-                    "only, so these settles run in fp32 (settle.precision=fp32 says so and silences this)", device)
+        log.warning("precision='tf32' has no effect on %s: TensorFloat-32 matmuls exist on NVIDIA GPUs from Ampere "
+                    "on (and AMD MI300) only, so these settles run in fp32 (settle.precision=fp32 says so and "
+                    "silences this)", device)
         return "fp32"
     return precision
 
