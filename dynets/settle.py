@@ -9,7 +9,6 @@ stall above a residual floor (``shared/notes/settling.md``).
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from dataclasses import dataclass, replace
@@ -22,13 +21,13 @@ from .capabilities import ChecksCondition, Compartments, Dynamical
 from .conjugate import ConjugateGradient
 from .steppers import STEPPERS, phase_field
 from .phases import Condition, DivergedError, Equilibrium, State, VectorField, by_layer
+from .precision import PRECISIONS, device_precision, matmul_precision
 
 FIXED_GRID = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams")
 STABLE_STEP = ("fast_euler", "euler")   # the methods whose step ``stability`` caps
 ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 SOLVERS = {**STEPPERS, "conjugate_gradient": ConjugateGradient}   # dynets' own loops
 METHODS = FIXED_GRID + ADAPTIVE + tuple(SOLVERS)
-PRECISIONS = ("fp32", "tf32", "bf16")
 COMPILE = ("auto", "on", "off")
 
 
@@ -71,11 +70,17 @@ class SettleOptions:
             sync); checks are placed where the residual's decay rate predicts convergence.
         solver_rtol: relative local error tolerance of adaptive solvers.
         solver_atol: absolute local error tolerance of adaptive solvers.
-        precision: matmul precision inside the settle: ``fp32``; ``tf32`` (TensorFloat-32
-            matmuls on NVIDIA GPUs since Ampere; no effect on CPU); ``bf16`` (autocast:
-            matmuls in bfloat16, the state stays fp32). bf16 settles chatter at a residual
-            floor ≈ 2⁻⁸‖s‖: give them an ``rtol`` above it, or a fixed budget (``atol=0``; a
-            budget never converges, so a rule needs ``allow_unconverged`` to learn from it).
+        precision: matmul precision inside the settle (:mod:`dynets.precision`): ``fp32``;
+            ``tf32`` (TensorFloat-32 matmuls on NVIDIA GPUs since Ampere; on any other device
+            the settle runs in fp32 and the log says so once); ``bf16`` (autocast: matmuls in
+            bfloat16, the state stays fp32; on a CUDA device without bfloat16 an error). bf16
+            rounds the state to 8 bits where it enters a matmul, so below ≈ 2⁻⁸‖s‖ the residual
+            stops falling smoothly: ``gauss_seidel`` on a layered Hopfield net still reaches an
+            exact fixed point of the rounded map, in more sweeps; ``fast_euler`` chatters
+            (784-512-10 after 300 Fashion-MNIST steps: ‖f‖ up to 4.3e-3 ≈ 4.5e-4‖s‖, above
+            ``atol=1e-3``). Give bf16 ``rtol=5e-3``, above 2⁻⁸, or a fixed budget (``atol=0``; a
+            budget never converges, so a rule needs ``allow_unconverged`` to learn from it). Its
+            accuracy cost, measured against fp32: docs/results/speed.md, "Mixed precision".
         stability: 0 (off), or a fraction in (0, 1): ``fast_euler`` and ``euler`` then step by
             min(``step_size``, stability·2/ρ), where ρ is the largest |eigenvalue| of the flow's
             Jacobian at the start state (:func:`spectral_radius`, 20 Jacobian-vector products).
@@ -171,7 +176,7 @@ def settle(model: Dynamical, condition: Condition, init: State | None = None, *,
             rho = spectral_radius(phase_field(model, condition), state)
             opts = replace(opts, step_size=min(opts.step_size, opts.stability * 2 / rho))
         device = state[0].device
-        with _precision(opts.precision, device):
+        with matmul_precision(device_precision(opts.precision, device), device):
             if opts.method in SOLVERS:
                 if opts.method in STEPPERS:   # the fixed-step loops: Δt against each time constant
                     _check_time_constants(model, condition, opts)
@@ -226,21 +231,6 @@ def initial_state(model: Dynamical, condition: Condition, init: State | None) ->
         rest = init
     clamp = by_layer(condition.clamp, rest, "clamp")
     return tuple(clamp[l].to(s.dtype) if l in clamp else s for l, s in enumerate(rest))
-
-
-@contextlib.contextmanager
-def _precision(precision: str, device: torch.device):
-    """Matmul precision for the duration of one settle; global settings are restored."""
-    if precision == "bf16":
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            yield
-        return
-    before = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("high" if precision == "tf32" else "highest")
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(before)
 
 
 class _Monitor:

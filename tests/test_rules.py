@@ -140,8 +140,8 @@ def test_reduced_precision_keeps_ep_aligned(precision, method, dt):
     ref = ImplicitDifferentiation(SettleOptions(method="fast_euler", atol=1e-6, max_time=200))
     cosines = {}
     for p in ("fp32", precision):
-        # A fixed budget of 100 steps (atol=0): bf16 chatters at a residual floor of
-        # ≈ 2⁻⁸‖s‖, below which a tolerance would never be met.
+        # A fixed budget of 100 steps (atol=0): bf16 can chatter at a residual floor (up to
+        # ≈ 2⁻⁸‖s‖), below which a tolerance would never be met.
         opts = SettleOptions(method=method, step_size=dt, atol=0.0, max_time=100 * dt, precision=p)
         ep = EquilibriumPropagation(0.1, "centered", opts, allow_unconverged=True)   # a budget, not a tolerance
         cosines[p] = diagnostics.alignment(model, ep, ref, x, y)["all"]["cosine"]

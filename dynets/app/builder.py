@@ -21,8 +21,10 @@ from omegaconf import OmegaConf
 from ..capabilities import Likelihood, Recognition, Reconstructs
 from ..data import Dataset, Split, unlabelled
 from ..models.base import DynamicalModel
+from ..precision import device_precision
 from ..rules.base import Rule
 from .fit import free_phase_metrics, layer_param_groups
+from .loggers import flatten
 from .options import HIDDEN_GONE, ConfigError, check_values, either, fitting, option, options
 
 SELF_SUPERVISED = ("model=readback with rule=ep or rule=chl; model=pc model.arrangement=generative rule=pc "
@@ -162,6 +164,7 @@ def build(config: Mapping[str, Any]):
     with refused(option("rule", config["rule"])):
         rule = instantiate(config["rule"])
     check_pair(config, model, rule)
+    check_precisions(config, device)
     with refused(f"{option('model', config['model'])} on {option('data', config['data'])}"):
         data = data.shaped(model.in_shape)   # an MLP's (features,) flattens images; a conv net keeps them
         model.check_input(data.train.x)
@@ -173,6 +176,21 @@ def build(config: Mapping[str, Any]):
     with refused(option("optimizer", config["optimizer"])):
         optimizer = instantiate(config["optimizer"])(groups)
     return data, model, rule, optimizer
+
+
+def check_precisions(config: Mapping[str, Any], device: torch.device) -> None:
+    """Check the ``precision`` of each settle the config names against ``device`` before training
+    (:func:`dynets.precision.device_precision`): one the device cannot honour is a
+    :class:`ConfigError` naming the option; ``tf32`` off an NVIDIA GPU is logged once as a
+    warning and runs in fp32. The top-level ``settle`` is named before the copies nested in
+    the rule (``rule.settle``), which are the same option."""
+    flat = flatten(dict(config))
+    nodes = [key.removesuffix("._target_") for key, value in flat.items()
+             if key.endswith("._target_") and value == "dynets.SettleOptions"]
+    for node in sorted(nodes, key=lambda key: (key.count("."), key)):
+        precision = flat.get(f"{node}.precision", "fp32")
+        with refused(f"{node}.precision={precision}"):
+            device_precision(precision, device)
 
 
 @contextmanager
