@@ -33,11 +33,13 @@ def entries(cfg: DictConfig, data) -> dict[str, Entry]:
 def entry(cfg: DictConfig, node: DictConfig) -> Entry:
     """Builders of one row's model, rule and optimizer (Adam unless the row names one), each
     instantiated from its composed node with ``cfg.seed`` the seed of the run; ``lr``: the row's rate;
-    ``epochs``, where the row names it: its own (the table's otherwise); ``scheduler``, where it names
-    one: a partial learning-rate schedule (``_partial_: true``) the optimizer is passed to."""
+    ``epochs`` and ``batch_size``, where the row names them: its own (the table's otherwise);
+    ``scheduler``, where it names one: a partial learning-rate schedule (``_partial_: true``) the
+    optimizer is passed to."""
     make = instantiate(node.optimizer) if "optimizer" in node else torch.optim.Adam
     return Entry(model=lambda seed: seeded(cfg, node.model, seed), rule=lambda seed: seeded(cfg, node.rule, seed),
                  optimizer=lambda params: make(params, lr=node.lr), epochs=node.get("epochs"),
+                 batch_size=node.get("batch_size"),
                  scheduler=instantiate(node.scheduler) if node.get("scheduler") else None)
 
 
@@ -60,7 +62,7 @@ def main(cfg: DictConfig) -> None:
                    probe=cfg.probe, reference_settle=instantiate(cfg.reference.settle),
                    adjoint_max_steps=cfg.reference.adjoint_max_steps, metric=metric, progress=log.info)
     paths = write(rows, HydraConfig.get().runtime.output_dir, metric)
-    log.info("%s, sizes %s, %d epochs, batch %d, seeds %s\n%s", data.name,
+    log.info("%s, sizes %s, %d epochs, batch %d (a row's own where it names them), seeds %s\n%s", data.name,
              OmegaConf.to_container(cfg.sizes, resolve=True) if "sizes" in cfg else "the models'", cfg.epochs,
              cfg.batch_size, OmegaConf.to_container(cfg.seeds), markdown(summarise(rows), metric))
     log.info("wrote %s", ", ".join(str(p) for p in paths.values()))

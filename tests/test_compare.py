@@ -100,11 +100,11 @@ def test_compare_trains_every_entry_on_the_same_split():
     assert all(r["test_accuracy"] > 0.5 for r in rows), [r["test_accuracy"] for r in rows]
 
 
-def test_a_row_with_epochs_of_its_own_trains_that_many_and_the_table_says_so():
-    """An entry's ``epochs`` overrides the table's: its optimizer takes one step per batch of every
-    epoch (digits: 1,258 training rows, batch 256, 5 batches an epoch: 15 steps in 3 epochs, not the
-    table's 5), its row records 3 and the Markdown table has an epochs column; a row without one
-    trains the table's epochs."""
+def test_a_row_with_epochs_and_batch_size_of_its_own_trains_them_and_the_table_says_so():
+    """An entry's ``epochs`` and ``batch_size`` override the table's: its optimizer takes one step per
+    batch of every epoch (digits: 1,258 training rows; in batches of 100, 13 an epoch: 39 steps in 3
+    epochs, not the table's 1 epoch of 5 batches of 256), its row records 3 and 100 and the Markdown
+    table has epochs and batch columns; a row without them trains the table's."""
     from dynets.studies.compare import run_entry
     steps = []
 
@@ -115,13 +115,16 @@ def test_a_row_with_epochs_of_its_own_trains_that_many_and_the_table_says_so():
     data = dynets.data.digits()
     run = functools.partial(run_entry, data=data, epochs=1, batch_size=256, seed=0, probe=8,
                             reference_settle=SettleOptions(method="fast_euler", step_size=0.2, atol=1e-6, max_time=400))
-    rows = [run("own", Entry(lambda seed: PredictiveCoding([64, 32, 10]), lambda seed: Backprop(), adam, epochs=3))]
-    assert len(steps) == 3 * math.ceil(len(data.train.y) / 256) and rows[0]["epochs"] == 3
+    rows = [run("own", Entry(lambda seed: PredictiveCoding([64, 32, 10]), lambda seed: Backprop(), adam, epochs=3,
+                             batch_size=100))]
+    own_steps = 3 * math.ceil(len(data.train.y) / 100)
+    assert len(steps) == own_steps == 39 and (rows[0]["epochs"], rows[0]["batch_size"]) == (3, 100)
     rows.append(run("table", Entry(lambda seed: PredictiveCoding([64, 32, 10]), lambda seed: Backprop(), adam)))
-    assert len(steps) == 4 * math.ceil(len(data.train.y) / 256) and rows[1]["epochs"] == 1
+    assert len(steps) == own_steps + 5 and (rows[1]["epochs"], rows[1]["batch_size"]) == (1, 256)
     head, _, own, table = markdown(summarise(rows)).splitlines()
-    column = head.split(" | ").index("epochs")
-    assert own.split(" | ")[column] == "3" and table.split(" | ")[column] == "1"
+    for column, mine, theirs in (("epochs", "3", "1"), ("batch", "100", "256")):
+        at = head.split(" | ").index(column)
+        assert own.split(" | ")[at] == mine and table.split(" | ")[at] == theirs
 
 
 def test_a_row_with_a_schedule_trains_at_its_rates():
@@ -290,6 +293,7 @@ def test_the_fashion_conv_table_trains_the_published_mnist_cnn():
         assert model.in_shape == (1, 28, 28), name
         assert [tuple(p.shape) for n, p in model.named_parameters() if not n.startswith("feedback.")] == want, name
         assert cfg.rules[name].lr == (1e-3 if name in ("bp", "pc") else digits.rules[name].lr), name
+        assert row.batch_size == (64 if name == "bp" else None), name   # bp's own; the others the table's 128
 
 
 def test_probe_zero_trains_without_the_alignment_probe():

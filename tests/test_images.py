@@ -136,3 +136,36 @@ def test_augmentation_applies_to_training_batches_only_and_is_seeded(cifar10_fol
     flat = ds.flat()   # an MLP's view: augmented as images, returned flat
     x, _ = next(flat.train.batches(8, shuffle=False))
     assert x.shape == (8, 3072)
+
+
+@pytest.fixture
+def fashion_folder(tmp_path):
+    """The four Fashion-MNIST IDX files, 60 random 28×28 training and 10 test images."""
+    from test_data import write_idx
+    rng = np.random.default_rng(0)
+    for stem, n in (("train", 60), ("t10k", 10)):
+        write_idx(tmp_path / f"{stem}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), compress=False)
+        write_idx(tmp_path / f"{stem}-labels-idx1-ubyte", np.arange(n) % 10, compress=False)
+    return tmp_path
+
+
+def test_fashion_mnist_augments_only_when_asked(fashion_folder):
+    plain = data.fashion_mnist(str(fashion_folder))
+    assert plain.train.augment is None
+    x, _ = next(plain.train.batches(60, shuffle=False))
+    assert torch.equal(x, plain.train.x)
+
+
+def test_fashion_mnist_augment_is_a_window_of_the_2_pixel_edge_padded_image_or_its_flip(fashion_folder):
+    ds = data.fashion_mnist(str(fashion_folder), augment=True)
+    assert ds.val.augment is None and ds.test.augment is None
+    x, _ = next(ds.train.batches(len(ds.train), shuffle=False, generator=torch.Generator().manual_seed(0)))
+    padded = F.pad(ds.train.x, (2, 2, 2, 2), mode="replicate")
+    offsets, flips = set(), 0
+    for k in range(len(x)):
+        windows = {(a, b): padded[k, :, a:a + 28, b:b + 28] for a in range(5) for b in range(5)}
+        hits = [(a, b, f) for (a, b), w in windows.items() for f in (0, 1) if torch.equal(x[k], w.flip(-1) if f else w)]
+        assert hits, k
+        offsets.add(hits[0][:2])
+        flips += hits[0][2]
+    assert len(offsets) > 5 and 0 < flips < len(x)

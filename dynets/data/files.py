@@ -4,11 +4,13 @@ from __future__ import annotations
 import gzip
 import struct
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from .base import Dataset, from_arrays
+from .cifar import CropFlip
 
 FASHION_MNIST_PATH = "/usr/share/datasets/fashion-mnist"
 _IDX_FILES = {
@@ -75,16 +77,29 @@ def _idx_dataset(name: str, path: str, how_to_get: str, val_fraction: float, see
                        x_test=x_test[:, None] / np.float32(255), y_test=y_test)
 
 
-def fashion_mnist(path: str | None = None, *, val_fraction: float = 0.1, seed: int = 0) -> Dataset:
+def fashion_mnist(path: str | None = None, *, val_fraction: float = 0.1, seed: int = 0,
+                  augment: bool = False) -> Dataset:
     """Fashion-MNIST (Xiao, Rasul & Vollgraf 2017): ``(1, 28, 28)`` grey images in [0, 1], 10 classes.
 
     Reads the IDX files from ``path`` (default where Debian's ``dataset-fashion-mnist``
     package puts them). Test is the official 10000-image t10k split; validation is
     ``val_fraction`` of the 60000 training images.
+
+    Args:
+        path: the folder holding the four IDX files (gzipped or not).
+        val_fraction: part of the 60000 training images carved off for validation.
+        seed: the seed of that split.
+        augment: random horizontal flip and random 28×28 crop of the image padded by 2 edge pixels
+            (:class:`dynets.data.cifar.CropFlip`: the published CIFAR augmentation with half its
+            padding) on the training batches only, drawn from the training loop's seeded generator.
+            Not offered for MNIST: a flipped digit is another glyph.
     """
     how = (f"Install it with `sudo apt-get install dataset-fashion-mnist` (files go to {FASHION_MNIST_PATH})"
            " or set `data.path=/dir/with/idx/files`.")
-    return _idx_dataset("fashion_mnist", path or FASHION_MNIST_PATH, how, val_fraction, seed)
+    data = _idx_dataset("fashion_mnist", path or FASHION_MNIST_PATH, how, val_fraction, seed)
+    if augment:
+        data = replace(data, train=replace(data.train, augment=CropFlip(data.sample_shape, padding=2)))
+    return data
 
 
 def mnist(path: str | None = None, *, val_fraction: float = 0.1, seed: int = 0) -> Dataset:

@@ -1,5 +1,5 @@
-"""One table for every rule: the same data split, network sizes and epochs for each (a row may
-name its own epochs, shown in the table), and
+"""One table for every rule: the same data split, network sizes, epochs and batch size for each (a
+row may name its own epochs and batch size, shown in the table), and
 the same measurements (the test metric over seeds: accuracy, or a generative model's KL in
 bits; per-layer alignment with the exact gradient at init and at the end, where there is
 one; time per epoch; settle steps per phase).
@@ -36,14 +36,16 @@ class Entry:
     """One row of the table: how to build the model and its rule for a seed (after
     ``torch.manual_seed(seed)``; one with a generator of its own takes the seed), its optimizer,
     its own number of epochs (``None``: the table's; a rule that learns more slowly than the
-    others may be given more, and the table says so) and its learning-rate schedule, built on
-    the optimizer (``None``: a constant rate; stepped after every epoch by :func:`~dynets.app.fit.fit`)."""
+    others may be given more, and the table says so), its own batch size (``None``: the table's;
+    shown in the table too) and its learning-rate schedule, built on the optimizer (``None``: a
+    constant rate; stepped after every epoch by :func:`~dynets.app.fit.fit`)."""
 
     model: Callable[[int], DynamicalModel]
     rule: Callable[[int], Rule]
     optimizer: Callable[[list], torch.optim.Optimizer]
     epochs: int | None = None
     scheduler: Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler] | None = None
+    batch_size: int | None = None
 
 
 class _Collect:
@@ -113,13 +115,14 @@ class Metric:
 def run_entry(name: str, entry: Entry, data: Dataset, *, epochs: int, batch_size: int, seed: int,
               probe: int, reference_settle: SettleOptions, adjoint_max_steps: int = 5000,
               metric: Metric = Metric(), progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Train one rule with one seed for ``entry.epochs``, or ``epochs`` where the entry has none;
+    """Train one rule with one seed for ``entry.epochs`` in batches of ``entry.batch_size``, or
+    ``epochs`` and ``batch_size`` where the entry has none;
     its measurements as a flat dict. The exact gradient is implicit differentiation at the free
     equilibrium of the rule's own cost (supervised models only: a generative model has no labelled
     loss to differentiate), on ``probe`` validation samples (0: no probe, no cosine columns: on a
     large net its adjoint solve can take longer than an epoch). ``progress``, if given, is told of
     every epoch's validation metrics, time and settle steps."""
-    epochs = entry.epochs or epochs
+    epochs, batch_size = entry.epochs or epochs, entry.batch_size or batch_size
     torch.manual_seed(seed)
     model, rule = entry.model(seed), entry.rule(seed)
     data = data.shaped(model.in_shape)   # an MLP reads images flattened, a conv net as they are
@@ -137,7 +140,7 @@ def run_entry(name: str, entry: Entry, data: Dataset, *, epochs: int, batch_size
     test, val = (summary[metric.name],) * 2 if own else (summary[f"test_{metric.name}"], summary[f"val_{metric.name}"])
     row: dict[str, Any] = {"rule": name, "seed": seed, f"test_{metric.name}": test,
                            f"val_{metric.name}": val, "best_epoch": summary["best_epoch"], "epochs": epochs,
-                           "epoch_time_s": summary["wall_time_s"] / epochs}
+                           "batch_size": batch_size, "epoch_time_s": summary["wall_time_s"] / epochs}
     if isinstance(model, SeparateFeedback) and model.own_feedback:   # B of its own: how far from Wᵀ
         row["feedback_angle"] = max(model.feedback_angles())
     row.update({f"cos_init_{k}": v for k, v in at_init.items()})
@@ -192,14 +195,15 @@ def _fmt(v: Any) -> str:
 
 
 def markdown(summary: list[dict[str, Any]], metric: Metric = Metric()) -> str:
-    """The summary as a Markdown table: the test metric, the epochs trained (where the rows say),
+    """The summary as a Markdown table: the test metric, the epochs and batch size (where the rows say),
     cosines at init → end, time, steps, and for networks with separate feedback the largest
     angle between a B_l and W_lᵀ at the end."""
     cos_keys = sorted({k[len("cos_init_"):] for s in summary for k in s if k.startswith("cos_init_")})
     steps = [k for k in log_fields if any(k in s for s in summary)]
     epochs = any("epochs" in s for s in summary)   # rows from run_entry; absent in older CSVs
+    batch = any("batch_size" in s for s in summary)
     head = ["rule", "test acc. (mean ± std)" if metric.percent else f"test {metric.name} (mean ± std)"] + \
-        ["epochs"] * epochs + [f"cos {k} init → end" for k in cos_keys] + ["s / epoch"] + [f"steps {k[6:]}" for k in steps]
+        ["epochs"] * epochs + ["batch"] * batch + [f"cos {k} init → end" for k in cos_keys] + ["s / epoch"] + [f"steps {k[6:]}" for k in steps]
     angles = any("feedback_angle" in s for s in summary)
     head += ["B–Wᵀ angle end (°)"] if angles else []
     scale, digits = (100, 2) if metric.percent else (1, 3)
@@ -207,6 +211,7 @@ def markdown(summary: list[dict[str, Any]], metric: Metric = Metric()) -> str:
     for s in summary:
         cells = [s["rule"], f"{scale * s['test_mean']:.{digits}f} ± {scale * s['test_std']:.{digits}f} (n={s['seeds']})"]
         cells += [f"{s.get('epochs', math.nan):g}"] if epochs else []
+        cells += [f"{s.get('batch_size', math.nan):g}"] if batch else []
         cells += [f"{_fmt(s.get(f'cos_init_{k}', math.nan))} → {_fmt(s.get(f'cos_end_{k}', math.nan))}" for k in cos_keys]
         cells += [f"{s['epoch_time_s']:.2f}"] + [_fmt(s.get(k, math.nan)) if k in s else "—" for k in steps]
         cells += [f"{s['feedback_angle']:.1f}" if "feedback_angle" in s else "—"] if angles else []
