@@ -292,7 +292,7 @@ def test_the_fashion_conv_table_trains_the_published_mnist_cnn():
         row.rule(0).check_model(model)
         assert model.in_shape == (1, 28, 28), name
         assert [tuple(p.shape) for n, p in model.named_parameters() if not n.startswith("feedback.")] == want, name
-        assert cfg.rules[name].lr == (1e-3 if name in ("bp", "pc") else digits.rules[name].lr), name
+        assert cfg.rules[name].lr == (1e-3 if name in ("bp", "pc", "ep") else digits.rules[name].lr), name
         assert row.batch_size == (64 if name == "bp" else None), name   # bp's own; the others the table's 128
 
 
